@@ -1,0 +1,40 @@
+#include "fusion/task_pool.hpp"
+
+#include "fusion/error.hpp"
+
+namespace fusion {
+
+BatchStream::~BatchStream() = default;
+Task::~Task() = default;
+TaskPool::~TaskPool() = default;
+
+at::Tensor Task::loss(const Model& model, const StateDict& params, const Batch& batch) const {
+  at::Tensor logits = this->logits(model, params, batch.inputs);
+  return at::cross_entropy_loss(logits, batch.labels);
+}
+
+nlohmann::json TaskPool::evaluate(const Model& model) {
+  nlohmann::json report = nlohmann::json::object();
+  double acc_sum = 0.0, loss_sum = 0.0;
+  const auto names = task_names();
+  for (const auto& name : names) {
+    nlohmann::json r = task(name).evaluate(model);
+    acc_sum += r.at("accuracy").get<double>();
+    loss_sum += r.at("loss").get<double>();
+    report[name] = std::move(r);
+  }
+  if (!names.empty()) {
+    report["average"] = {{"accuracy", acc_sum / names.size()}, {"loss", loss_sum / names.size()}};
+  }
+  report["model_info"] = model_info(model);
+  return report;
+}
+
+nlohmann::json model_info(const Model& model, int64_t trainable) {
+  const int64_t all = model.parameters().numel() + trainable;
+  return {{"trainable_params", trainable},
+          {"all_params", all},
+          {"trainable_percentage", all > 0 ? static_cast<double>(trainable) / all : 0.0}};
+}
+
+}  // namespace fusion

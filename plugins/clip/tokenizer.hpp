@@ -1,0 +1,72 @@
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace fusion::clip {
+
+/// CLIP's byte-level BPE tokenizer, as Hugging Face's CLIPTokenizer / CLIPTokenizerFast (the one
+/// CLIPProcessor loads) encode a text:
+///  1. cleaning: runs of white space become one space, leading and trailing space is dropped, the
+///     text is lower-cased. Approximations, documented: no ftfy fixes, no HTML unescaping (the fast
+///     tokenizer does neither), no NFC normalisation; lower-casing covers Latin, Greek, Cyrillic,
+///     Armenian and full-width letters.
+///  2. `<|startoftext|>` / `<|endoftext|>` in the text are taken as those special tokens; the rest is
+///     split into words by CLIP's pattern: `'s|'t|'re|'ve|'m|'ll|'d`, a run of letters (\p{L}), one
+///     digit (\p{N}), a run of other non-space characters. Letters and digits are recognised by
+///     UTF-8 decoding and tables of the common Unicode blocks (Latin, Greek, Cyrillic, Armenian,
+///     Hebrew, Arabic, Devanagari, Thai, CJK, kana, Hangul, full-width forms).
+///  3. each word's UTF-8 bytes map to printable characters (GPT-2's bytes→unicode table), so every
+///     character is representable (byte fallback); the last symbol gets `</w>`; merges apply by
+///     rank (merges.txt order); each resulting token is looked up in vocab.json, and one absent
+///     there becomes `<|endoftext|>` (Hugging Face's unk token).
+///  4. `<|startoftext|>` + ids + `<|endoftext|>`, truncated as Hugging Face's truncation does: at
+///     most max_length − 2 text tokens, so the end-of-text token stays last.
+/// Immutable after construction; thread-safe.
+class ClipTokenizer {
+ public:
+  /// Reads vocab.json ({token: id}) and merges.txt (a `#version` first line is skipped; then one
+  /// "first second" pair per line, by rank). Throws fusion::Error naming a missing or malformed file.
+  static ClipTokenizer from_files(const std::filesystem::path& vocab_json,
+                                  const std::filesystem::path& merges_txt);
+  /// from_files(dir / "vocab.json", dir / "merges.txt").
+  static ClipTokenizer from_folder(const std::filesystem::path& dir);
+
+  /// `vocab` must hold `<|startoftext|>` and `<|endoftext|>`; `merges` in rank order.
+  ClipTokenizer(std::unordered_map<std::string, int64_t> vocab,
+                const std::vector<std::pair<std::string, std::string>>& merges);
+
+  /// Step 1: the cleaned text (UTF-8).
+  static std::string clean(const std::string& text);
+  /// Step 2 on a cleaned text: the words, special tokens included.
+  static std::vector<std::string> split_words(const std::string& cleaned);
+  /// Steps 1–3: the BPE tokens (as in vocab.json, `</w>` included), no special tokens added.
+  std::vector<std::string> tokenize(const std::string& text) const;
+  /// Steps 1–4: ids with `<|startoftext|>` and `<|endoftext|>`, at most `max_length` (≥ 2) of them.
+  std::vector<int64_t> encode(const std::string& text, int64_t max_length = 77) const;
+  /// encode() of each text as an int64 tensor [N, L], L the longest (padded with pad_id(), i.e.
+  /// `<|endoftext|>`, as Hugging Face's `padding=True`), or `max_length` when `pad_to_max`.
+  at::Tensor encode_batch(const std::vector<std::string>& texts, int64_t max_length = 77,
+                          bool pad_to_max = false) const;
+
+  int64_t bos_id() const { return bos_id_; }
+  int64_t eos_id() const { return eos_id_; }
+  int64_t pad_id() const { return eos_id_; }
+  int64_t unk_id() const { return eos_id_; }
+  size_t vocab_size() const { return vocab_.size(); }
+
+ private:
+  std::vector<std::string> bpe(const std::string& word) const;
+
+  std::unordered_map<std::string, int64_t> vocab_;
+  std::unordered_map<std::string, int64_t> ranks_;  ///< "first second" → rank
+  int64_t bos_id_ = 0;
+  int64_t eos_id_ = 0;
+};
+
+}  // namespace fusion::clip

@@ -1,0 +1,19 @@
+#pragma once
+#include <memory>
+
+#include "fusion/algorithm.hpp"
+#include "fusion/plugin.hpp"
+
+namespace fusion::methods {
+
+/// Simple averaging (model soups, Wortsman et al. 2022): θ = (1/T) Σₜ θₜ over the experts; the
+/// pretrained model is neither averaged in nor read. Streams the experts (the running sum and one
+/// expert held). Integer tensors are the first expert's. No options.
+class SimpleAverage : public Algorithm {
+ public:
+  static ComponentInfo info();
+  static std::unique_ptr<Algorithm> create(const Context& ctx);
+  Result run(ModelPool& models, TaskPool* tasks, const Context& ctx) override;
+};
+
+}  // namespace fusion::methods

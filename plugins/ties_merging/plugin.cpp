@@ -1,0 +1,6 @@
+#include "fusion/plugin.hpp"
+#include "ties_merging.hpp"
+
+FUSION_PLUGIN("ties_merging", FUSION_VERSION_STRING, reg) {
+  reg.add_algorithm(fusion::methods::TiesMerging::info(), fusion::methods::TiesMerging::create);
+}

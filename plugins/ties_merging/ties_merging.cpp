@@ -1,0 +1,317 @@
+#include "ties_merging.hpp"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <regex>
+#include <utility>
+
+#include "fusion/error.hpp"
+#include "fusion/merging.hpp"
+
+namespace fusion::methods {
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+TiesMergingOptions TiesMergingOptions::from_config(const Config& config) {
+  TiesMergingOptions o;
+  o.threshold = config.get<double>("threshold");
+  o.merge_func = config.get<std::string>("merge_func");
+  o.remove_keys = config.get<std::vector<std::string>>("remove_keys");
+  o.scaling_factor = config.get<double>("scaling_factor");
+  if (config.has("scaling_factors")) o.scaling_factors = config.get<std::vector<double>>("scaling_factors");
+  return o;
+}
+
+struct TiesMerging::Matchers {
+  std::vector<std::string> exact;
+  std::vector<std::regex> patterns;
+};
+
+TiesMerging::TiesMerging(TiesMergingOptions options) : options_(std::move(options)) {
+  FUSION_ENSURE(options_.threshold >= 0.0 && options_.threshold <= 100.0,
+                "method.threshold must be a percentage in [0, 100], got ", options_.threshold);
+  FUSION_ENSURE(options_.merge_func == "sum" || options_.merge_func == "mean" || options_.merge_func == "max",
+                "method.merge_func must be one of sum, mean, max, got '", options_.merge_func, "'");
+  scaling_factors_of(options_.scaling_factor, options_.scaling_factors);  // validates
+  auto m = std::make_shared<Matchers>();
+  for (const std::string& entry : options_.remove_keys) {
+    m->exact.push_back(entry);
+    try {
+      m->patterns.emplace_back(entry, std::regex::ECMAScript);
+    } catch (const std::regex_error&) {
+      // Not a regular expression (e.g. "layers[0"): the entry is matched as an exact name only.
+    }
+  }
+  matchers_ = std::move(m);
+}
+
+bool TiesMerging::removed(const std::string& key) const {
+  for (const std::string& e : matchers_->exact) {
+    if (e == key) return true;
+  }
+  for (const std::regex& re : matchers_->patterns) {
+    if (std::regex_match(key, re)) return true;
+  }
+  return false;
+}
+
+ComponentInfo TiesMerging::info() {
+  ComponentInfo info;
+  info.name = "ties_merging";
+  info.summary = "TIES-merging: trim, elect sign and disjoint merge of task vectors (FusionBench's form)";
+  info.reference = "https://arxiv.org/abs/2306.01708";
+  info.schema.add("threshold", 20.0, "K: percentage of each task vector's entries kept by magnitude, over the whole model")
+      .range(0.0, 100.0);
+  info.schema.add("merge_func", std::string("sum"), "how the sign-agreeing values are combined")
+      .one_of({"sum", "mean", "max"});
+  info.schema.add("remove_keys", std::vector<std::string>{},
+                  "keys kept as the pretrained model's: exact names or regular expressions matching a whole key");
+  info.schema.add("scaling_factor", 0.3, "λ in θ = θ₀ + λ τₘ");
+  info.schema.add_optional("scaling_factors", ValueType::DoubleList,
+                           "a λ sweep: one merged model per value, replacing scaling_factor");
+  return info;
+}
+
+std::unique_ptr<Algorithm> TiesMerging::create(const Context& ctx) {
+  return std::make_unique<TiesMerging>(TiesMergingOptions::from_config(ctx.config()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// k-th smallest magnitude
+
+namespace {
+
+constexpr size_t kBins = size_t{1} << 16;
+
+// Histogram of 16 bits of |x|'s bit pattern: the high half, or (with `prefix`) the low half of
+// the values whose high half equals `prefix`. For non-negative IEEE floats the bit pattern
+// orders as the value does (NaN above +inf, as torch sorts it).
+std::vector<int64_t> magnitude_histogram(const uint32_t* bits, int64_t n, bool low, uint32_t prefix) {
+  std::vector<int64_t> total(kBins, 0);
+  std::mutex mu;
+  at::parallel_for(0, n, int64_t{1} << 20, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> local(kBins, 0);
+    if (!low) {
+      for (int64_t i = begin; i < end; ++i) ++local[(bits[i] & 0x7fffffffu) >> 16];
+    } else {
+      for (int64_t i = begin; i < end; ++i) {
+        const uint32_t v = bits[i] & 0x7fffffffu;
+        if ((v >> 16) == prefix) ++local[v & 0xffffu];
+      }
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    for (size_t j = 0; j < kBins; ++j) total[j] += local[j];
+  });
+  return total;
+}
+
+// The bin holding the rank-th smallest (1-based); `rank` becomes the rank within that bin.
+uint32_t select_bin(const std::vector<int64_t>& hist, int64_t& rank) {
+  for (uint32_t b = 0; b < kBins; ++b) {
+    if (rank <= hist[b]) return b;
+    rank -= hist[b];
+  }
+  FUSION_FAIL("kth_smallest_magnitude: rank past the end of the histogram");
+}
+
+}  // namespace
+
+double kth_smallest_magnitude(const at::Tensor& x, int64_t k) {
+  FUSION_ENSURE(x.dim() == 1, "kth_smallest_magnitude: expected a 1-D tensor, got ", x.dim(), " dimensions");
+  FUSION_ENSURE(k >= 1 && k <= x.numel(), "kth_smallest_magnitude: k = ", k, " is outside [1, ", x.numel(), "]");
+  if (!(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous())) {
+    return std::get<0>(at::kthvalue(x.abs(), k)).item<double>();
+  }
+  const auto* bits = reinterpret_cast<const uint32_t*>(x.data_ptr<float>());
+  int64_t rank = k;
+  const uint32_t high = select_bin(magnitude_histogram(bits, x.numel(), false, 0), rank);
+  const uint32_t low = select_bin(magnitude_histogram(bits, x.numel(), true, high), rank);
+  const uint32_t v = (high << 16) | low;
+  float out;
+  std::memcpy(&out, &v, sizeof(out));
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The merge
+
+namespace {
+
+// The merged tensors laid end to end, as FusionBench's state_dict_to_vector (its key order does
+// not matter: every step is elementwise or over the whole vector).
+struct FlatLayout {
+  struct Entry {
+    std::string key;
+    int64_t offset;
+    int64_t numel;
+  };
+  std::vector<Entry> entries;
+  int64_t numel = 0;
+  at::ScalarType dtype = at::kFloat;
+};
+
+constexpr int64_t kChunk = int64_t{1} << 22;  // bounds the temporaries of the elementwise steps
+
+template <typename F>
+void for_chunks(int64_t n, F f) {
+  for (int64_t b = 0; b < n; b += kChunk) f(b, std::min(kChunk, n - b));
+}
+
+// τ = θₜ − θ₀ over the layout, as one flat vector on `device`. Frees each of the expert's tensors
+// once used, so the expert and the flat vector together take about one model.
+at::Tensor flat_task_vector(const FlatLayout& layout, Model& expert, const StateDict& pretrained,
+                            const at::Device& device) {
+  at::Tensor flat = at::empty({layout.numel}, at::TensorOptions().dtype(layout.dtype).device(device));
+  StateDict& params = expert.parameters();
+  for (const auto& e : layout.entries) {
+    const at::Tensor& base = pretrained.at(e.key);
+    at::Tensor out = flat.narrow(0, e.offset, e.numel).view(base.sizes());
+    at::sub_out(out, params.at(e.key).to(device), base.to(device));
+    params.erase(e.key);
+  }
+  return flat;
+}
+
+}  // namespace
+
+Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& ctx) {
+  const std::vector<double> lambdas = scaling_factors_of(options_.scaling_factor, options_.scaling_factors);
+  const std::vector<std::string> names = expert_names_checked(models, "ties_merging");
+  ModelPtr pretrained = pretrained_checked(models, "ties_merging");
+  const StateDict& base = pretrained->parameters();
+  const at::Device device = ctx.device();
+
+  FlatLayout layout;
+  bool first = true;
+  std::vector<std::string> removed_keys;
+  for (const auto& [key, tensor] : base) {
+    if (!is_mergeable(tensor)) continue;
+    if (removed(key)) {
+      removed_keys.push_back(key);
+      continue;
+    }
+    layout.entries.push_back({key, layout.numel, tensor.numel()});
+    layout.numel += tensor.numel();
+    const at::ScalarType t = accumulation_dtype(tensor.scalar_type());
+    layout.dtype = first ? t : at::promote_types(layout.dtype, t);
+    first = false;
+  }
+  FUSION_ENSURE(layout.numel > 0, "ties_merging: no floating-point tensor is left to merge (method.remove_keys "
+                "removes them all)");
+  for (const std::string& entry : options_.remove_keys) {
+    bool used = false;
+    for (const std::string& key : removed_keys) {
+      if (key == entry || std::regex_match(key, std::regex(entry))) {
+        used = true;
+        break;
+      }
+    }
+    if (!used) ctx.log().warn("ties_merging: method.remove_keys entry '" + entry + "' matches no key");
+  }
+
+  const int64_t d = layout.numel;
+  // FusionBench's topk_values_mask: k = d − int(d · K/100); keep |τ| ≥ the k-th smallest |τ|.
+  const int64_t k = d - static_cast<int64_t>(static_cast<double>(d) * (options_.threshold / 100.0));
+  const bool keep_all = k < 1;  // threshold 100: nothing is trimmed
+  const auto load = [&](const std::string& name) {
+    ModelPtr expert = models.load(name);
+    FUSION_ENSURE(expert != nullptr, "the model pool returned nothing for expert '", name, "'");
+    check_same_layout(base, expert->parameters(), "pretrained", "expert '" + name + "'");
+    return flat_task_vector(layout, *expert, base, device);
+  };
+  const auto trim = [&](at::Tensor& chunk, double threshold) {
+    if (!keep_all) chunk.masked_fill_(chunk.abs() < threshold, 0);
+  };
+
+  // Pass 1: each task's trim threshold, and the trimmed sum Σₜ τ̂ₜ that elects the signs.
+  auto progress = ctx.progress("ties_merging", static_cast<int64_t>(2 * names.size()));
+  at::Tensor acc = at::zeros({d}, at::TensorOptions().dtype(layout.dtype).device(device));
+  std::vector<double> thresholds;
+  nlohmann::json threshold_info = nlohmann::json::object();
+  for (const std::string& name : names) {
+    at::Tensor tau = load(name);
+    const double threshold = keep_all ? 0.0 : kth_smallest_magnitude(tau, k);
+    thresholds.push_back(threshold);
+    threshold_info[name] = threshold;
+    for_chunks(d, [&](int64_t b, int64_t n) {
+      at::Tensor chunk = tau.narrow(0, b, n);
+      trim(chunk, threshold);
+      acc.narrow(0, b, n).add_(chunk);
+    });
+    progress->advance();
+  }
+
+  // Elect: s = sign(Σ τ̂), zeros set to the majority sign(Σ s). Kept as int8; acc is then reused
+  // as the merged task vector.
+  at::Tensor sign = at::empty({d}, at::TensorOptions().dtype(at::kChar).device(device));
+  double sign_total = 0;
+  for_chunks(d, [&](int64_t b, int64_t n) {
+    at::Tensor s = acc.narrow(0, b, n).sign();
+    sign_total += s.sum(at::kDouble).item<double>();
+    sign.narrow(0, b, n).copy_(s);
+  });
+  const int majority = sign_total > 0 ? 1 : (sign_total < 0 ? -1 : 0);
+  if (majority != 0) {
+    for_chunks(d, [&](int64_t b, int64_t n) {
+      at::Tensor s = sign.narrow(0, b, n);
+      s.masked_fill_(s == 0, majority);
+    });
+  }
+  acc.zero_();
+  const std::string& merge = options_.merge_func;
+  at::Tensor count;
+  if (merge == "mean") {
+    count = at::zeros({d}, at::TensorOptions()
+                               .dtype(names.size() < 32767 ? at::kShort : at::kInt)
+                               .device(device));
+  }
+
+  // Pass 2: disjoint merge of the sign-agreeing trimmed values.
+  for (size_t t = 0; t < names.size(); ++t) {
+    at::Tensor tau = load(names[t]);
+    for_chunks(d, [&](int64_t b, int64_t n) {
+      at::Tensor chunk = tau.narrow(0, b, n);
+      trim(chunk, thresholds[t]);
+      const at::Tensor s = sign.narrow(0, b, n);
+      // FusionBench: where(s > 0, τ̂ > 0, τ̂ < 0).
+      const at::Tensor agree = at::where(s > 0, chunk > 0, chunk < 0);
+      chunk.masked_fill_(agree.logical_not(), 0);
+      at::Tensor out = acc.narrow(0, b, n);
+      if (merge == "max") {
+        at::maximum_out(out, out, chunk.abs());
+      } else {
+        out.add_(chunk);
+        if (merge == "mean") count.narrow(0, b, n).add_(chunk != 0);
+      }
+    });
+    progress->advance();
+  }
+  for_chunks(d, [&](int64_t b, int64_t n) {
+    at::Tensor out = acc.narrow(0, b, n);
+    if (merge == "mean") out.div_(count.narrow(0, b, n).clamp_min(1));
+    if (merge == "max") out.mul_(sign.narrow(0, b, n));
+  });
+  progress->finish();
+  sign = at::Tensor();
+  count = at::Tensor();
+
+  // τₘ as views into the flat vector, shaped as the pretrained tensors; θ = θ₀ + λ τₘ.
+  StateDict merged_tv;
+  for (const auto& e : layout.entries) {
+    merged_tv.set(e.key, acc.narrow(0, e.offset, e.numel).view(base.at(e.key).sizes()));
+  }
+  acc = at::Tensor();
+  Result result;
+  result.info = {{"num_experts", names.size()},      {"threshold", options_.threshold},
+                 {"merge_func", merge},              {"merged_numel", d},
+                 {"trim_thresholds", threshold_info}, {"removed_keys", removed_keys},
+                 {"scaling_factors", lambdas}};
+  add_scaled_results(result, pretrained, std::move(merged_tv), lambdas);
+  return result;
+}
+
+}  // namespace fusion::methods

@@ -1,0 +1,68 @@
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fusion/algorithm.hpp"
+#include "fusion/config.hpp"
+#include "fusion/plugin.hpp"
+
+namespace fusion::methods {
+
+struct TiesMergingOptions {
+  /// K: the percentage of each task vector's entries kept by magnitude, over the whole model.
+  /// In [0, 100]; 100 keeps everything. Default 20. (FusionBench also reads values ≤ 1 as fractions;
+  /// here the value is always a percentage.)
+  double threshold = 20;
+  /// How the sign-agreeing trimmed values are combined: "sum" (default), "mean" (divided by how
+  /// many are non-zero, at least 1) or "max" (largest magnitude, times the elected sign).
+  std::string merge_func = "sum";
+  /// Keys left out of the merge (kept as the pretrained model's): each entry is an exact key name
+  /// or an ECMAScript regular expression that must match the whole key. Default: none.
+  std::vector<std::string> remove_keys;
+  /// λ in θ = θ₀ + λ τₘ. Default 0.3.
+  double scaling_factor = 0.3;
+  /// A λ sweep: when non-empty, one merged model per value (τₘ is computed once). Default: empty.
+  std::vector<double> scaling_factors;
+
+  static TiesMergingOptions from_config(const Config& config);
+};
+
+/// TIES-merging (Yadav et al., "TIES-Merging: Resolving Interference When Merging Models",
+/// NeurIPS 2023), in FusionBench's form: each task vector τₜ is flattened over the whole model
+/// (floating tensors not in remove_keys); trim keeps |τₜ| ≥ its k-th smallest magnitude,
+/// k = d − int(K/100 · d) (ties at the cut kept); elect s = sign(Σₜ τ̂ₜ) with zeros set to
+/// sign(Σ s); disjoint merge keeps τ̂ₜ where it agrees with s (where s is still 0, its negative
+/// entries, as FusionBench's `where(s > 0, τ > 0, τ < 0)`), combined by merge_func; θ = θ₀ + λ τₘ.
+///
+/// Streams in two passes over the experts, so no more than one task vector is ever held:
+/// pass 1 computes each task's threshold and the trimmed sum Σₜ τ̂ₜ; pass 2 reloads each expert,
+/// re-trims it with its stored threshold and adds its sign-agreeing values. Peak memory: θ₀, one
+/// flat task vector, the flat accumulator and the elected signs (int8) — plus, for `mean`, an
+/// int16 count. Each expert is read twice.
+class TiesMerging : public Algorithm {
+ public:
+  explicit TiesMerging(TiesMergingOptions options = {});
+  static ComponentInfo info();
+  static std::unique_ptr<Algorithm> create(const Context& ctx);
+  Result run(ModelPool& models, TaskPool* tasks, const Context& ctx) override;
+  const TiesMergingOptions& options() const { return options_; }
+
+  /// Whether `key` is matched by an entry of remove_keys.
+  bool removed(const std::string& key) const;
+
+ private:
+  TiesMergingOptions options_;
+  struct Matchers;
+  std::shared_ptr<const Matchers> matchers_;
+};
+
+/// The k-th smallest (1-based, 1 ≤ k ≤ numel) of |x| over a 1-D tensor, as torch.kthvalue(x.abs(), k)
+/// returns it. For a contiguous float32 CPU tensor it uses a two-pass radix select that needs no
+/// copy of x; otherwise at::kthvalue.
+double kth_smallest_magnitude(const at::Tensor& x, int64_t k);
+
+}  // namespace fusion::methods

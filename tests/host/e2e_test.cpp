@@ -1,0 +1,437 @@
+// End-to-end: the built `fusion` binary, run with small configs in a temporary folder and the
+// purpose-built test plugin (FUSION_NO_DEFAULT_PLUGINS=1, FUSION_PLUGIN_PATH=<test plugins>).
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "fusion/config.hpp"
+#include "fusion/safetensors.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+const fs::path kBinary = FUSION_BINARY;
+const fs::path kPlugins = FUSION_HOST_TEST_PLUGIN_DIR;
+
+std::string quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += (c == '\'') ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string read(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) out.push_back(line);
+  return out;
+}
+
+struct Outcome {
+  int code = -1;
+  std::string out;
+  std::string err;
+  /// The lines of stderr that are the error line (should be exactly one).
+  std::vector<std::string> error_lines() const {
+    std::vector<std::string> r;
+    for (const auto& l : lines_of(err))
+      if (l.rfind("fusion: error: ", 0) == 0) r.push_back(l);
+    return r;
+  }
+};
+
+constexpr const char* kSweep = R"(out_dir = "out"
+progress = false
+
+[method]
+name = "test_sweep"
+lambdas = [0.0, 0.5, 1.0]
+
+[modelpool]
+name = "test_pool"
+pretrained = [0.5, 0.5]
+experts = [[0.9, 0.2], [0.2, 0.6]]
+names = ["a", "b"]
+
+[taskpool]
+name = "test_tasks"
+tasks = ["a", "b"]
+)";
+
+class E2E : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() /
+           (std::string("fusion_e2e_") + info->test_suite_name() + "_" + info->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+
+  Outcome fusion(const std::vector<std::string>& args,
+                 std::string plugin_path = (kPlugins / "good").string()) {
+    std::string cmd = "cd " + quote(dir_.string()) +
+                      " && env FUSION_NO_DEFAULT_PLUGINS=1 FUSION_PLUGIN_PATH=" + quote(plugin_path) +
+                      " " + quote(kBinary.string());
+    for (const auto& a : args) cmd += " " + quote(a);
+    cmd += " > " + quote((dir_ / "stdout.txt").string()) + " 2> " + quote((dir_ / "stderr.txt").string());
+    int status = std::system(cmd.c_str());
+    Outcome o;
+    o.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    o.out = read(dir_ / "stdout.txt");
+    o.err = read(dir_ / "stderr.txt");
+    return o;
+  }
+
+  fs::path write(const std::string& name, const std::string& text) {
+    fs::path p = dir_ / name;
+    fs::create_directories(p.parent_path());
+    std::ofstream(p) << text;
+    return p;
+  }
+
+  // A bad input: exit 1, one `fusion: error:` line containing `needle`, no report.json anywhere.
+  void expect_failure(const Outcome& o, const std::string& needle) {
+    EXPECT_EQ(o.code, 1) << o.err;
+    auto errs = o.error_lines();
+    ASSERT_EQ(errs.size(), 1u) << o.err;
+    EXPECT_NE(errs[0].find(needle), std::string::npos) << errs[0];
+    for (const auto& e : fs::recursive_directory_iterator(dir_))
+      EXPECT_NE(e.path().filename(), "report.json") << e.path();
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(E2E, Help) {
+  Outcome o = fusion({"--help"});
+  EXPECT_EQ(o.code, 0);
+  EXPECT_NE(o.out.find("fusion run CONFIG.toml [key=value ...]"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("fusion plugins"), std::string::npos);
+  EXPECT_NE(o.out.find("fusion describe NAME"), std::string::npos);
+  EXPECT_NE(o.out.find("FUSION_PLUGIN_PATH"), std::string::npos);
+}
+
+TEST_F(E2E, Version) {
+  Outcome o = fusion({"--version"});
+  EXPECT_EQ(o.code, 0);
+  auto lines = lines_of(o.out);
+  ASSERT_EQ(lines.size(), 4u) << o.out;
+  EXPECT_EQ(lines[0].rfind("fusion 0.", 0), 0u);
+  EXPECT_EQ(lines[1], "SDK ABI 1");
+  EXPECT_EQ(lines[2], std::string("LibTorch ") + TORCH_VERSION);
+  EXPECT_EQ(lines[3].rfind("CUDA: ", 0), 0u);
+}
+
+TEST_F(E2E, UsageErrorsExitTwo) {
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"frobnicate"}, {"--frob"}, {}, {"run"}, {"describe"}, {"plugins", "extra"}}) {
+    Outcome o = fusion(args);
+    EXPECT_EQ(o.code, 2) << o.err;
+    ASSERT_EQ(o.error_lines().size(), 1u) << o.err;
+    EXPECT_EQ(lines_of(o.err).size(), 1u) << o.err;
+  }
+  EXPECT_NE(fusion({"frobnicate"}).err.find("unknown command 'frobnicate'"), std::string::npos);
+  EXPECT_NE(fusion({"--frob"}).err.find("--frob"), std::string::npos);
+}
+
+TEST_F(E2E, PluginsListsComponentsAndRefusals) {
+  Outcome o = fusion({"plugins"}, (kPlugins / "good").string() + ":" + (kPlugins / "bad").string());
+  EXPECT_EQ(o.code, 0) << o.err;
+  EXPECT_EQ(o.err, "");  // refusals are listed on stdout, not warned about
+  EXPECT_NE(o.out.find("safetensors"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("host_test_good 1.2.3 (ABI 1"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("fusion_host_test_good.so"), std::string::npos);
+  EXPECT_NE(o.out.find("algorithm  test_sweep"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("a sweep over task arithmetic"), std::string::npos);
+  EXPECT_NE(o.out.find("taskpool   test_tasks"), std::string::npos);
+  EXPECT_NE(o.out.find("refused:"), std::string::npos);
+  EXPECT_NE(o.out.find("fusion_host_test_wrong_abi.so: built for ABI 999, host has ABI 1"),
+            std::string::npos)
+      << o.out;
+  EXPECT_NE(o.out.find("fusion_host_test_init_throws.so: init failed: init failed on purpose"),
+            std::string::npos);
+}
+
+TEST_F(E2E, DescribeComponent) {
+  Outcome o = fusion({"describe", "test_sweep"});
+  EXPECT_EQ(o.code, 0) << o.err;
+  EXPECT_NE(o.out.find("test_sweep: algorithm"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("lambdas  list of float, default [0.0, 0.5, 1.0], in [0, 1]"),
+            std::string::npos)
+      << o.out;
+  EXPECT_NE(o.out.find("mode     string, default \"sum\", one of \"sum\", \"mean\""),
+            std::string::npos)
+      << o.out;
+  EXPECT_NE(o.out.find("[method] table"), std::string::npos);
+  o = fusion({"describe", "test_pool"});
+  EXPECT_NE(o.out.find("pretrained  list of float, required"), std::string::npos) << o.out;
+  o = fusion({"describe", "test_pretrained"});
+  EXPECT_NE(o.out.find("reference: https://example.org/test"), std::string::npos) << o.out;
+  o = fusion({"describe", "run"});
+  EXPECT_EQ(o.code, 0);
+  EXPECT_NE(o.out.find("device"), std::string::npos);
+  EXPECT_NE(o.out.find("out_dir"), std::string::npos);
+  o = fusion({"describe", "nope"});
+  EXPECT_EQ(o.code, 1);
+  ASSERT_EQ(o.error_lines().size(), 1u);
+  EXPECT_NE(o.err.find("unknown component 'nope'"), std::string::npos) << o.err;
+}
+
+TEST_F(E2E, RunWritesConfigLogResultsAndReport) {
+  write("sweep.toml", kSweep);
+  Outcome o = fusion({"run", "sweep.toml", "seed=3"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  const fs::path out = dir_ / "out";
+  for (const char* f : {"config.toml", "log.txt", "results.csv", "report.json"})
+    EXPECT_TRUE(fs::exists(out / f)) << f;
+  EXPECT_FALSE(fs::exists(out / "models"));  // a task pool and save_models unset: nothing saved
+
+  // The resolved config: defaults filled in, overrides applied, and it parses back.
+  auto rc = fusion::RunConfig::from_file(out / "config.toml");
+  EXPECT_EQ(std::get<std::string>(rc.section("method").at("mode")), "sum");
+  EXPECT_EQ(std::get<int64_t>(rc.section("run").at("seed")), 3);
+  EXPECT_EQ(std::get<bool>(rc.section("run").at("save_models")), false);
+  EXPECT_EQ(std::get<std::string>(rc.section("run").at("device")), "auto");
+
+  json r = json::parse(read(out / "report.json"));
+  EXPECT_EQ(r["method"], "test_sweep");
+  EXPECT_EQ(r["modelpool"], "test_pool");
+  EXPECT_EQ(r["taskpool"], "test_tasks");
+  EXPECT_EQ(r["seed"], 3);
+  EXPECT_EQ(r["dtype"], "float32");
+  EXPECT_EQ(r["command"].back(), "seed=3");
+  EXPECT_EQ(r["tasks"], json({"a", "b"}));
+  EXPECT_EQ(r["config"]["method"]["lambdas"], json({0.0, 0.5, 1.0}));
+  EXPECT_GT(r["peak_rss_mb"].get<double>(), 1.0);
+  for (const char* t : {"load_s", "merge_s", "eval_s", "total_s"})
+    EXPECT_GE(r["timings"][t].get<double>(), 0.0) << t;
+  EXPECT_EQ(r["info"]["trainable_params"], 0);
+  ASSERT_EQ(r["models"].size(), 3u);
+  // θ₀ = (0.5, 0.5), τ = (0.4, -0.3) + (-0.3, 0.1) = (0.1, -0.2): λ = 0.5 gives (0.55, 0.4).
+  const json& m = r["models"][1];
+  EXPECT_EQ(m["label"], "lambda=0.50");
+  EXPECT_EQ(m["metadata"]["scaling_factor"], 0.5);
+  EXPECT_TRUE(m["path"].is_null());
+  EXPECT_NEAR(m["report"]["a"]["accuracy"].get<double>(), 0.55, 1e-6);
+  EXPECT_NEAR(m["report"]["b"]["accuracy"].get<double>(), 0.40, 1e-6);
+  EXPECT_NEAR(m["report"]["b"]["loss"].get<double>(), 0.60, 1e-6);
+  EXPECT_NEAR(m["report"]["average"]["accuracy"].get<double>(), 0.475, 1e-6);
+  EXPECT_EQ(m["report"]["model_info"]["all_params"], 2);
+  // Points (0.5, 0.5), (0.55, 0.4), (0.6, 0.3): 0.25 + 0.05·0.4 + 0.05·0.3.
+  EXPECT_NEAR(r["hypervolume"].get<double>(), 0.285, 1e-6);
+  EXPECT_EQ(r["pareto_front"], json({"lambda=0.00", "lambda=0.50", "lambda=1.00"}));
+  if (r.contains("pareto_plot")) EXPECT_GT(fs::file_size(out / "pareto.svg"), 100u);
+
+  auto csv = lines_of(read(out / "results.csv"));
+  ASSERT_EQ(csv.size(), 4u);
+  EXPECT_EQ(csv[0], "label,index,scaling_factor,a.accuracy,a.loss,b.accuracy,b.loss,average.accuracy");
+  EXPECT_EQ(csv[2].rfind("lambda=0.50,1,0.5,0.55", 0), 0u) << csv[2];
+
+  std::string log = read(out / "log.txt");
+  EXPECT_NE(log.find("running test_sweep"), std::string::npos) << log;
+  EXPECT_NE(log.find("model 2/3 'lambda=0.50': a=0.55"), std::string::npos) << log;
+}
+
+TEST_F(E2E, WithoutTaskPoolModelsAreSaved) {
+  std::string cfg = kSweep;
+  cfg = cfg.substr(0, cfg.find("[taskpool]"));
+  write("merge.toml", cfg);
+  Outcome o = fusion({"run", "merge.toml", "method.lambdas=[0.25]"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  const fs::path out = dir_ / "out";
+  json r = json::parse(read(out / "report.json"));
+  ASSERT_EQ(r["models"].size(), 1u);
+  EXPECT_EQ(r["models"][0]["path"], "models/lambda=0.25");
+  EXPECT_TRUE(r["models"][0]["report"].is_null());
+  EXPECT_FALSE(r.contains("hypervolume"));
+  EXPECT_TRUE(r["taskpool"].is_null());
+  auto w = lines_of(read(out / "models" / "lambda=0.25" / "weights.txt"));
+  ASSERT_EQ(w.size(), 2u);
+  EXPECT_NEAR(std::stod(w[0]), 0.525, 1e-6);
+  EXPECT_NEAR(std::stod(w[1]), 0.45, 1e-6);
+  EXPECT_EQ(lines_of(read(out / "results.csv"))[0], "label,index,scaling_factor");
+}
+
+TEST_F(E2E, SaveModelsWithTaskPoolAndDefaultOutDir) {
+  std::string cfg = kSweep;
+  cfg.erase(0, cfg.find('\n') + 1);  // no out_dir: outputs/<method name>
+  write("sweep.toml", cfg);
+  Outcome o = fusion({"run", "sweep.toml", "save_models=true", "method.lambdas=[1, 0]"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  const fs::path out = dir_ / "outputs" / "test_sweep";
+  EXPECT_TRUE(fs::exists(out / "models" / "lambda=1.00" / "weights.txt"));
+  EXPECT_TRUE(fs::exists(out / "models" / "lambda=0.00" / "weights.txt"));
+  json r = json::parse(read(out / "report.json"));
+  EXPECT_EQ(r["config"]["run"]["out_dir"], "outputs/test_sweep");
+  EXPECT_FALSE(r["models"][0]["report"].is_null());
+}
+
+TEST_F(E2E, CompareDrawsAnotherRun) {
+  write("sweep.toml", kSweep);
+  ASSERT_EQ(fusion({"run", "sweep.toml"}).code, 0);
+  std::string cfg = kSweep;
+  cfg.replace(cfg.find("test_sweep"), 10, "test_pretrained");
+  cfg.replace(cfg.find("lambdas = [0.0, 0.5, 1.0]"), 25, "label = \"base\"");
+  cfg.replace(cfg.find("\"out\""), 5, "\"out2\"");
+  write("pre.toml", cfg);
+  Outcome o = fusion({"run", "pre.toml", "compare=[\"out/report.json\"]"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  json r = json::parse(read(dir_ / "out2" / "report.json"));
+  ASSERT_EQ(r["models"].size(), 1u);
+  EXPECT_EQ(r["models"][0]["label"], "base");
+  EXPECT_NEAR(r["hypervolume"].get<double>(), 0.25, 1e-6);
+  if (r.contains("pareto_plot")) {
+    std::string svg = read(dir_ / "out2" / "pareto.svg");
+    EXPECT_NE(svg.find("<svg"), std::string::npos);
+  }
+  expect_failure(fusion({"run", "pre.toml", "compare=[\"missing/report.json\"]", "out_dir=out3"}),
+                 "run.compare[0]: cannot read report 'missing/report.json'");
+}
+
+// ---- bad input: one line, exit 1, no report.json -------------------------------------------
+
+TEST_F(E2E, MissingConfigFile) {
+  expect_failure(fusion({"run", "nope.toml"}), "fusion: error: nope.toml: config file not found");
+}
+
+TEST_F(E2E, TomlSyntaxError) {
+  write("bad.toml", "[method]\nname = \"test_sweep\"\nlambdas = [0.0,\n\n[modelpool\n");
+  Outcome o = fusion({"run", "bad.toml"});
+  expect_failure(o, "bad.toml:");
+  EXPECT_NE(o.err.find("TOML syntax error"), std::string::npos);
+}
+
+TEST_F(E2E, UnknownComponent) {
+  write("c.toml", kSweep);
+  Outcome o = fusion({"run", "c.toml", "method.name=task_arithmetc"});
+  expect_failure(o, "method.name: unknown algorithm 'task_arithmetc'; known: test_pretrained, test_sweep");
+  expect_failure(fusion({"run", "c.toml", "taskpool.name=nope"}), "taskpool.name: unknown taskpool 'nope'");
+}
+
+TEST_F(E2E, UnknownComponentNamesRefusedPlugins) {
+  write("c.toml", kSweep);
+  Outcome o = fusion({"run", "c.toml"}, (kPlugins / "bad").string());
+  expect_failure(o, "method.name: unknown algorithm 'test_sweep'");
+  EXPECT_NE(o.err.find("refused plugins:"), std::string::npos) << o.err;
+  EXPECT_NE(o.err.find("fusion_host_test_wrong_abi.so (built for ABI 999, host has ABI 1)"),
+            std::string::npos);
+}
+
+TEST_F(E2E, UnknownOption) {
+  write("c.toml", kSweep);
+  expect_failure(fusion({"run", "c.toml", "method.lambda=0.3"}),
+                 "method.lambda: unknown option; known options: lambdas, fail_at, mode");
+  expect_failure(fusion({"run", "c.toml", "run.colour=blue"}), "run.colour: unknown option");
+  write("s.toml", std::string(kSweep) + "[extra]\nx = 1\n");
+  expect_failure(fusion({"run", "s.toml"}), "unknown section [extra]");
+}
+
+TEST_F(E2E, WrongType) {
+  write("c.toml", kSweep);
+  expect_failure(fusion({"run", "c.toml", "method.lambdas=abc"}),
+                 "method.lambdas: expected list of float, got string \"abc\"");
+  expect_failure(fusion({"run", "c.toml", "seed=\"x\""}), "run.seed: expected int, got string \"x\"");
+  expect_failure(fusion({"run", "c.toml", "method.name=3"}), "method.name: expected string, got int 3");
+}
+
+TEST_F(E2E, OutOfRange) {
+  write("c.toml", kSweep);
+  expect_failure(fusion({"run", "c.toml", "method.lambdas=[0.5, 2]"}),
+                 "method.lambdas[1]: expected a value in [0, 1], got 2.0");
+  expect_failure(fusion({"run", "c.toml", "dtype=int8"}),
+                 "run.dtype: expected one of \"float32\", \"float16\", \"bfloat16\", \"float64\", got \"int8\"");
+  expect_failure(fusion({"run", "c.toml", "threads=0"}), "run.threads: expected a value in [1, 4096], got 0");
+  expect_failure(fusion({"run", "c.toml", "device=gpu"}), "run.device: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got \"gpu\"");
+}
+
+TEST_F(E2E, CudaWithoutCuda) {
+  if (fusion({"--version"}).out.find("CUDA: available") != std::string::npos)
+    GTEST_SKIP() << "a GPU is present";
+  write("c.toml", kSweep);
+  expect_failure(fusion({"run", "c.toml", "device=cuda"}), "run.device: \"cuda\" asked for, but");
+}
+
+TEST_F(E2E, MalformedOverride) {
+  write("c.toml", kSweep);
+  expect_failure(fusion({"run", "c.toml", "method.lambdas"}),
+                 "override 'method.lambdas': expected key=value");
+  expect_failure(fusion({"run", "c.toml", "method..x=1"}), "override 'method..x=1'");
+}
+
+TEST_F(E2E, UnwritableOutDir) {
+  write("c.toml", kSweep);
+  write("afile", "a file where a folder should be\n");
+  Outcome o = fusion({"run", "c.toml", "out_dir=afile/sub"});
+  expect_failure(o, "run.out_dir: cannot create output folder 'afile/sub'");
+  EXPECT_FALSE(fs::exists(dir_ / "out"));
+}
+
+TEST_F(E2E, MissingSectionsAndPlugins) {
+  write("nomethod.toml", "[modelpool]\nname = \"test_pool\"\npretrained = [1.0]\n");
+  expect_failure(fusion({"run", "nomethod.toml"}), "nomethod.toml: no [method] section");
+  write("c.toml", kSweep);
+  expect_failure(fusion({"run", "c.toml", "plugins=[\"nowhere.so\"]"}),
+                 "run.plugins[0]: 'nowhere.so' does not exist");
+  expect_failure(fusion({"run", "c.toml", "modelpool.pretrained=[]", "modelpool.experts=[]",
+                         "modelpool.names=[\"x\"]"}),
+                 "modelpool.names: 1 names for 0 experts");
+}
+
+TEST_F(E2E, ExplicitPluginRefusedIsAnError) {
+  write("c.toml", kSweep);
+  expect_failure(fusion({"run", "c.toml", "plugins=[\"" + (kPlugins / "bad" / "fusion_host_test_wrong_abi.so").string() + "\"]"}),
+                 "built for ABI 999, host has ABI 1");
+}
+
+TEST_F(E2E, FailureDuringTheRunLeavesNoReport) {
+  write("c.toml", kSweep);
+  Outcome o = fusion({"run", "c.toml", "method.fail_at=1"});
+  expect_failure(o, "test_sweep: failing on purpose at model 1");
+  EXPECT_TRUE(fs::exists(dir_ / "out" / "config.toml"));
+  EXPECT_FALSE(fs::exists(dir_ / "out" / "results.csv"));
+}
+
+TEST_F(E2E, BuiltinSafetensorsPool) {
+  fusion::StateDict base, expert;
+  base.set("layer.weight", at::tensor({1.0f, 2.0f, 3.0f}));
+  expert.set("layer.weight", at::tensor({2.0f, 2.0f, 2.0f}));
+  fusion::save_safetensors(dir_ / "base.safetensors", base);
+  fusion::save_safetensors(dir_ / "expert.safetensors", expert);
+  write("st.toml", R"(out_dir = "st"
+progress = false
+[method]
+name = "test_pretrained"
+[modelpool]
+name = "safetensors"
+pretrained = "base.safetensors"
+[modelpool.models]
+e = "expert.safetensors"
+)");
+  Outcome o = fusion({"run", "st.toml"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  json r = json::parse(read(dir_ / "st" / "report.json"));
+  ASSERT_EQ(r["models"].size(), 1u);
+  fs::path saved = dir_ / "st" / r["models"][0]["path"].get<std::string>();
+  fusion::StateDict back = fusion::load_safetensors(saved);
+  ASSERT_TRUE(back.contains("layer.weight"));
+  EXPECT_TRUE(at::equal(back.at("layer.weight"), base.at("layer.weight")));
+}
+
+}  // namespace

@@ -337,3 +337,25 @@ TEST(Registration, OptionsFromCheckedConfig) {
   EXPECT_TRUE(w.normalize);
   EXPECT_EQ(w.weights.size(), 2u);
 }
+
+// ---- device --------------------------------------------------------------------------------
+
+TEST(Device, MergesOnTheContextsDevice) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  Context gpu;
+  gpu.set_device(at::Device(at::kCUDA, 0));
+  auto experts = std::vector<std::pair<std::string, StateDict>>{{"a", random_sd(2)}, {"b", random_sd(3)}};
+  std::vector<std::pair<std::string, std::unique_ptr<Algorithm>>> methods;
+  methods.emplace_back("task_arithmetic", std::make_unique<TaskArithmetic>());
+  methods.emplace_back("simple_average", std::make_unique<SimpleAverage>());
+  methods.emplace_back("ties_merging", std::make_unique<TiesMerging>());
+  for (auto& [name, m] : methods) {
+    MemoryPool cpu_pool(random_sd(1), experts), gpu_pool(random_sd(1), experts);
+    ModelPtr on_cpu = only_model(m->run(cpu_pool, nullptr, cpu_context()));
+    ModelPtr on_gpu = only_model(m->run(gpu_pool, nullptr, gpu));
+    for (const auto& [k, t] : on_gpu->parameters()) {
+      if (is_mergeable(t)) EXPECT_TRUE(t.is_cuda()) << name << " " << k;
+    }
+    EXPECT_TRUE(state_dicts_close(on_gpu->parameters(), on_cpu->parameters(), 1e-5, 1e-6)) << name;
+  }
+}

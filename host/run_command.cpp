@@ -85,7 +85,7 @@ std::string csv_field(const std::string& s) {
 
 std::string csv_number(double d) {
   std::ostringstream out;
-  out.precision(10);
+  out.precision(6);
   out << d;
   return out.str();
 }

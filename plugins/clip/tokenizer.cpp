@@ -142,6 +142,8 @@ void append_lower(std::u32string& out, char32_t c) {
              even_in(0x1E00, 0x1E95) || even_in(0x1EA0, 0x1EFF) || even_in(0x139, 0x148) ||
              even_in(0x179, 0x17E) || even_in(0x4C1, 0x4CE)) {
     out.push_back(c + 1);
+  } else if (c == 0x1E9E) {
+    out.push_back(0xDF);
   } else if (c == 0x178) {
     out.push_back(0xFF);
   } else if (c == 0x386) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <regex>
 #include <utility>
 
@@ -27,8 +28,14 @@ TiesMergingOptions TiesMergingOptions::from_config(const Config& config) {
 }
 
 struct TiesMerging::Matchers {
-  std::vector<std::string> exact;
-  std::vector<std::regex> patterns;
+  struct Entry {
+    std::string name;
+    std::optional<std::regex> pattern;  // absent when the entry is not a valid regular expression
+    bool matches(const std::string& key) const {
+      return key == name || (pattern && std::regex_match(key, *pattern));
+    }
+  };
+  std::vector<Entry> entries;
 };
 
 TiesMerging::TiesMerging(TiesMergingOptions options) : options_(std::move(options)) {
@@ -39,22 +46,20 @@ TiesMerging::TiesMerging(TiesMergingOptions options) : options_(std::move(option
   scaling_factors_of(options_.scaling_factor, options_.scaling_factors);  // validates
   auto m = std::make_shared<Matchers>();
   for (const std::string& entry : options_.remove_keys) {
-    m->exact.push_back(entry);
+    Matchers::Entry e{entry, std::nullopt};
     try {
-      m->patterns.emplace_back(entry, std::regex::ECMAScript);
+      e.pattern.emplace(entry, std::regex::ECMAScript);
     } catch (const std::regex_error&) {
       // Not a regular expression (e.g. "layers[0"): the entry is matched as an exact name only.
     }
+    m->entries.push_back(std::move(e));
   }
   matchers_ = std::move(m);
 }
 
 bool TiesMerging::removed(const std::string& key) const {
-  for (const std::string& e : matchers_->exact) {
-    if (e == key) return true;
-  }
-  for (const std::regex& re : matchers_->patterns) {
-    if (std::regex_match(key, re)) return true;
+  for (const auto& e : matchers_->entries) {
+    if (e.matches(key)) return true;
   }
   return false;
 }
@@ -202,15 +207,10 @@ Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& c
   }
   FUSION_ENSURE(layout.numel > 0, "ties_merging: no floating-point tensor is left to merge (method.remove_keys "
                 "removes them all)");
-  for (const std::string& entry : options_.remove_keys) {
-    bool used = false;
-    for (const std::string& key : removed_keys) {
-      if (key == entry || std::regex_match(key, std::regex(entry))) {
-        used = true;
-        break;
-      }
-    }
-    if (!used) ctx.log().warn("ties_merging: method.remove_keys entry '" + entry + "' matches no key");
+  for (const auto& entry : matchers_->entries) {
+    const bool used = std::any_of(removed_keys.begin(), removed_keys.end(),
+                                  [&](const std::string& key) { return entry.matches(key); });
+    if (!used) ctx.log().warn("ties_merging: method.remove_keys entry '" + entry.name + "' matches no floating-point key");
   }
 
   const int64_t d = layout.numel;

@@ -1,1 +1,254 @@
-// Placeholder: being written (see the owner of this file).
+// The generic checkpoint model pool, `safetensors` (checkpoint_pool.hpp).
+#include "fusion/checkpoint_pool.hpp"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <unordered_map>
+
+#include "fusion/error.hpp"
+#include "fusion/safetensors.hpp"
+
+namespace fusion {
+
+namespace fs = std::filesystem;
+
+namespace detail {
+// Defined in safetensors.cpp: the tensor entries of a checkpoint (file, folder or sharded folder),
+// headers only, every file validated.
+std::vector<TensorInfo> read_checkpoint_layout(const fs::path& path);
+std::string shape_string(const std::vector<int64_t>& shape);
+}  // namespace detail
+
+namespace {
+
+/// The config.json that belongs to a checkpoint: in the folder, or beside a single file.
+fs::path config_json_of(const fs::path& checkpoint) {
+  std::error_code ec;
+  return fs::is_directory(checkpoint, ec) ? checkpoint / "config.json"
+                                          : checkpoint.parent_path() / "config.json";
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  FUSION_ENSURE(in.good(), path.string(), ": cannot read: ", std::strerror(errno));
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  FUSION_ENSURE(!in.bad(), path.string(), ": cannot read");
+  return buf.str();
+}
+
+std::string random_suffix() {
+  static std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(::getpid()));
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%08llx", static_cast<unsigned long long>(rng() & 0xffffffffULL));
+  return buf;
+}
+
+std::string shape_of(const at::Tensor& t) {
+  return detail::shape_string(t.sizes().vec());
+}
+
+}  // namespace
+
+CheckpointModelPool::CheckpointModelPool(const Context& ctx) : ctx_(ctx) {
+  const Config& config = ctx_.config();
+  const std::string section = config.section().empty() ? "modelpool" : config.section();
+  pretrained_path_ = config.get<std::string>("pretrained");
+  FUSION_ENSURE(!pretrained_path_.empty(), section, ".pretrained: the path is empty");
+  const StringMap models = config.get<StringMap>("models");
+  FUSION_ENSURE(!models.empty(), section, ".models: no experts; give at least one as name = \"path\"");
+  for (const auto& [name, path] : models) {
+    FUSION_ENSURE(name != "pretrained", section, ".models.pretrained: 'pretrained' is reserved for the "
+                  "pretrained model; name the expert otherwise");
+    experts_.emplace_back(name, fs::path(path));
+  }
+  // Fail before any work when a path is wrong; nothing is read here (loading stays lazy).
+  auto check = [&](const std::string& option, const fs::path& path) {
+    std::error_code ec;
+    FUSION_ENSURE(!path.empty(), option, ": the path is empty");
+    FUSION_ENSURE(fs::exists(path, ec), option, ": ", path.string(), " does not exist");
+  };
+  check(section + ".pretrained", pretrained_path_);
+  for (const auto& [name, path] : experts_) check(section + ".models." + name, path);
+}
+
+CheckpointModelPool::~CheckpointModelPool() = default;
+
+Schema CheckpointModelPool::schema() {
+  Schema s;
+  s.add_required("pretrained", ValueType::String,
+                 "the pretrained model: a Hugging Face model folder (config.json + model.safetensors "
+                 "or sharded model.safetensors.index.json) or a single .safetensors file");
+  s.add_required("models", ValueType::StringMap,
+                 "the experts fine-tuned from it, as a table name = \"path\" (same forms as "
+                 "pretrained); at least one");
+  return s;
+}
+
+ComponentInfo CheckpointModelPool::info() {
+  ComponentInfo info;
+  info.name = "safetensors";
+  info.summary = "a pretrained checkpoint and named experts in safetensors files or Hugging Face "
+                 "folders, loaded lazily; merged models saved as Hugging Face folders";
+  info.reference = "https://huggingface.co/docs/safetensors";
+  info.schema = schema();
+  return info;
+}
+
+std::vector<std::string> CheckpointModelPool::expert_names() const {
+  std::vector<std::string> out;
+  out.reserve(experts_.size());
+  for (const auto& [name, path] : experts_) out.push_back(name);
+  return out;
+}
+
+bool CheckpointModelPool::has_pretrained() const { return true; }
+
+const fs::path& CheckpointModelPool::path_of(const std::string& name) const {
+  if (name == "pretrained") return pretrained_path_;
+  for (const auto& [n, path] : experts_) {
+    if (n == name) return path;
+  }
+  std::string known;
+  for (const auto& [n, path] : experts_) known += (known.empty() ? "" : ", ") + n;
+  const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
+  FUSION_FAIL(section, ": unknown expert '", name, "'; known experts: ", known);
+}
+
+ModelPtr CheckpointModelPool::pretrained() {
+  if (!pretrained_) pretrained_ = load_path(pretrained_path_);
+  return pretrained_;
+}
+
+ModelPtr CheckpointModelPool::load(const std::string& name) {
+  const fs::path& path = path_of(name);
+  const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
+  const std::string option = section + ".models." + name;
+  const std::string expert = "expert '" + name + "'";
+
+  // Compare the layouts from the headers alone: nothing of the expert is read when they differ,
+  // and the pretrained model's tensors are not needed.
+  const std::vector<TensorInfo> layout = detail::read_checkpoint_layout(path);
+  std::unordered_map<std::string, const TensorInfo*> by_name;
+  for (const auto& t : layout) by_name.emplace(t.name, &t);
+  size_t reference_size = 0;
+  auto compare = [&](const std::string& key, const std::string& reference_shape,
+                     const std::vector<int64_t>& shape) {
+    ++reference_size;
+    auto it = by_name.find(key);
+    FUSION_ENSURE(it != by_name.end(), option, " (", path.string(), "): ", expert, " lacks key '", key,
+                  "' that pretrained has");
+    FUSION_ENSURE(it->second->shape == shape, option, " (", path.string(), "): key '", key,
+                  "': pretrained has shape ", reference_shape, " but ", expert, " has shape ",
+                  detail::shape_string(it->second->shape));
+  };
+  if (pretrained_) {
+    for (const auto& [key, t] : pretrained_->parameters()) compare(key, shape_of(t), t.sizes().vec());
+  } else {
+    for (const auto& t : detail::read_checkpoint_layout(pretrained_path_)) {
+      compare(t.name, detail::shape_string(t.shape), t.shape);
+    }
+  }
+  if (layout.size() != reference_size) {
+    std::unordered_map<std::string, bool> reference_keys;
+    if (pretrained_) {
+      for (const auto& [key, t] : pretrained_->parameters()) reference_keys.emplace(key, true);
+    } else {
+      for (const auto& t : detail::read_checkpoint_layout(pretrained_path_)) reference_keys.emplace(t.name, true);
+    }
+    for (const auto& t : layout) {
+      FUSION_ENSURE(reference_keys.count(t.name), option, " (", path.string(), "): ", expert, " has key '",
+                    t.name, "' that pretrained lacks");
+    }
+  }
+  return load_path(path);
+}
+
+ModelPtr CheckpointModelPool::make_model(StateDict params, nlohmann::json config) const {
+  return std::make_shared<Model>("checkpoint", std::move(params), std::move(config));
+}
+
+ModelPtr CheckpointModelPool::load_path(const fs::path& path) const {
+  StateDict params = load_safetensors(path, ctx_.device(), ctx_.dtype());
+  nlohmann::json config = nlohmann::json::object();
+  const fs::path config_path = config_json_of(path);
+  std::error_code ec;
+  if (fs::is_regular_file(config_path, ec)) {
+    try {
+      config = nlohmann::json::parse(read_text(config_path));
+    } catch (const nlohmann::json::exception& e) {
+      FUSION_FAIL(config_path.string(), ": not valid JSON: ", e.what());
+    }
+    FUSION_ENSURE(config.is_object(), config_path.string(), ": must hold a JSON object");
+  }
+  return make_model(std::move(params), std::move(config));
+}
+
+void CheckpointModelPool::save(const Model& model, const fs::path& dir_in) const {
+  fs::path dir = dir_in.lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();
+  FUSION_ENSURE(!dir.empty() && dir != "." && dir != "..", "cannot save a model to '", dir_in.string(),
+                "': not a folder name");
+  const fs::path parent = dir.parent_path().empty() ? fs::path(".") : dir.parent_path();
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  if (ec || !fs::is_directory(parent)) {
+    FUSION_FAIL("cannot write the output folder ", dir.string(), ": cannot create ", parent.string(), ": ",
+                ec ? ec.message() : std::string("not a folder"));
+  }
+  const bool replace = fs::exists(dir, ec);
+  FUSION_ENSURE(!replace || fs::is_directory(dir, ec), "cannot write the output folder ", dir.string(),
+                ": a file of that name exists");
+
+  // Everything goes into a sibling temporary folder, renamed into place at the end.
+  fs::path tmp;
+  for (int attempt = 0;; ++attempt) {
+    tmp = parent / (dir.filename().string() + ".tmp-" + random_suffix());
+    if (::mkdir(tmp.c_str(), 0777) == 0) break;
+    const int err = errno;
+    FUSION_ENSURE(err == EEXIST && attempt < 100, "cannot write the output folder ", dir.string(), ": ",
+                  std::strerror(err));
+  }
+  try {
+    save_safetensors(tmp / "model.safetensors", model.parameters(), {{"format", "pt"}});
+    const fs::path pretrained_config = config_json_of(pretrained_path_);
+    if (fs::is_regular_file(pretrained_config, ec)) {
+      write_file_atomic(tmp / "config.json", read_text(pretrained_config));
+    } else if (model.config().is_object() && !model.config().empty()) {
+      write_file_atomic(tmp / "config.json", model.config().dump(2) + "\n");
+    }
+    if (!replace) {
+      if (::rename(tmp.c_str(), dir.c_str()) != 0) {
+        FUSION_FAIL("cannot write the output folder ", dir.string(), ": rename: ", std::strerror(errno));
+      }
+    } else if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
+      // tmp now holds the previous contents.
+      fs::remove_all(tmp, ec);
+    } else {
+      // No atomic exchange on this file system: move the old folder aside, then the new one in.
+      const fs::path old = parent / (dir.filename().string() + ".old-" + random_suffix());
+      if (::rename(dir.c_str(), old.c_str()) != 0) {
+        FUSION_FAIL("cannot replace the output folder ", dir.string(), ": ", std::strerror(errno));
+      }
+      if (::rename(tmp.c_str(), dir.c_str()) != 0) {
+        const int err = errno;
+        ::rename(old.c_str(), dir.c_str());
+        FUSION_FAIL("cannot replace the output folder ", dir.string(), ": ", std::strerror(err));
+      }
+      fs::remove_all(old, ec);
+    }
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+}  // namespace fusion

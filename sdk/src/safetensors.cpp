@@ -1,1 +1,716 @@
-// Placeholder: being written (see the owner of this file).
+// Safetensors I/O (safetensors.hpp): a memory-mapped, validating reader and an atomic writer whose
+// output is byte-identical to Python's `safetensors.torch.save_file`.
+//
+// The format (https://github.com/huggingface/safetensors): an 8-byte little-endian u64 N, then N
+// bytes of UTF-8 JSON (the header), then the data section. The header maps each tensor name to
+// {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to the data section) and may
+// hold "__metadata__", a string → string map. The data section is entirely covered by the tensors,
+// without holes or overlaps.
+//
+// The writer follows the reference serialiser, `prepare()` in safetensors/src/tensor.rs:
+//   - tensors sorted by dtype, in descending order of the Rust `Dtype` enum (which lists dtypes by
+//     increasing alignment: BOOL < U8 < I8 < I16 < F16 < BF16 < I32 < F32 < F64 < I64), then by
+//     name (byte-wise ascending);
+//   - the header serialised with serde_json::to_string (compact: no spaces or newlines),
+//     "__metadata__" first, each entry's fields in the order dtype, shape, data_offsets;
+//   - the header padded with spaces (b' ') to a multiple of 8 bytes;
+//   - then each tensor's bytes, in that order, little-endian.
+// The reader applies the same checks as the reference reader (`read_metadata` / `validate`).
+//
+// This file assumes a little-endian host (x86-64, aarch64): tensors are copied byte for byte.
+#include "fusion/safetensors.hpp"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+#include "fusion/error.hpp"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "fusion's safetensors I/O assumes a little-endian host");
+
+namespace fusion {
+
+namespace fs = std::filesystem;
+
+namespace detail {
+// Used by checkpoint_pool.cpp (same library, not part of the public API).
+std::vector<TensorInfo> read_checkpoint_layout(const fs::path& path);
+std::string shape_string(const std::vector<int64_t>& shape);
+}  // namespace detail
+
+namespace {
+
+/// The largest header the reference reader accepts (MAX_HEADER_SIZE in tensor.rs).
+constexpr uint64_t kMaxHeaderSize = 100'000'000;
+
+struct DtypeSpec {
+  const char* name;
+  at::ScalarType type;
+  size_t itemsize;
+  int rank;  ///< position in the Rust `Dtype` enum (increasing alignment); the writer sorts by it
+};
+
+// Ranks as in the current `enum Dtype` of safetensors/src/tensor.rs; only their relative order
+// matters, and it is the same in every released version.
+constexpr DtypeSpec kDtypes[] = {
+    {"BOOL", at::kBool, 1, 0},   {"U8", at::kByte, 1, 4},     {"I8", at::kChar, 1, 5},
+    {"I16", at::kShort, 2, 11},  {"F16", at::kHalf, 2, 13},   {"BF16", at::kBFloat16, 2, 14},
+    {"I32", at::kInt, 4, 15},    {"F32", at::kFloat, 4, 17},  {"F64", at::kDouble, 8, 19},
+    {"I64", at::kLong, 8, 20},
+};
+
+const DtypeSpec* find_dtype(const std::string& name) {
+  for (const auto& d : kDtypes) {
+    if (name == d.name) return &d;
+  }
+  return nullptr;
+}
+
+const DtypeSpec* find_dtype(at::ScalarType t) {
+  for (const auto& d : kDtypes) {
+    if (t == d.type) return &d;
+  }
+  return nullptr;
+}
+
+std::string supported_list() {
+  std::string out;
+  for (const auto& d : kDtypes) {
+    if (!out.empty()) out += ' ';
+    out += d.name;
+  }
+  return out;
+}
+
+/// Why a dtype string is refused (for torch_dtype and the reader).
+std::string dtype_problem(const std::string& name) {
+  static const std::set<std::string> float8 = {"F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ",
+                                               "F8_E5M2FNUZ"};
+  static const std::set<std::string> other_known = {"U16", "U32", "U64", "C64", "F4", "F6_E2M3",
+                                                    "F6_E3M2"};
+  if (float8.count(name)) {
+    return "dtype " + name + " (float8) is not supported: LibTorch 1.13 has no float8 type";
+  }
+  if (other_known.count(name)) {
+    return "dtype " + name + " is not supported: LibTorch 1.13 has no such type (fusion reads " +
+           supported_list() + ")";
+  }
+  return "unknown dtype '" + name + "' (expected one of " + supported_list() + ")";
+}
+
+/// `s` made safe for a one-line message: control bytes escaped, length capped.
+std::string printable(const std::string& s, size_t max_len = 200) {
+  std::string out;
+  for (size_t i = 0; i < s.size() && i < max_len; ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (s.size() > max_len) out += "...";
+  return out;
+}
+
+[[noreturn]] void fail_file(const fs::path& path, const std::string& what) {
+  throw Error(printable(path.string(), 4096) + ": " + printable(what, 4096));
+}
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+std::string qname(const std::string& name) { return "'" + printable(name) + "'"; }
+
+size_t page_size() {
+  static const size_t size = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return size;
+}
+
+bool mul_overflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul_overflow(a, b, out); }
+
+nlohmann::json parse_json_file(const fs::path& path, const std::string& what) {
+  std::string text;
+  {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail_file(path, "cannot open " + what + ": " + errno_text(errno));
+    char buf[65536];
+    for (;;) {
+      const ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        const int err = errno;
+        ::close(fd);
+        fail_file(path, "cannot read " + what + ": " + errno_text(err));
+      }
+      if (n == 0) break;
+      text.append(buf, static_cast<size_t>(n));
+    }
+    ::close(fd);
+  }
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail_file(path, what + " is not valid JSON: " + e.what());
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// dtypes
+
+std::string safetensors_dtype(at::ScalarType t) {
+  const DtypeSpec* d = find_dtype(t);
+  FUSION_ENSURE(d != nullptr, "dtype ", c10::toString(t),
+                " cannot be written to safetensors by fusion (supported: ", supported_list(), ")");
+  return d->name;
+}
+
+at::ScalarType torch_dtype(const std::string& safetensors_dtype) {
+  const DtypeSpec* d = find_dtype(safetensors_dtype);
+  if (d == nullptr) throw Error(printable(dtype_problem(safetensors_dtype)));
+  return d->type;
+}
+
+namespace detail {
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) out += ", ";
+    out += std::to_string(shape[i]);
+  }
+  return out + "]";
+}
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+// Reader
+
+struct SafetensorsFile::Impl {
+  fs::path path;
+  const uint8_t* base = nullptr;  ///< the whole file, mapped read-only
+  size_t size = 0;
+  size_t data_start = 0;  ///< 8 + header length
+  size_t data_size = 0;
+  std::vector<TensorInfo> tensors;
+  std::unordered_map<std::string, size_t> index;
+  std::map<std::string, std::string> metadata;
+
+  ~Impl() {
+    if (base != nullptr) ::munmap(const_cast<uint8_t*>(base), size);
+  }
+
+  [[noreturn]] void fail(const std::string& what) const { fail_file(path, what); }
+
+  void open();
+  void parse_header(const char* begin, const char* end);
+  void parse_entry(const std::string& name, const nlohmann::json& value);
+  void check_offsets();
+  /// Copies bytes [begin, end) of the data section to `dst`, then drops the copied pages from this
+  /// process's resident set: the mapping is a view of the page cache, and keeping the pages
+  /// resident would double a checkpoint's footprint while it is read into tensors.
+  void copy_out(uint64_t begin, uint64_t end, void* dst) const;
+};
+
+void SafetensorsFile::Impl::open() {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT) fail("no such file");
+    fail("cannot open: " + errno_text(err));
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    fail("cannot stat: " + errno_text(err));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail(S_ISDIR(st.st_mode) ? "is a folder, not a .safetensors file" : "is not a regular file");
+  }
+  size = static_cast<size_t>(st.st_size);
+  if (size < 8) {
+    ::close(fd);
+    fail("file is " + std::to_string(size) +
+         " bytes, too short for a safetensors file (truncated? it must start with an 8-byte header "
+         "length)");
+  }
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int err = errno;
+  ::close(fd);
+  if (p == MAP_FAILED) fail("cannot map the file: " + errno_text(err));
+  base = static_cast<const uint8_t*>(p);
+
+  uint64_t n = 0;
+  std::memcpy(&n, base, 8);  // little-endian host
+  if (n > size - 8) {
+    fail("header length " + std::to_string(n) + " runs past the end of the file (" +
+         std::to_string(size) + " bytes; truncated or not a safetensors file?)");
+  }
+  if (n > kMaxHeaderSize) {
+    fail("header length " + std::to_string(n) + " exceeds the format's limit of " +
+         std::to_string(kMaxHeaderSize) + " bytes");
+  }
+  data_start = 8 + static_cast<size_t>(n);
+  data_size = size - data_start;
+  parse_header(reinterpret_cast<const char*>(base) + 8, reinterpret_cast<const char*>(base) + data_start);
+  // The header pages are not needed any more.
+  ::madvise(const_cast<uint8_t*>(base), data_start, MADV_DONTNEED);
+}
+
+void SafetensorsFile::Impl::parse_header(const char* begin, const char* end) {
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(begin, end);
+  } catch (const nlohmann::json::exception& e) {
+    fail(std::string("the header is not valid JSON: ") + e.what());
+  }
+  if (!header.is_object()) {
+    fail(std::string("the header must be a JSON object, not ") + header.type_name());
+  }
+  for (const auto& [name, value] : header.items()) {
+    if (name == "__metadata__") {
+      if (value.is_null()) continue;
+      if (!value.is_object()) {
+        fail(std::string("__metadata__ must be an object of strings, not ") + value.type_name());
+      }
+      for (const auto& [k, v] : value.items()) {
+        if (!v.is_string()) {
+          fail("__metadata__ must map strings to strings, but " + qname(k) + " holds " +
+               v.type_name());
+        }
+        metadata[k] = v.get<std::string>();
+      }
+      continue;
+    }
+    parse_entry(name, value);
+  }
+  check_offsets();
+}
+
+void SafetensorsFile::Impl::parse_entry(const std::string& name, const nlohmann::json& value) {
+  const std::string where = "tensor " + qname(name);
+  if (!value.is_object()) fail(where + ": entry must be an object, not " + value.type_name());
+  const auto dtype_it = value.find("dtype");
+  const auto shape_it = value.find("shape");
+  const auto offsets_it = value.find("data_offsets");
+  if (dtype_it == value.end()) fail(where + ": no \"dtype\"");
+  if (shape_it == value.end()) fail(where + ": no \"shape\"");
+  if (offsets_it == value.end()) fail(where + ": no \"data_offsets\"");
+  if (!dtype_it->is_string()) fail(where + ": \"dtype\" must be a string");
+
+  TensorInfo info;
+  info.name = name;
+  info.dtype = dtype_it->get<std::string>();
+  const DtypeSpec* spec = find_dtype(info.dtype);
+  if (spec == nullptr) fail(where + ": " + dtype_problem(info.dtype));
+
+  if (!shape_it->is_array()) fail(where + ": \"shape\" must be an array of non-negative integers");
+  uint64_t numel = 1;
+  bool overflow = false;
+  for (const auto& d : *shape_it) {
+    if (!d.is_number_unsigned() ||
+        d.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      fail(where + ": \"shape\" must be an array of non-negative integers, got " + shape_it->dump());
+    }
+    const uint64_t dim = d.get<uint64_t>();
+    info.shape.push_back(static_cast<int64_t>(dim));
+    overflow = overflow || mul_overflows(numel, dim, &numel);
+  }
+  uint64_t nbytes = 0;
+  if (overflow || mul_overflows(numel, spec->itemsize, &nbytes) ||
+      numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    fail(where + ": shape " + detail::shape_string(info.shape) + " is too large (overflow)");
+  }
+
+  if (!offsets_it->is_array() || offsets_it->size() != 2 || !(*offsets_it)[0].is_number_unsigned() ||
+      !(*offsets_it)[1].is_number_unsigned()) {
+    fail(where + ": \"data_offsets\" must be [begin, end] with non-negative integers, got " +
+         offsets_it->dump());
+  }
+  info.begin = (*offsets_it)[0].get<uint64_t>();
+  info.end = (*offsets_it)[1].get<uint64_t>();
+  const std::string offsets = "[" + std::to_string(info.begin) + ", " + std::to_string(info.end) + "]";
+  if (info.end < info.begin) fail(where + ": data_offsets " + offsets + " end before they begin");
+  if (info.end > data_size) {
+    fail(where + ": data_offsets " + offsets + " lie outside the data section (" +
+         std::to_string(data_size) + " bytes; truncated file?)");
+  }
+  if (info.end - info.begin != nbytes) {
+    fail(where + ": shape " + detail::shape_string(info.shape) + " of " + info.dtype + " needs " +
+         std::to_string(nbytes) + " bytes but data_offsets " + offsets + " hold " +
+         std::to_string(info.end - info.begin));
+  }
+  index.emplace(name, tensors.size());
+  tensors.push_back(std::move(info));
+}
+
+void SafetensorsFile::Impl::check_offsets() {
+  std::stable_sort(tensors.begin(), tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t pos = 0;
+  const TensorInfo* prev = nullptr;
+  for (const auto& t : tensors) {
+    if (t.begin < pos) {
+      fail("tensor " + qname(t.name) + ": data_offsets [" + std::to_string(t.begin) + ", " +
+           std::to_string(t.end) + "] overlap those of tensor " + qname(prev->name) + " [" +
+           std::to_string(prev->begin) + ", " + std::to_string(prev->end) + "]");
+    }
+    if (t.begin > pos) {
+      fail("tensor " + qname(t.name) + ": data_offsets begin at " + std::to_string(t.begin) +
+           " but the previous tensor ends at " + std::to_string(pos) +
+           " (the format forbids holes in the data section)");
+    }
+    pos = t.end;
+    prev = &t;
+  }
+  if (pos != data_size) {
+    fail("the tensors cover " + std::to_string(pos) + " bytes but the data section holds " +
+         std::to_string(data_size) + " (trailing bytes, or a wrong header length)");
+  }
+  index.clear();
+  for (size_t i = 0; i < tensors.size(); ++i) index.emplace(tensors[i].name, i);
+}
+
+void SafetensorsFile::Impl::copy_out(uint64_t begin, uint64_t end, void* dst) const {
+  constexpr size_t kChunk = size_t{32} << 20;
+  const size_t page = page_size();
+  auto* out = static_cast<uint8_t*>(dst);
+  size_t pos = data_start + static_cast<size_t>(begin);
+  const size_t stop = data_start + static_cast<size_t>(end);
+  while (pos < stop) {
+    const size_t n = std::min(kChunk, stop - pos);
+    std::memcpy(out, base + pos, n);
+    out += n;
+    // Drop every page this chunk touched (a page shared with a neighbour is simply faulted in
+    // again from the page cache if needed). The mapping is read-only, so nothing is lost.
+    const size_t first = pos / page * page;
+    const size_t last = std::min(size, (pos + n + page - 1) / page * page);
+    ::madvise(const_cast<uint8_t*>(base) + first, last - first, MADV_DONTNEED);
+    pos += n;
+  }
+}
+
+SafetensorsFile::SafetensorsFile(const fs::path& path) : impl_(std::make_unique<Impl>()) {
+  impl_->path = path;
+  impl_->open();
+}
+
+SafetensorsFile::~SafetensorsFile() = default;
+
+const fs::path& SafetensorsFile::path() const { return impl_->path; }
+const std::vector<TensorInfo>& SafetensorsFile::tensors() const { return impl_->tensors; }
+const std::map<std::string, std::string>& SafetensorsFile::metadata() const { return impl_->metadata; }
+
+const TensorInfo* SafetensorsFile::find(const std::string& name) const {
+  auto it = impl_->index.find(name);
+  return it == impl_->index.end() ? nullptr : &impl_->tensors[it->second];
+}
+
+at::Tensor SafetensorsFile::tensor(const std::string& name) const {
+  const TensorInfo* info = find(name);
+  if (info == nullptr) impl_->fail("no tensor named " + qname(name));
+  const DtypeSpec* spec = find_dtype(info->dtype);
+  at::Tensor t = at::empty(info->shape, at::TensorOptions().dtype(spec->type));
+  if (info->end > info->begin) impl_->copy_out(info->begin, info->end, t.data_ptr());
+  if (spec->type == at::kBool) {
+    // A bool byte other than 0 or 1 is undefined behaviour for every consumer: refuse it here.
+    const auto* p = static_cast<const uint8_t*>(t.data_ptr());
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      if (p[i] > 1) {
+        impl_->fail("tensor " + qname(name) + ": BOOL element " + std::to_string(i) + " holds byte " +
+                    std::to_string(p[i]) + " (must be 0 or 1)");
+      }
+    }
+  }
+  return t;
+}
+
+StateDict SafetensorsFile::read_all(const at::Device& device, std::optional<at::ScalarType> dtype) const {
+  StateDict out;
+  for (const auto& info : impl_->tensors) {
+    at::Tensor t = tensor(info.name);
+    if (dtype && at::isFloatingType(t.scalar_type()) && t.scalar_type() != *dtype) t = t.to(*dtype);
+    if (t.device() != device) t = t.to(device);
+    out.set(info.name, std::move(t));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints: a file, a folder with model.safetensors, or a sharded folder
+
+namespace {
+
+constexpr const char* kSingleName = "model.safetensors";
+constexpr const char* kIndexName = "model.safetensors.index.json";
+
+/// A sharded checkpoint's shards (in file-name order), opened and checked against the index.
+std::vector<std::unique_ptr<SafetensorsFile>> open_sharded(const fs::path& index_path) {
+  const nlohmann::json index = parse_json_file(index_path, "the shard index");
+  if (!index.is_object()) fail_file(index_path, "the shard index must be a JSON object");
+  const auto wm = index.find("weight_map");
+  if (wm == index.end() || !wm->is_object()) {
+    fail_file(index_path, "the shard index has no \"weight_map\" object");
+  }
+  if (wm->empty()) fail_file(index_path, "the shard index's \"weight_map\" is empty");
+  std::map<std::string, std::vector<std::string>> by_shard;  // shard file → tensor names
+  std::unordered_map<std::string, std::string> shard_of;
+  for (const auto& [name, shard] : wm->items()) {
+    if (!shard.is_string() || shard.get<std::string>().empty()) {
+      fail_file(index_path, "weight_map entry " + qname(name) + " must name a shard file");
+    }
+    by_shard[shard.get<std::string>()].push_back(name);
+    shard_of[name] = shard.get<std::string>();
+  }
+  const fs::path dir = index_path.parent_path();
+  std::vector<std::unique_ptr<SafetensorsFile>> shards;
+  for (const auto& [shard, names] : by_shard) {
+    const fs::path shard_path = dir / shard;
+    std::error_code ec;
+    if (!fs::is_regular_file(shard_path, ec)) {
+      fail_file(index_path, "shard " + qname(shard) + " (listed for tensor " + qname(names.front()) +
+                                ") does not exist: " + shard_path.string());
+    }
+    auto file = std::make_unique<SafetensorsFile>(shard_path);
+    for (const auto& name : names) {
+      if (file->find(name) == nullptr) {
+        fail_file(index_path, "the index puts tensor " + qname(name) + " in shard " + qname(shard) +
+                                  ", which does not hold it");
+      }
+    }
+    for (const auto& info : file->tensors()) {
+      auto it = shard_of.find(info.name);
+      if (it == shard_of.end()) {
+        fail_file(index_path, "shard " + qname(shard) + " holds tensor " + qname(info.name) +
+                                  ", which the index does not list");
+      }
+      if (it->second != shard) {
+        fail_file(index_path, "shard " + qname(shard) + " holds tensor " + qname(info.name) +
+                                  ", which the index puts in shard " + qname(it->second));
+      }
+    }
+    shards.push_back(std::move(file));
+  }
+  return shards;
+}
+
+/// The files of a checkpoint, opened (headers checked), in reading order.
+std::vector<std::unique_ptr<SafetensorsFile>> open_checkpoint(const fs::path& path) {
+  const fs::path file = resolve_checkpoint(path);
+  if (file.filename() == kIndexName && fs::is_directory(path)) return open_sharded(file);
+  std::vector<std::unique_ptr<SafetensorsFile>> out;
+  out.push_back(std::make_unique<SafetensorsFile>(file));
+  return out;
+}
+
+}  // namespace
+
+fs::path resolve_checkpoint(const fs::path& path) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (!fs::exists(st)) fail_file(path, "no such file or folder");
+  if (fs::is_directory(st)) {
+    if (fs::is_regular_file(path / kSingleName, ec)) return path / kSingleName;
+    if (fs::is_regular_file(path / kIndexName, ec)) return path / kIndexName;
+    fail_file(path, std::string("the folder holds neither ") + kSingleName + " nor " + kIndexName);
+  }
+  return path;
+}
+
+StateDict load_safetensors(const fs::path& path, const at::Device& device,
+                           std::optional<at::ScalarType> dtype) {
+  const auto files = open_checkpoint(path);
+  if (files.size() == 1) return files.front()->read_all(device, dtype);
+  StateDict out;
+  for (const auto& file : files) {
+    for (const auto& [name, t] : file->read_all(device, dtype)) out.set(name, t);
+  }
+  return out;
+}
+
+namespace detail {
+std::vector<TensorInfo> read_checkpoint_layout(const fs::path& path) {
+  std::vector<TensorInfo> out;
+  for (const auto& file : open_checkpoint(path)) {
+    out.insert(out.end(), file->tensors().begin(), file->tensors().end());
+  }
+  return out;
+}
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+
+namespace {
+
+/// Writes through a file descriptor, naming `path` in errors.
+class FileWriter {
+ public:
+  FileWriter(int fd, const fs::path& path) : fd_(fd), path_(path) {}
+  void write(const void* data, size_t n) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    while (n > 0) {
+      const ssize_t w = ::write(fd_, p, std::min(n, size_t{1} << 30));
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) fail_file(path_, "cannot write: " + errno_text(errno));
+      p += w;
+      n -= static_cast<size_t>(w);
+    }
+  }
+  void write(const std::string& s) { write(s.data(), s.size()); }
+
+ private:
+  int fd_;
+  const fs::path& path_;
+};
+
+std::string random_suffix() {
+  static std::atomic<uint64_t> counter{0};
+  static const uint64_t seed = std::random_device{}();
+  std::mt19937_64 rng(seed ^ (counter.fetch_add(1) * 0x9E3779B97F4A7C15ULL) ^
+                      static_cast<uint64_t>(::getpid()));
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%08llx", static_cast<unsigned long long>(rng() & 0xffffffffULL));
+  return buf;
+}
+
+/// Creates a temporary file beside `path`, lets `body` fill it, fsyncs and renames it over `path`.
+/// On any failure the temporary file is removed and the error rethrown; `path` is untouched.
+void write_atomic_with(const fs::path& path, const std::function<void(FileWriter&)>& body) {
+  FUSION_ENSURE(!path.empty() && path.has_filename(), "cannot write to '", path.string(),
+                "': not a file path");
+  const fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  std::error_code ec;
+  const fs::file_status dst = fs::status(dir, ec);
+  if (!fs::exists(dst)) {
+    FUSION_FAIL("cannot write ", path.string(), ": folder ", dir.string(), " does not exist");
+  }
+  if (!fs::is_directory(dst)) {
+    FUSION_FAIL("cannot write ", path.string(), ": ", dir.string(), " is not a folder");
+  }
+  if (fs::is_directory(path, ec)) FUSION_FAIL("cannot write ", path.string(), ": it is a folder");
+
+  fs::path tmp;
+  int fd = -1;
+  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
+    tmp = dir / ("." + path.filename().string() + ".tmp-" + random_suffix());
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) {
+      FUSION_FAIL("cannot write ", path.string(), ": cannot create a file in folder ", dir.string(),
+                  ": ", errno_text(errno));
+    }
+  }
+  FUSION_ENSURE(fd >= 0, "cannot write ", path.string(), ": no free temporary name in ", dir.string());
+  try {
+    FileWriter writer(fd, path);
+    body(writer);
+    if (::fsync(fd) != 0) FUSION_FAIL("cannot write ", path.string(), ": fsync: ", errno_text(errno));
+    const int fd_copy = fd;
+    fd = -1;
+    if (::close(fd_copy) != 0) FUSION_FAIL("cannot write ", path.string(), ": close: ", errno_text(errno));
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+      FUSION_FAIL("cannot write ", path.string(), ": rename from ", tmp.filename().string(), ": ",
+                  errno_text(errno));
+    }
+  } catch (...) {
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  // Make the rename durable (best effort: some file systems refuse fsync on folders).
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+}  // namespace
+
+void write_file_atomic(const fs::path& path, const std::string& contents) {
+  write_atomic_with(path, [&](FileWriter& w) { w.write(contents); });
+}
+
+void save_safetensors(const fs::path& path, const StateDict& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  struct Entry {
+    const std::string* name;
+    at::Tensor tensor;
+    const DtypeSpec* spec;
+    uint64_t nbytes;
+  };
+  std::vector<Entry> entries;
+  entries.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) {
+    FUSION_ENSURE(t.defined(), "cannot save ", path.string(), ": tensor ", qname(name), " is undefined");
+    const DtypeSpec* spec = find_dtype(t.scalar_type());
+    FUSION_ENSURE(spec != nullptr, "cannot save ", path.string(), ": tensor ", qname(name), " has dtype ",
+                  c10::toString(t.scalar_type()), ", which fusion cannot write to safetensors (supported: ",
+                  supported_list(), ")");
+    entries.push_back({&name, t, spec, static_cast<uint64_t>(t.numel()) * spec->itemsize});
+  }
+  // prepare() in tensor.rs: descending dtype (alignment), then ascending name.
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    if (a.spec->rank != b.spec->rank) return a.spec->rank > b.spec->rank;
+    return *a.name < *b.name;
+  });
+
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  std::map<std::string, std::string> meta = metadata;
+  meta.emplace("format", "pt");
+  header["__metadata__"] = meta;
+  uint64_t offset = 0;
+  for (const auto& e : entries) {
+    nlohmann::ordered_json info = nlohmann::ordered_json::object();
+    info["dtype"] = e.spec->name;
+    info["shape"] = e.tensor.sizes().vec();
+    info["data_offsets"] = {offset, offset + e.nbytes};
+    header[*e.name] = std::move(info);
+    offset += e.nbytes;
+  }
+  std::string text;
+  try {
+    text = header.dump();  // compact, like serde_json::to_string
+  } catch (const nlohmann::json::exception& e) {
+    FUSION_FAIL("cannot save ", path.string(), ": a tensor name or metadata entry is not valid UTF-8 (",
+                e.what(), ")");
+  }
+  text.resize((text.size() + 7) / 8 * 8, ' ');
+  FUSION_ENSURE(text.size() <= kMaxHeaderSize, "cannot save ", path.string(), ": the header would be ",
+                text.size(), " bytes, over the format's limit of ", kMaxHeaderSize);
+
+  write_atomic_with(path, [&](FileWriter& w) {
+    const uint64_t n = text.size();
+    w.write(&n, 8);  // little-endian host
+    w.write(text);
+    for (const auto& e : entries) {
+      if (e.nbytes == 0) continue;
+      // One tensor at a time on the CPU, so a model on a GPU never needs a full CPU copy.
+      const at::Tensor t = e.tensor.detach().to(at::kCPU).contiguous();
+      w.write(t.data_ptr(), e.nbytes);
+    }
+  });
+}
+
+}  // namespace fusion

@@ -250,6 +250,12 @@ TEST(TiesMerging, RemoveKeysTakesExactNamesAndWholeKeyRegexes) {
   EXPECT_FALSE(t.removed("layers.12.ln.weight"));
   o.remove_keys = {"weird[name"};  // not a valid regex: an exact name only
   EXPECT_TRUE(TiesMerging(o).removed("weird[name"));
+  MemoryPool pool(sd({{"w", f32({0, 0})}, {"weird[name", f32({1})}}),
+                  {{"a", sd({{"w", f32({1, 2})}, {"weird[name", f32({5})}})}});
+  o.threshold = 100;
+  o.scaling_factor = 1.0;
+  ModelPtr m = only_model(TiesMerging(o).run(pool, nullptr, cpu_context()));
+  EXPECT_TRUE(state_dicts_equal(m->parameters(), sd({{"w", f32({1, 2})}, {"weird[name", f32({1})}})));
 }
 
 TEST(TiesMerging, SweepAndStreaming) {

@@ -11,6 +11,7 @@
 
 #include "fusion/config.hpp"
 #include "fusion/safetensors.hpp"
+#include <torch/version.h>
 
 namespace {
 
@@ -301,8 +302,11 @@ TEST_F(E2E, CompareDrawsAnotherRun) {
     std::string svg = read(dir_ / "out2" / "pareto.svg");
     EXPECT_NE(svg.find("<svg"), std::string::npos);
   }
-  expect_failure(fusion({"run", "pre.toml", "compare=[\"missing/report.json\"]", "out_dir=out3"}),
-                 "run.compare[0]: cannot read report 'missing/report.json'");
+  o = fusion({"run", "pre.toml", "compare=[\"missing/report.json\"]", "out_dir=out3"});
+  EXPECT_EQ(o.code, 1);
+  ASSERT_EQ(o.error_lines().size(), 1u) << o.err;
+  EXPECT_NE(o.err.find("run.compare[0]: cannot read report 'missing/report.json'"), std::string::npos);
+  EXPECT_FALSE(fs::exists(dir_ / "out3"));
 }
 
 // ---- bad input: one line, exit 1, no report.json -------------------------------------------

@@ -98,7 +98,10 @@ TEST_F(Loader, LibraryWithoutEntry) {
 TEST_F(Loader, FileThatIsNotALibrary) {
   fs::path dir = fs::temp_directory_path() / "fusion_loader_test_notlib";
   fs::create_directories(dir);
-  std::ofstream(dir / "x.so") << "this is not an ELF file\n";
+  {
+    std::ofstream out(dir / "x.so");
+    for (int i = 0; i < 20; ++i) out << "this is a text file, not an ELF shared library\n";
+  }
   EXPECT_FALSE(host_.load_file(dir / "x.so"));
   std::string reason = only_refusal_reason();
   EXPECT_EQ(reason.rfind("not a loadable library: ", 0), 0u) << reason;

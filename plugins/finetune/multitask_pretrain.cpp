@@ -1,0 +1,265 @@
+#include "multitask_pretrain.hpp"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "clip_vision.hpp"
+#include "clip_vision_pool.hpp"
+#include "fusion/safetensors.hpp"
+#include "fusion/task_pool.hpp"
+#include "training.hpp"
+
+namespace fs = std::filesystem;
+
+namespace fusion::finetune {
+
+MultitaskPretrainOptions MultitaskPretrainOptions::from_config(const Config& c) {
+  MultitaskPretrainOptions o;
+  o.init = c.get<std::string>("init");
+  o.model_config = c.get<std::string>("model_config");
+  o.tasks = c.get<std::vector<std::string>>("tasks");
+  o.projection_dim = c.get<int64_t>("projection_dim");
+  o.logit_scale = c.get<double>("logit_scale");
+  o.num_steps = c.get<int64_t>("num_steps");
+  o.batch_size = c.get<int64_t>("batch_size");
+  o.lr = c.get<double>("lr");
+  o.warmup_steps = c.get<int64_t>("warmup_steps");
+  o.min_lr_factor = c.get<double>("min_lr_factor");
+  o.weight_decay = c.get<double>("weight_decay");
+  o.log_interval = c.get<int64_t>("log_interval");
+  o.heads_dir = c.get<std::string>("heads_dir");
+  o.label = c.get<std::string>("label");
+  return o;
+}
+
+ComponentInfo MultitaskPretrain::info() {
+  ComponentInfo info;
+  info.name = "multitask_pretrain";
+  info.summary = "Trains a CLIP vision tower (from random init or the pretrained model) on several "
+                 "tasks at once, one trainable head each; returns the model and writes the heads";
+  info.reference = "examples/demo/README.md";
+  MultitaskPretrainOptions d;
+  Schema& s = info.schema;
+  s.add("init", d.init, "\"random\" (Hugging Face's init from model_config) or \"pretrained\" (the pool's)")
+      .one_of({"random", "pretrained"});
+  s.add("model_config", d.model_config,
+        "CLIPVisionModel config.json (or its folder) for init = \"random\"");
+  s.add("tasks", d.tasks, "tasks to train on, one head each (empty: every task of the task pool)");
+  s.add("projection_dim", d.projection_dim, "width of each head's projection").range(1, std::nullopt);
+  s.add("logit_scale", d.logit_scale, "the heads' fixed logit scale (multiplier)").range(1e-6, std::nullopt);
+  s.add("num_steps", d.num_steps, "optimizer steps, one batch of every task each").range(1, std::nullopt);
+  s.add("batch_size", d.batch_size, "images per task per step").range(1, std::nullopt);
+  s.add("lr", d.lr, "Adam's peak learning rate (warm-up, then cosine annealing)").range(0.0, std::nullopt);
+  s.add("warmup_steps", d.warmup_steps, "steps of linear learning-rate warm-up").range(0, std::nullopt);
+  s.add("min_lr_factor", d.min_lr_factor, "last step's learning rate as a fraction of lr").range(0.0, 1.0);
+  s.add("weight_decay", d.weight_decay, "Adam's L2 weight decay").range(0.0, std::nullopt);
+  s.add("log_interval", d.log_interval, "a train_log.csv row every this many steps").range(1, std::nullopt);
+  s.add("heads_dir", d.heads_dir, "folder for the heads, <task>.safetensors each (\"\": run_dir/heads)");
+  s.add("label", d.label, "label of the resulting model (its folder under models/)");
+  return info;
+}
+
+std::unique_ptr<Algorithm> MultitaskPretrain::create(const Context& ctx) {
+  auto o = MultitaskPretrainOptions::from_config(ctx.config());
+  FUSION_ENSURE(o.init != "random" || !o.model_config.empty(),
+                "method.model_config: required with method.init = \"random\" (a CLIPVisionModel config.json)");
+  return std::make_unique<MultitaskPretrain>(std::move(o));
+}
+
+MultitaskPretrain::MultitaskPretrain(MultitaskPretrainOptions options) : options_(std::move(options)) {}
+
+at::Tensor TrainableHead::forward(const at::Tensor& pooled) const {
+  at::Tensor z = at::matmul(pooled, projection.t());
+  z = z / z.norm(2, {-1}, true).clamp_min(1e-12);
+  at::Tensor e = class_embeds / class_embeds.norm(2, {-1}, true).clamp_min(1e-12);
+  return at::matmul(z, e.t()) * logit_scale;
+}
+
+void save_head_file(const fs::path& path, const TrainableHead& head) {
+  at::NoGradGuard no_grad;
+  at::Tensor e = head.class_embeds / head.class_embeds.norm(2, {-1}, true).clamp_min(1e-12);
+  StateDict sd;
+  sd.set("projection", head.projection.detach().to(at::kCPU, at::kFloat).contiguous());
+  sd.set("text_embeds", e.detach().to(at::kCPU, at::kFloat).contiguous());
+  sd.set("logit_scale", at::full({1}, head.logit_scale, at::kFloat));
+  if (!path.parent_path().empty()) fs::create_directories(path.parent_path());
+  save_safetensors(path, sd, {{"producer", "fusion multitask_pretrain"}});
+}
+
+namespace {
+
+double warmup_cosine_lr(const MultitaskPretrainOptions& o, int64_t step) {
+  if (step <= o.warmup_steps) return o.lr * static_cast<double>(step) / static_cast<double>(o.warmup_steps);
+  return cosine_lr(o.lr, step - o.warmup_steps, o.num_steps - o.warmup_steps, o.min_lr_factor);
+}
+
+}  // namespace
+
+Result MultitaskPretrain::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
+  const MultitaskPretrainOptions& o = options_;
+  FUSION_ENSURE(tasks != nullptr, "multitask_pretrain needs a [taskpool]: it trains on the tasks' train splits");
+  FUSION_ENSURE(o.warmup_steps < o.num_steps, "method.warmup_steps: ", o.warmup_steps,
+                " must be below method.num_steps (", o.num_steps, ")");
+  std::vector<std::string> names = o.tasks.empty() ? tasks->task_names() : o.tasks;
+  FUSION_ENSURE(!names.empty(), "multitask_pretrain: the task pool has no tasks");
+  const auto known = tasks->task_names();
+  std::vector<Task*> task_list;
+  for (const auto& n : names) {
+    FUSION_ENSURE(std::find(known.begin(), known.end(), n) != known.end(), "method.tasks: \"", n,
+                  "\" is not a task of the task pool");
+    Task& t = tasks->task(n);
+    FUSION_ENSURE(t.has_train_split(), "method.tasks: task \"", n, "\" has no train split");
+    task_list.push_back(&t);
+  }
+
+  // The model: random (Hugging Face's initialisation from config.json) or the pool's pretrained.
+  ModelPtr model;
+  if (o.init == "random") {
+    nlohmann::json config = clip::read_config_json(o.model_config);
+    clip::VisionConfig vcfg = clip::VisionConfig::from_json(config, o.model_config);
+    StateDict p = clip::ClipVisionModel::random_parameters(vcfg, ctx.seed()).to(ctx.device(), ctx.dtype());
+    model = std::make_shared<clip::ClipVisionModel>(std::move(p), vcfg);
+  } else {
+    FUSION_ENSURE(models.has_pretrained(), "method.init = \"pretrained\" needs modelpool.pretrained");
+    model = models.pretrained();
+  }
+  const auto opts = at::TensorOptions().device(ctx.device()).dtype(ctx.dtype());
+
+  StateDict params;
+  std::vector<at::Tensor> trainable;
+  int64_t model_params = 0;
+  for (const auto& [key, t] : model->parameters()) {
+    if (t.is_floating_point()) {
+      at::Tensor p = t.detach().clone().set_requires_grad(true);
+      trainable.push_back(p);
+      model_params += p.numel();
+      params.set(key, p);
+    } else {
+      params.set(key, t);
+    }
+  }
+
+  // One head per task, initialised as CLIP's projections (std hidden^-0.5) and unit class vectors.
+  // Its width: the pooled output's, found by running one batch.
+  std::vector<std::unique_ptr<BatchStream>> streams;
+  for (size_t i = 0; i < task_list.size(); ++i)
+    streams.push_back(task_list[i]->train_stream(o.batch_size, ctx.seed() + 1000 * (i + 1)));
+  std::vector<Batch> first;
+  for (auto& s : streams) first.push_back(s->next());
+  int64_t hidden = 0;
+  {
+    at::NoGradGuard no_grad;
+    hidden = model->forward(params, first[0].inputs.slice(0, 0, 1)).size(-1);
+  }
+  at::Generator gen = at::detail::createCPUGenerator(ctx.seed() + 7);
+  std::vector<TrainableHead> heads;
+  int64_t head_params = 0;
+  for (Task* t : task_list) {
+    TrainableHead h;
+    h.projection = at::empty({o.projection_dim, hidden}, at::kFloat)
+                       .normal_(0.0, std::pow(static_cast<double>(hidden), -0.5), gen)
+                       .to(opts)
+                       .set_requires_grad(true);
+    h.class_embeds = at::empty({t->num_classes(), o.projection_dim}, at::kFloat)
+                         .normal_(0.0, 1.0, gen)
+                         .to(opts)
+                         .set_requires_grad(true);
+    h.logit_scale = o.logit_scale;
+    trainable.push_back(h.projection);
+    trainable.push_back(h.class_embeds);
+    head_params += h.projection.numel() + h.class_embeds.numel();
+    heads.push_back(std::move(h));
+  }
+  ctx.log().info("multitask_pretrain: " + std::to_string(task_list.size()) + " tasks, " +
+                 std::to_string(model_params) + " model + " + std::to_string(head_params) +
+                 " head parameters, init " + o.init + ", " + std::to_string(o.num_steps) + " steps of " +
+                 std::to_string(o.batch_size) + " per task");
+
+  Adam adam(trainable, o.weight_decay);
+  std::vector<std::string> columns = {"step", "loss"};
+  for (const auto& n : names) columns.push_back(n + ".loss");
+  for (const auto& n : names) columns.push_back(n + ".accuracy");
+  columns.insert(columns.end(), {"lr", "seconds"});
+  TrainLog log(columns);
+  auto progress = ctx.progress("multitask_pretrain", o.num_steps);
+  const auto t0 = std::chrono::steady_clock::now();
+  const size_t T = task_list.size();
+  std::vector<double> win_loss(T, 0.0), win_acc(T, 0.0), last_loss(T, 0.0), last_acc(T, 0.0);
+  double first_loss = 0.0;
+  int64_t window = 0;
+  for (int64_t step = 1; step <= o.num_steps; ++step) {
+    const double lr = warmup_cosine_lr(o, step);
+    adam.zero_grad();
+    double total = 0.0;
+    for (size_t i = 0; i < T; ++i) {
+      Batch b = step == 1 ? first[i] : streams[i]->next();
+      at::Tensor logits = heads[i].forward(model->forward(params, b.inputs));
+      at::Tensor loss = at::cross_entropy_loss(logits, b.labels);
+      (loss / static_cast<double>(T)).backward();  // one task's activations alive at a time
+      const double lv = loss.item<double>();
+      FUSION_ENSURE(std::isfinite(lv), "multitask_pretrain: the loss of task \"", names[i],
+                    "\" is not finite at step ", step, " (lower method.lr?)");
+      total += lv / static_cast<double>(T);
+      win_loss[i] += lv;
+      win_acc[i] += logits.detach().argmax(1).eq(b.labels).to(at::kDouble).mean().item<double>();
+    }
+    adam.step(lr);
+    if (step == 1) first_loss = total;
+    ++window;
+    if (step % o.log_interval == 0 || step == o.num_steps) {
+      std::vector<double> row = {static_cast<double>(step), 0.0};
+      double mean = 0.0, mean_acc = 0.0;
+      for (size_t i = 0; i < T; ++i) {
+        last_loss[i] = win_loss[i] / window;
+        last_acc[i] = win_acc[i] / window;
+        mean += last_loss[i] / T;
+        mean_acc += last_acc[i] / T;
+        row.push_back(last_loss[i]);
+      }
+      row[1] = mean;
+      for (size_t i = 0; i < T; ++i) row.push_back(last_acc[i]);
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      row.push_back(lr);
+      row.push_back(secs);
+      log.add(row);
+      progress->set_postfix("loss=" + short_number(mean) + " acc=" + short_number(mean_acc) +
+                            " lr=" + short_number(lr));
+      std::fill(win_loss.begin(), win_loss.end(), 0.0);
+      std::fill(win_acc.begin(), win_acc.end(), 0.0);
+      window = 0;
+    }
+    progress->advance();
+  }
+  progress->finish();
+  const double train_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!ctx.run_dir().empty()) log.save(ctx.run_dir() / "train_log.csv");
+
+  // The heads, frozen from now on.
+  const fs::path heads_dir = o.heads_dir.empty() ? ctx.run_dir() / "heads" : fs::path(o.heads_dir);
+  nlohmann::json head_files = nlohmann::json::object();
+  nlohmann::json final_train = nlohmann::json::object();
+  for (size_t i = 0; i < T; ++i) {
+    const fs::path file = heads_dir / (names[i] + ".safetensors");
+    save_head_file(file, heads[i]);
+    head_files[names[i]] = file.string();
+    final_train[names[i]] = {{"loss", last_loss[i]}, {"accuracy", last_acc[i]}};
+    ctx.log().info("multitask_pretrain: " + names[i] + ": train loss " + short_number(last_loss[i]) +
+                   ", train accuracy " + short_number(last_acc[i]) + "; head -> " + file.string());
+  }
+
+  Result result;
+  result.info = {{"trainable_params", model_params + head_params},
+                 {"init", o.init},
+                 {"heads", head_files},
+                 {"train_loss_first", first_loss},
+                 {"final_train", final_train},
+                 {"train_seconds", train_s},
+                 {"num_steps", o.num_steps}};
+  result.add(o.label, model->with_parameters(params.detach()), {{"init", o.init}, {"tasks", names}});
+  return result;
+}
+
+}  // namespace fusion::finetune

@@ -1,0 +1,169 @@
+// Loading, saving and bad input: the clip_vision pool and the folders it reads.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+#include "clip_vision.hpp"
+#include "clip_vision_pool.hpp"
+#include "fusion/context.hpp"
+#include "fusion/error.hpp"
+#include "fusion/safetensors.hpp"
+#include "support.hpp"
+#include "zero_shot.hpp"
+
+namespace fusion::clip {
+namespace {
+
+using testing::all_close;
+using testing::data_dir;
+using testing::error_of;
+using testing::TempDir;
+
+nlohmann::json read_json(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  return nlohmann::json::parse(in);
+}
+
+void write_json(const std::filesystem::path& p, const nlohmann::json& j) { std::ofstream(p) << j.dump(2); }
+
+// A copy of the CLIPModel folder's weights with `config` as its config.json.
+void make_folder(const std::filesystem::path& dir, const nlohmann::json* config) {
+  std::filesystem::copy_file(data_dir() / "clip_model" / "model.safetensors", dir / "model.safetensors");
+  if (config) write_json(dir / "config.json", *config);
+}
+
+at::Tensor pixels() { return load_safetensors(data_dir() / "golden.safetensors").at("pixel_values"); }
+
+TEST(ClipVisionFolder, SaveWritesACLIPVisionModelFolderThatLoadsBack) {
+  TempDir dir("save");
+  ModelPtr model = load_clip_vision(data_dir() / "clip_model");
+  save_clip_vision(*model, dir.path() / "out");
+  const nlohmann::json config = read_json(dir.path() / "out" / "config.json");
+  EXPECT_EQ(config["architectures"], nlohmann::json::array({"CLIPVisionModel"}));
+  EXPECT_EQ(config["model_type"], "clip_vision_model");
+  EXPECT_EQ(config["hidden_size"], 32);
+  EXPECT_EQ(config["intermediate_size"], 48);
+  EXPECT_EQ(config["image_size"], 16);
+  EXPECT_EQ(config["patch_size"], 4);
+  EXPECT_EQ(config["hidden_act"], "quick_gelu");
+  EXPECT_EQ(config["torch_dtype"], "float32");
+  SafetensorsFile file(dir.path() / "out" / "model.safetensors");
+  EXPECT_EQ(file.metadata().at("format"), "pt");
+  for (const TensorInfo& t : file.tensors()) EXPECT_EQ(t.name.rfind("vision_model.", 0), 0u) << t.name;
+
+  ModelPtr again = load_clip_vision(dir.path() / "out");
+  EXPECT_EQ(again->parameters().keys().size(), model->parameters().keys().size());
+  at::NoGradGuard no_grad;
+  EXPECT_TRUE(all_close(again->forward(pixels()), model->forward(pixels()), 0, 0));
+}
+
+TEST(ClipVisionFolder, MissingConfigJsonIsNamed) {
+  TempDir dir("noconfig");
+  make_folder(dir.path(), nullptr);
+  const std::string msg = error_of([&] { load_clip_vision(dir.path()); });
+  EXPECT_NE(msg.find((dir.path() / "config.json").string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("missing"), std::string::npos) << msg;
+}
+
+TEST(ClipVisionFolder, ConfigDisagreeingWithWeightsNamesKeyAndShapes) {
+  TempDir dir("shape");
+  nlohmann::json config = read_json(data_dir() / "clip_model" / "config.json");
+  config["vision_config"]["patch_size"] = 8;
+  make_folder(dir.path(), &config);
+  std::string msg = error_of([&] { load_clip_vision(dir.path()); });
+  EXPECT_NE(msg.find("vision_model.embeddings.patch_embedding.weight"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[32, 3, 8, 8]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[32, 3, 4, 4]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(dir.path().string()), std::string::npos) << msg;
+
+  config["vision_config"]["patch_size"] = 4;
+  config["vision_config"]["num_hidden_layers"] = 1;
+  write_json(dir.path() / "config.json", config);
+  msg = error_of([&] { load_clip_vision(dir.path()); });
+  EXPECT_NE(msg.find("vision_model.encoder.layers.1."), std::string::npos) << msg;
+
+  config["vision_config"]["num_hidden_layers"] = 3;
+  write_json(dir.path() / "config.json", config);
+  msg = error_of([&] { load_clip_vision(dir.path()); });
+  EXPECT_NE(msg.find("lack 'vision_model.encoder.layers.2."), std::string::npos) << msg;
+
+  config["vision_config"]["num_hidden_layers"] = 2;
+  config["vision_config"]["hidden_act"] = "relu";
+  write_json(dir.path() / "config.json", config);
+  msg = error_of([&] { load_clip_vision(dir.path()); });
+  EXPECT_NE(msg.find("hidden_act"), std::string::npos) << msg;
+}
+
+TEST(ClipVisionFolder, WeightsWithoutAVisionTowerAreRefused) {
+  TempDir dir("notclip");
+  StateDict other;
+  other.set("encoder.weight", at::ones({2, 2}));
+  save_safetensors(dir.path() / "model.safetensors", other);
+  write_json(dir.path() / "config.json", read_json(data_dir() / "clip_model" / "config.json"));
+  const std::string msg = error_of([&] { load_clip_vision(dir.path()); });
+  EXPECT_NE(msg.find("vision_model.*"), std::string::npos) << msg;
+}
+
+TEST(ClipVisionFolder, HalfPrecisionRunDtype) {
+  ModelPtr model = load_clip_vision(data_dir() / "clip_model", at::kCPU, at::kBFloat16);
+  for (const auto& [key, t] : model->parameters()) {
+    if (t.is_floating_point()) EXPECT_EQ(t.scalar_type(), at::kBFloat16) << key;
+  }
+  at::NoGradGuard no_grad;
+  at::Tensor out = model->forward(pixels());
+  EXPECT_EQ(out.scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(all_close(out.to(at::kFloat), load_safetensors(data_dir() / "golden.safetensors").at("vision_pooled"),
+                        0.1, 0.05));
+}
+
+TEST(ZeroShotHeadErrors, NeedsACLIPModelWithTokenizerFiles) {
+  std::string msg = error_of([&] {
+    build_zero_shot_head(data_dir() / "clip_vision_model", {"cat"}, {"a {}"}, at::kCPU, at::kFloat);
+  });
+  EXPECT_NE(msg.find("not a CLIPModel config"), std::string::npos) << msg;
+  TempDir dir("head");
+  const nlohmann::json config = read_json(data_dir() / "clip_model" / "config.json");
+  make_folder(dir.path(), &config);
+  msg = error_of([&] { build_zero_shot_head(dir.path(), {"cat"}, {"a {}"}, at::kCPU, at::kFloat); });
+  EXPECT_NE(msg.find("vocab.json"), std::string::npos) << msg;
+  msg = error_of([&] {
+    build_zero_shot_head(data_dir() / "clip_model", {"cat"}, {"no placeholder"}, at::kCPU, at::kFloat);
+  });
+  EXPECT_NE(msg.find("no {} placeholder"), std::string::npos) << msg;
+}
+
+// The pool as the host builds it, from a checked [modelpool] table.
+std::unique_ptr<ModelPool> make_pool(const std::string& pretrained, const StringMap& models) {
+  std::map<std::string, Value> values{{"pretrained", pretrained}, {"models", models}};
+  Context ctx;
+  return ClipVisionPool::create(ctx.with_config(Config::validate("modelpool", values, ClipVisionPool::info().schema)));
+}
+
+TEST(ClipVisionPool, LoadsCLIPModelAndCLIPVisionModelFoldersAndSaves) {
+  EXPECT_EQ(ClipVisionPool::info().name, "clip_vision");
+  TempDir dir("pool");
+  save_clip_vision(*load_clip_vision(data_dir() / "clip_model"), dir.path() / "expert");
+  auto pool = make_pool((data_dir() / "clip_model").string(), {{"expert", (dir.path() / "expert").string()}});
+  ModelPtr pre = pool->pretrained();
+  ASSERT_NE(dynamic_cast<ClipVisionModel*>(pre.get()), nullptr);
+  EXPECT_FALSE(pre->parameters().contains("visual_projection.weight"));
+  EXPECT_FALSE(pre->parameters().contains("text_projection.weight"));
+  ModelPtr expert = pool->load("expert");
+  ASSERT_NE(dynamic_cast<ClipVisionModel*>(expert.get()), nullptr);
+  at::NoGradGuard no_grad;
+  EXPECT_TRUE(all_close(expert->forward(pixels()), pre->forward(pixels()), 0, 0));
+  pool->save(*expert, dir.path() / "saved");
+  EXPECT_EQ(read_json(dir.path() / "saved" / "config.json")["architectures"][0], "CLIPVisionModel");
+}
+
+TEST(ClipVisionPool, MissingConfigNamesTheFolder) {
+  TempDir dir("poolnoconfig");
+  make_folder(dir.path(), nullptr);
+  auto pool = make_pool(dir.path().string(), {});
+  const std::string msg = error_of([&] { pool->pretrained(); });
+  EXPECT_NE(msg.find((dir.path() / "config.json").string()), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace fusion::clip

@@ -62,7 +62,15 @@ ClipVisionModel::ClipVisionModel(StateDict params, VisionConfig config)
     : Model("clip_vision", std::move(params), config.to_json()),
       vcfg_(std::move(config)),
       keys_(encoder_keys(kPrefix + "encoder.", vcfg_)) {
-  check_params(parameters_, expected_parameters(vcfg_), kPrefix);
+  const std::vector<ExpectedTensor> expected = expected_parameters(vcfg_);
+  check_params(parameters_, expected, kPrefix);
+  // Hugging Face's module order whatever the file's order, so every model has the same key order.
+  StateDict ordered;
+  for (const auto& [key, shape] : expected) ordered.set(key, parameters_.at(key));
+  for (const auto& [key, t] : parameters_) {
+    if (!ordered.contains(key)) ordered.set(key, t);
+  }
+  parameters_ = std::move(ordered);
 }
 
 at::Tensor ClipVisionModel::forward(const StateDict& params, const at::Tensor& pixel_values) const {
@@ -82,7 +90,7 @@ at::Tensor clip_vision_forward(const StateDict& p, const VisionConfig& c, const 
                 c.image_size, "], got ", pixel_values.sizes());
   const at::Tensor& patch_w = p.at(kEmb + "patch_embedding.weight");
   const int64_t b = pixel_values.size(0), d = c.hidden_size;
-  at::Tensor pixels = pixel_values.to(patch_w.scalar_type());
+  at::Tensor pixels = pixel_values.to(patch_w.device(), patch_w.scalar_type());
   // [B, D, S/P, S/P] → [B, (S/P)², D]
   at::Tensor patches = at::conv2d(pixels, patch_w, {}, c.patch_size).flatten(2).transpose(1, 2);
   at::Tensor cls = p.at(kEmb + "class_embedding").view({1, 1, d}).expand({b, 1, d});

@@ -25,6 +25,7 @@ class ClipVisionModel : public Model {
   /// Checks `params` against `config` (every key and shape; see check_params) and throws
   /// fusion::Error naming the first disagreeing key and both shapes. `config` is the model's
   /// config.json (a CLIPModel's or a CLIPVisionModel's); config() becomes the CLIPVisionModel form.
+  /// parameters() are kept in Hugging Face's module order, whatever the order of `params`.
   ClipVisionModel(StateDict params, const nlohmann::json& config);
   ClipVisionModel(StateDict params, VisionConfig config);
 

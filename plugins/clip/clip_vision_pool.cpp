@@ -56,9 +56,14 @@ nlohmann::json read_config_json(const std::filesystem::path& dir) {
 ModelPtr make_clip_vision(const StateDict& params, const nlohmann::json& config) {
   FUSION_ENSURE(config.is_object() && !config.empty(),
                 "config.json is missing or empty: clip_vision needs it to build the vision tower");
+  // Only the vision tower; the position_ids buffers (saved by transformers before 4.31, not by
+  // later versions) are dropped, so every checkpoint vintage gives the same keys.
   StateDict vision;
+  const std::string buffer = "position_ids";
   for (const auto& [key, t] : params) {
-    if (key.compare(0, kPrefix.size(), kPrefix) == 0) vision.set(key, t);
+    const bool is_buffer = key.size() >= buffer.size() &&
+                           key.compare(key.size() - buffer.size(), buffer.size(), buffer) == 0;
+    if (key.compare(0, kPrefix.size(), kPrefix) == 0 && !is_buffer) vision.set(key, t);
   }
   FUSION_ENSURE(!vision.empty(), "the weights have no 'vision_model.*' tensors (not a CLIP model?)");
   return std::make_shared<ClipVisionModel>(std::move(vision), config);
@@ -113,10 +118,36 @@ ModelPtr ClipVisionPool::pretrained() {
 
 ModelPtr ClipVisionPool::load(const std::string& name) {
   const std::filesystem::path& dir = path_of(name);
-  return with_origin(dir, [&] {
-    read_config_json(dir);
-    return CheckpointModelPool::load(name);
+  const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
+  const std::string option = section + ".models." + name + " (" + dir.string() + ")";
+  // The expert must have the pretrained model's architecture. Both configs are compared before any
+  // weight is read; each model's weights are then checked against its own config. (The generic
+  // pool compares whole checkpoints, which fails for a CLIPModel against a CLIPVisionModel.)
+  const VisionConfig expert_cfg = with_origin(dir, [&] {
+    return VisionConfig::from_json(read_config_json(dir), (dir / "config.json").string());
   });
+  const std::filesystem::path& pre_dir = path_of("pretrained");
+  const VisionConfig pre_cfg = with_origin(pre_dir, [&] {
+    return VisionConfig::from_json(read_config_json(pre_dir), (pre_dir / "config.json").string());
+  });
+  const auto want = ClipVisionModel::expected_parameters(pre_cfg);
+  const auto have = ClipVisionModel::expected_parameters(expert_cfg);
+  for (size_t i = 0; i < want.size(); ++i) {
+    FUSION_ENSURE(i < have.size(), option, ": expert '", name, "' lacks key '", want[i].first,
+                  "' that pretrained has (num_hidden_layers ", expert_cfg.num_hidden_layers, " vs ",
+                  pre_cfg.num_hidden_layers, ")");
+    FUSION_ENSURE(want[i] == have[i], option, ": key '", want[i].first, "': pretrained has shape ",
+                  c10::IntArrayRef(want[i].second), " but expert '", name, "' has shape ",
+                  c10::IntArrayRef(have[i].second));
+  }
+  FUSION_ENSURE(have.size() == want.size(), option, ": expert '", name, "' has key '", have[want.size()].first,
+                "' that pretrained lacks (num_hidden_layers ", expert_cfg.num_hidden_layers, " vs ",
+                pre_cfg.num_hidden_layers, ")");
+  FUSION_ENSURE(expert_cfg.hidden_act == pre_cfg.hidden_act && expert_cfg.layer_norm_eps == pre_cfg.layer_norm_eps,
+                option, ": expert '", name, "' has hidden_act '", expert_cfg.hidden_act, "', layer_norm_eps ",
+                expert_cfg.layer_norm_eps, " but pretrained has '", pre_cfg.hidden_act, "', ",
+                pre_cfg.layer_norm_eps);
+  return with_origin(dir, [&] { return load_path(dir); });
 }
 
 void ClipVisionPool::save(const Model& model, const std::filesystem::path& dir) const {

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -166,19 +167,130 @@ void for_chunks(int64_t n, F f) {
   for (int64_t b = 0; b < n; b += kChunk) f(b, std::min(kChunk, n - b));
 }
 
-// τ = θₜ − θ₀ over the layout, as one flat vector on `device`. Frees each of the expert's tensors
-// once used, so the expert and the flat vector together take about one model.
-at::Tensor flat_task_vector(const FlatLayout& layout, Model& expert, const StateDict& pretrained,
-                            const at::Device& device) {
-  at::Tensor flat = at::empty({layout.numel}, at::TensorOptions().dtype(layout.dtype).device(device));
+// τ = θₜ − θ₀ over the layout, written into the flat vector `flat`. Frees each of the expert's
+// tensors once used, so the expert and the flat vector together take about one model.
+void flat_task_vector(const FlatLayout& layout, Model& expert, const StateDict& pretrained, at::Tensor& flat) {
   StateDict& params = expert.parameters();
   for (const auto& e : layout.entries) {
     const at::Tensor& base = pretrained.at(e.key);
     at::Tensor out = flat.narrow(0, e.offset, e.numel).view(base.sizes());
-    at::sub_out(out, params.at(e.key).to(device), base.to(device));
+    at::sub_out(out, params.at(e.key).to(flat.device()), base.to(flat.device()));
     params.erase(e.key);
   }
-  return flat;
+}
+
+// The elementwise steps. Each has a fused loop for float32 on the CPU (one pass over memory, no
+// temporaries) and the same computation in ATen ops, chunked, for other devices and dtypes.
+
+enum class MergeFunc { Sum, Mean, Max };
+
+bool fused(const at::Tensor& a) { return a.device().is_cpu() && a.scalar_type() == at::kFloat && a.is_contiguous(); }
+
+template <typename F>
+void parallel_elements(int64_t n, F f) {
+  at::parallel_for(0, n, int64_t{1} << 16, f);
+}
+
+// Trim: τ̂ = τ where |τ| ≥ threshold (τ unchanged when keep_all); acc += τ̂.
+void trim_accumulate(const at::Tensor& tau, double threshold, bool keep_all, at::Tensor& acc) {
+  if (fused(tau) && fused(acc)) {
+    const float* t = tau.data_ptr<float>();
+    float* a = acc.data_ptr<float>();
+    const float thr = keep_all ? 0.0f : static_cast<float>(threshold);
+    parallel_elements(tau.numel(), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) a[i] += std::abs(t[i]) < thr ? 0.0f : t[i];
+    });
+    return;
+  }
+  for_chunks(tau.numel(), [&](int64_t b, int64_t n) {
+    at::Tensor chunk = tau.narrow(0, b, n);
+    if (!keep_all) chunk = chunk.masked_fill(chunk.abs() < threshold, 0);
+    acc.narrow(0, b, n).add_(chunk);
+  });
+}
+
+// Elect: sign ← sign(acc) with zeros set to sign(Σ sign(acc)).
+void elect_signs(const at::Tensor& acc, at::Tensor& sign) {
+  const int64_t d = acc.numel();
+  double total = 0;
+  if (fused(acc) && sign.device().is_cpu()) {
+    const float* a = acc.data_ptr<float>();
+    int8_t* s = sign.data_ptr<int8_t>();
+    std::mutex mu;
+    parallel_elements(d, [&](int64_t b, int64_t e) {
+      int64_t local = 0;
+      for (int64_t i = b; i < e; ++i) {
+        s[i] = static_cast<int8_t>((a[i] > 0.0f) - (a[i] < 0.0f));
+        local += s[i];
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      total += static_cast<double>(local);
+    });
+  } else {
+    for_chunks(d, [&](int64_t b, int64_t n) {
+      at::Tensor s = acc.narrow(0, b, n).sign();
+      total += s.sum(at::kDouble).item<double>();
+      sign.narrow(0, b, n).copy_(s);
+    });
+  }
+  const int majority = total > 0 ? 1 : (total < 0 ? -1 : 0);
+  if (majority == 0) return;
+  for_chunks(d, [&](int64_t b, int64_t n) {
+    at::Tensor s = sign.narrow(0, b, n);
+    s.masked_fill_(s == 0, majority);
+  });
+}
+
+// Disjoint merge of one task: its trimmed values that agree with the elected sign — FusionBench's
+// where(s > 0, τ̂ > 0, τ̂ < 0), so where s is 0 the negative ones — combined into acc (and count).
+void disjoint_merge_step(const at::Tensor& tau, double threshold, bool keep_all, const at::Tensor& sign,
+                         MergeFunc merge, at::Tensor& acc, at::Tensor& count) {
+  if (fused(tau) && fused(acc) && sign.device().is_cpu() &&
+      (merge != MergeFunc::Mean || count.scalar_type() == at::kShort)) {
+    const float* t = tau.data_ptr<float>();
+    const int8_t* s = sign.data_ptr<int8_t>();
+    float* a = acc.data_ptr<float>();
+    int16_t* c = merge == MergeFunc::Mean ? count.data_ptr<int16_t>() : nullptr;
+    const float thr = keep_all ? 0.0f : static_cast<float>(threshold);
+    parallel_elements(tau.numel(), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        float v = std::abs(t[i]) < thr ? 0.0f : t[i];
+        const bool agree = s[i] > 0 ? v > 0.0f : v < 0.0f;
+        v = agree ? v : 0.0f;
+        if (merge == MergeFunc::Max) {
+          a[i] = std::max(a[i], std::abs(v));
+        } else {
+          a[i] += v;
+          if (c != nullptr) c[i] = static_cast<int16_t>(c[i] + (v != 0.0f));
+        }
+      }
+    });
+    return;
+  }
+  for_chunks(tau.numel(), [&](int64_t b, int64_t n) {
+    at::Tensor chunk = tau.narrow(0, b, n);
+    if (!keep_all) chunk = chunk.masked_fill(chunk.abs() < threshold, 0);
+    const at::Tensor s = sign.narrow(0, b, n);
+    const at::Tensor agree = at::where(s > 0, chunk > 0, chunk < 0);
+    chunk = chunk.masked_fill(agree.logical_not(), 0);
+    at::Tensor out = acc.narrow(0, b, n);
+    if (merge == MergeFunc::Max) {
+      at::maximum_out(out, out, chunk.abs());
+    } else {
+      out.add_(chunk);
+      if (merge == MergeFunc::Mean) count.narrow(0, b, n).add_(chunk != 0);
+    }
+  });
+}
+
+// mean: divide by the count of kept values (at least 1); max: times the elected sign.
+void finish_merge(const at::Tensor& sign, const at::Tensor& count, MergeFunc merge, at::Tensor& acc) {
+  if (merge == MergeFunc::Sum) return;
+  for_chunks(acc.numel(), [&](int64_t b, int64_t n) {
+    at::Tensor out = acc.narrow(0, b, n);
+    if (merge == MergeFunc::Mean) out.div_(count.narrow(0, b, n).clamp_min(1));
+    if (merge == MergeFunc::Max) out.mul_(sign.narrow(0, b, n));
+  });
 }
 
 }  // namespace
@@ -217,54 +329,39 @@ Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& c
   // FusionBench's topk_values_mask: k = d − int(d · K/100); keep |τ| ≥ the k-th smallest |τ|.
   const int64_t k = d - static_cast<int64_t>(static_cast<double>(d) * (options_.threshold / 100.0));
   const bool keep_all = k < 1;  // threshold 100: nothing is trimmed
-  const auto load = [&](const std::string& name) {
+  const auto load = [&](const std::string& name, at::Tensor& out) {
     ModelPtr expert = models.load(name);
     FUSION_ENSURE(expert != nullptr, "the model pool returned nothing for expert '", name, "'");
     check_same_layout(base, expert->parameters(), "pretrained", "expert '" + name + "'");
-    return flat_task_vector(layout, *expert, base, device);
-  };
-  const auto trim = [&](at::Tensor& chunk, double threshold) {
-    if (!keep_all) chunk.masked_fill_(chunk.abs() < threshold, 0);
+    flat_task_vector(layout, *expert, base, out);
   };
 
   // Pass 1: each task's trim threshold, and the trimmed sum Σₜ τ̂ₜ that elects the signs.
   auto progress = ctx.progress("ties_merging", static_cast<int64_t>(2 * names.size()));
-  at::Tensor acc = at::zeros({d}, at::TensorOptions().dtype(layout.dtype).device(device));
+  const auto flat = at::TensorOptions().dtype(layout.dtype).device(device);
+  at::Tensor acc = at::zeros({d}, flat);
+  at::Tensor tau = at::empty({d}, flat);  // reused for every expert: fresh pages are costly
   std::vector<double> thresholds;
   nlohmann::json threshold_info = nlohmann::json::object();
   for (const std::string& name : names) {
-    at::Tensor tau = load(name);
+    load(name, tau);
     const double threshold = keep_all ? 0.0 : kth_smallest_magnitude(tau, k);
     thresholds.push_back(threshold);
     threshold_info[name] = threshold;
-    for_chunks(d, [&](int64_t b, int64_t n) {
-      at::Tensor chunk = tau.narrow(0, b, n);
-      trim(chunk, threshold);
-      acc.narrow(0, b, n).add_(chunk);
-    });
+    trim_accumulate(tau, threshold, keep_all, acc);
     progress->advance();
   }
 
   // Elect: s = sign(Σ τ̂), zeros set to the majority sign(Σ s). Kept as int8; acc is then reused
   // as the merged task vector.
   at::Tensor sign = at::empty({d}, at::TensorOptions().dtype(at::kChar).device(device));
-  double sign_total = 0;
-  for_chunks(d, [&](int64_t b, int64_t n) {
-    at::Tensor s = acc.narrow(0, b, n).sign();
-    sign_total += s.sum(at::kDouble).item<double>();
-    sign.narrow(0, b, n).copy_(s);
-  });
-  const int majority = sign_total > 0 ? 1 : (sign_total < 0 ? -1 : 0);
-  if (majority != 0) {
-    for_chunks(d, [&](int64_t b, int64_t n) {
-      at::Tensor s = sign.narrow(0, b, n);
-      s.masked_fill_(s == 0, majority);
-    });
-  }
+  elect_signs(acc, sign);
   acc.zero_();
-  const std::string& merge = options_.merge_func;
+  const MergeFunc merge = options_.merge_func == "sum"    ? MergeFunc::Sum
+                          : options_.merge_func == "mean" ? MergeFunc::Mean
+                                                          : MergeFunc::Max;
   at::Tensor count;
-  if (merge == "mean") {
+  if (merge == MergeFunc::Mean) {
     count = at::zeros({d}, at::TensorOptions()
                                .dtype(names.size() < 32767 ? at::kShort : at::kInt)
                                .device(device));
@@ -272,29 +369,12 @@ Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& c
 
   // Pass 2: disjoint merge of the sign-agreeing trimmed values.
   for (size_t t = 0; t < names.size(); ++t) {
-    at::Tensor tau = load(names[t]);
-    for_chunks(d, [&](int64_t b, int64_t n) {
-      at::Tensor chunk = tau.narrow(0, b, n);
-      trim(chunk, thresholds[t]);
-      const at::Tensor s = sign.narrow(0, b, n);
-      // FusionBench: where(s > 0, τ̂ > 0, τ̂ < 0).
-      const at::Tensor agree = at::where(s > 0, chunk > 0, chunk < 0);
-      chunk.masked_fill_(agree.logical_not(), 0);
-      at::Tensor out = acc.narrow(0, b, n);
-      if (merge == "max") {
-        at::maximum_out(out, out, chunk.abs());
-      } else {
-        out.add_(chunk);
-        if (merge == "mean") count.narrow(0, b, n).add_(chunk != 0);
-      }
-    });
+    load(names[t], tau);
+    disjoint_merge_step(tau, thresholds[t], keep_all, sign, merge, acc, count);
     progress->advance();
   }
-  for_chunks(d, [&](int64_t b, int64_t n) {
-    at::Tensor out = acc.narrow(0, b, n);
-    if (merge == "mean") out.div_(count.narrow(0, b, n).clamp_min(1));
-    if (merge == "max") out.mul_(sign.narrow(0, b, n));
-  });
+  tau = at::Tensor();
+  finish_merge(sign, count, merge, acc);
   progress->finish();
   sign = at::Tensor();
   count = at::Tensor();
@@ -307,7 +387,7 @@ Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& c
   acc = at::Tensor();
   Result result;
   result.info = {{"num_experts", names.size()},      {"threshold", options_.threshold},
-                 {"merge_func", merge},              {"merged_numel", d},
+                 {"merge_func", options_.merge_func},              {"merged_numel", d},
                  {"trim_thresholds", threshold_info}, {"removed_keys", removed_keys},
                  {"scaling_factors", lambdas}};
   add_scaled_results(result, pretrained, std::move(merged_tv), lambdas);

@@ -157,11 +157,37 @@ TEST(ClipVisionPool, LoadsCLIPModelAndCLIPVisionModelFoldersAndSaves) {
   EXPECT_EQ(read_json(dir.path() / "saved" / "config.json")["architectures"][0], "CLIPVisionModel");
 }
 
+TEST(ClipVisionPool, ExpertBeforePretrainedAndWithoutPositionIds) {
+  // A CLIPModel pretrained (with position_ids buffers) and a CLIPVisionModel expert without them,
+  // the expert loaded first, as task arithmetic does.
+  TempDir dir("poolorder");
+  ModelPtr m = load_clip_vision(data_dir() / "clip_model");
+  EXPECT_FALSE(m->parameters().contains("vision_model.embeddings.position_ids"));
+  save_clip_vision(*m, dir.path() / "expert");
+  auto pool = make_pool((data_dir() / "clip_model").string(), {{"expert", (dir.path() / "expert").string()}});
+  ModelPtr expert = pool->load("expert");
+  ModelPtr pre = pool->pretrained();
+  EXPECT_EQ(expert->parameters().keys(), pre->parameters().keys());
+}
+
+TEST(ClipVisionPool, ExpertOfAnotherShapeNamesKeyAndShapes) {
+  auto pool = make_pool((data_dir() / "clip_model").string(),
+                        {{"other", (data_dir() / "clip_vision_model").string()}});
+  const std::string msg = error_of([&] { pool->load("other"); });
+  EXPECT_NE(msg.find("modelpool.models.other"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("vision_model.embeddings.class_embedding"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[32]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[16]"), std::string::npos) << msg;
+}
+
 TEST(ClipVisionPool, MissingConfigNamesTheFolder) {
   TempDir dir("poolnoconfig");
   make_folder(dir.path(), nullptr);
-  auto pool = make_pool(dir.path().string(), {});
-  const std::string msg = error_of([&] { pool->pretrained(); });
+  auto pool = make_pool(dir.path().string(), {{"a", (data_dir() / "clip_model").string()}});
+  std::string msg = error_of([&] { pool->pretrained(); });
+  EXPECT_NE(msg.find((dir.path() / "config.json").string()), std::string::npos) << msg;
+  auto pool2 = make_pool((data_dir() / "clip_model").string(), {{"a", dir.path().string()}});
+  msg = error_of([&] { pool2->load("a"); });
   EXPECT_NE(msg.find((dir.path() / "config.json").string()), std::string::npos) << msg;
 }
 

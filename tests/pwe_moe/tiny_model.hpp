@@ -256,6 +256,7 @@ inline StateDict state_from_json(const nlohmann::json& j) {
   return sd;
 }
 
+#ifdef PWE_TEST_DATA_DIR
 inline const nlohmann::json& golden() {
   static const nlohmann::json g = [] {
     std::ifstream in(std::string(PWE_TEST_DATA_DIR) + "/golden.json");
@@ -264,5 +265,6 @@ inline const nlohmann::json& golden() {
   }();
   return g;
 }
+#endif
 
 }  // namespace pwe_test

@@ -1,0 +1,251 @@
+// PWEMoE benchmarks (issue 4, "Memory and speed"):
+//   memory: peak RSS while the Pareto weight-ensembling model is set up from a pool that makes
+//           its experts on demand, against 1.2 × (pretrained + T × upscaled task vectors + one expert);
+//   step:   one training step (LS and EPO) side by side with one forward + backward of the plain
+//           merged model on the same T batches (gradients of the upscaled parameters, and of all).
+// The model is CLIP's ViT-B/32 vision tower (plugins/clip) when built with it, else a wide tiny
+// transformer. Usage:
+//   OMP_WAIT_POLICY=PASSIVE fusion_bench_pwe_moe memory --tasks 8
+//   OMP_WAIT_POLICY=PASSIVE fusion_bench_pwe_moe step --tasks 8 --batch 16 --reps 3 [--layers 12]
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
+
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <set>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <thread>
+
+#include "fusion/context.hpp"
+#include "fusion/error.hpp"
+#include "pareto_weight_ensembling.hpp"
+#include "pwe_moe.hpp"
+#include "tiny_model.hpp"
+
+#ifdef FUSION_BENCH_HAVE_CLIP
+#include "clip_vision.hpp"
+#endif
+
+namespace {
+
+using namespace fusion;
+using namespace fusion::methods;
+
+int64_t status_kib(const char* field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  const size_t n = std::strlen(field);
+  while (std::getline(in, line))
+    if (line.compare(0, n, field) == 0) return std::stoll(line.substr(n + 1));
+  return -1;
+}
+
+void reset_peak_rss() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";
+}
+
+double mib(int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
+
+struct Arch {
+  ModelPtr pretrained;
+  std::string name;
+  int64_t feature_dim = 0;
+  std::vector<int64_t> input_shape;  // per example
+};
+
+Arch make_arch(int64_t layers, int64_t image) {
+  Arch a;
+#ifdef FUSION_BENCH_HAVE_CLIP
+  clip::VisionConfig cfg;  // ViT-B/32
+  cfg.num_hidden_layers = layers;
+  cfg.image_size = image;
+  a.pretrained = std::make_shared<clip::ClipVisionModel>(clip::ClipVisionModel::random_parameters(cfg, 1), cfg);
+  a.name = "clip_vision ViT-B/32 (" + std::to_string(layers) + " layers, " + std::to_string(image) + "px)";
+  a.feature_dim = cfg.hidden_size;
+  a.input_shape = {3, image, image};
+#else
+  (void)image;
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(1);
+  a.pretrained = std::make_shared<pwe_test::TinyModel>(pwe_test::random_tiny_params(static_cast<int>(layers), g));
+  a.name = "tiny transformer (clip plugin not built)";
+  a.feature_dim = pwe_test::kD;
+  a.input_shape = {pwe_test::kDin};
+#endif
+  return a;
+}
+
+// Experts made on demand from the pretrained model (θ₀ + small noise), so the pool holds only θ₀.
+class SynthPool : public ModelPool {
+ public:
+  SynthPool(ModelPtr pre, int T) : pre_(std::move(pre)), T_(T) {}
+  std::vector<std::string> expert_names() const override {
+    std::vector<std::string> n;
+    for (int t = 0; t < T_; ++t) n.push_back("task" + std::to_string(t));
+    return n;
+  }
+  bool has_pretrained() const override { return true; }
+  ModelPtr pretrained() override { return pre_; }
+  ModelPtr load(const std::string& name) override {
+    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(std::hash<std::string>{}(name));
+    StateDict p;
+    c10::NoGradGuard ng;
+    for (const auto& [k, v] : pre_->parameters()) {
+      if (!v.is_floating_point()) {
+        p.set(k, v);
+        continue;
+      }
+      at::Tensor e = at::empty_like(v);
+      e.normal_(0.0, 0.01, g);
+      e.add_(v);
+      p.set(k, e);
+    }
+    return pre_->with_parameters(std::move(p));
+  }
+  void save(const Model&, const std::filesystem::path&) const override {}
+
+ private:
+  ModelPtr pre_;
+  int T_;
+};
+
+class HeadTask : public Task {
+ public:
+  HeadTask(std::string name, int64_t classes, int64_t dim, uint64_t seed) : name_(std::move(name)) {
+    head_ = at::randn({classes, dim}, at::make_generator<at::CPUGeneratorImpl>(seed)) / std::sqrt(double(dim));
+  }
+  std::string name() const override { return name_; }
+  int64_t num_classes() const override { return head_.size(0); }
+  bool has_train_split() const override { return true; }
+  std::unique_ptr<BatchStream> train_stream(int64_t, uint64_t) override { return nullptr; }
+  at::Tensor logits(const Model& m, const StateDict& p, const at::Tensor& x) const override {
+    return at::matmul(m.forward(p, x), head_.t());
+  }
+  nlohmann::json evaluate(const Model&) override { return {}; }
+
+ private:
+  std::string name_;
+  at::Tensor head_;
+};
+
+int run_memory(int T, int64_t layers, int64_t image) {
+  const int64_t rss0 = status_kib("VmRSS:");
+  Arch a = make_arch(layers, image);
+  SynthPool pool(a.pretrained, T);
+  Context ctx;
+  ctx.set_progress_enabled(false);
+  reset_peak_rss();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto pwe = ParetoWeightEnsembling::from_pool(pool, ctx, {}, "bench");
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const int64_t peak = status_kib("VmHWM:") - rss0;
+  const int64_t pre_bytes = a.pretrained->parameters().nbytes();
+  const int64_t tv = pwe->task_vector_bytes();
+  const int64_t budget = pre_bytes + tv + pre_bytes;
+  std::printf("model: %s, T = %d\n", a.name.c_str(), T);
+  std::printf("pretrained %.1f MiB, T x upscaled task vectors %.1f MiB, one expert %.1f MiB\n", mib(pre_bytes), mib(tv),
+              mib(pre_bytes));
+  std::printf("setup %.2f s; peak RSS during setup (above the process before the model) %.1f MiB\n", secs,
+              static_cast<double>(peak) / 1024);
+  std::printf("budget 1.2 x %.1f = %.1f MiB -> ratio %.3f of the budget (%s)\n", mib(budget), 1.2 * mib(budget),
+              (peak * 1024.0) / (1.2 * budget), peak * 1024.0 <= 1.2 * budget ? "within" : "OVER");
+  return 0;
+}
+
+double seconds_of(const std::function<void()>& fn, int reps) {
+  fn();  // warm-up
+  double best = 1e30;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+int run_step(int T, int64_t batch, int reps, int64_t layers, int64_t image) {
+  Arch a = make_arch(layers, image);
+  SynthPool pool(a.pretrained, T);
+  Context ctx;
+  ctx.set_progress_enabled(false);
+  auto pwe = ParetoWeightEnsembling::from_pool(pool, ctx, {}, "bench");
+  std::vector<std::unique_ptr<HeadTask>> owned;
+  std::vector<Task*> tasks;
+  std::vector<Batch> batches;
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(5);
+  for (int t = 0; t < T; ++t) {
+    owned.push_back(std::make_unique<HeadTask>("task" + std::to_string(t), 10, a.feature_dim, 100 + t));
+    tasks.push_back(owned.back().get());
+    std::vector<int64_t> shape{batch};
+    shape.insert(shape.end(), a.input_shape.begin(), a.input_shape.end());
+    batches.push_back({at::randn(shape, g), at::randint(10, {batch}, g)});
+  }
+  std::vector<double> r(T, 1.0 / T);
+  PweMoeLs ls;
+  PweMoeEpo epo;
+  RouterAdam adam(pwe->router_parameters());
+  const double t_ls = seconds_of([&] { ls.step(*pwe, adam, tasks, batches, r, 1e-3, 1); }, reps);
+  const double t_epo = seconds_of([&] { epo.step(*pwe, adam, tasks, batches, r, 1e-3, 1); }, reps);
+
+  ModelPtr merged = pwe->merge_and_unload(r);
+  std::set<std::string> upscaled;
+  for (const auto& grp : pwe->groups()) upscaled.insert(grp.keys.begin(), grp.keys.end());
+  auto plain = [&](bool all) {
+    StateDict p;
+    for (const auto& [k, v] : merged->parameters()) {
+      at::Tensor x = v.detach();
+      if (x.is_floating_point() && (all || upscaled.count(k))) x.requires_grad_(true);
+      p.set(k, x);
+    }
+    for (int t = 0; t < T; ++t) tasks[t]->loss(*merged, p, batches[t]).backward();
+  };
+  const double t_plain_up = seconds_of([&] { plain(false); }, reps);
+  const double t_plain_all = seconds_of([&] { plain(true); }, reps);
+  std::printf("model: %s, T = %d, batch %lld per task, %d threads, best of %d\n", a.name.c_str(), T,
+              static_cast<long long>(batch), at::get_num_threads(), reps);
+  std::printf("router parameters %lld in %zu groups\n", static_cast<long long>(pwe->num_router_parameters()),
+              pwe->groups().size());
+  std::printf("LS training step                      %8.3f s\n", t_ls);
+  std::printf("EPO training step                     %8.3f s\n", t_epo);
+  std::printf("plain merged fwd+bwd (upscaled grads) %8.3f s  -> LS/plain %.3fx, EPO/plain %.3fx\n", t_plain_up,
+              t_ls / t_plain_up, t_epo / t_plain_up);
+  std::printf("plain merged fwd+bwd (all grads)      %8.3f s  -> LS/plain %.3fx\n", t_plain_all, t_ls / t_plain_all);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    std::string mode = argc > 1 ? argv[1] : "step";
+    int T = 2, reps = 3;
+    int64_t batch = 16, layers = 12, image = 224;
+    int threads = static_cast<int>(std::thread::hardware_concurrency());
+    for (int i = 2; i + 1 < argc; i += 2) {
+      const std::string k = argv[i];
+      const int64_t v = std::stoll(argv[i + 1]);
+      if (k == "--tasks") T = static_cast<int>(v);
+      else if (k == "--batch") batch = v;
+      else if (k == "--reps") reps = static_cast<int>(v);
+      else if (k == "--layers") layers = v;
+      else if (k == "--image") image = v;
+      else if (k == "--threads") threads = static_cast<int>(v);
+      else throw fusion::Error("unknown option " + k);
+    }
+    at::set_num_threads(threads);
+    if (mode == "memory") return run_memory(T, layers, image);
+    if (mode == "step") return run_step(T, batch, reps, layers, image);
+    std::fprintf(stderr, "usage: %s memory|step [--tasks T] [--batch B] [--reps N] [--layers L] [--image S]\n", argv[0]);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}

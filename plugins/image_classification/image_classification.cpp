@@ -1,0 +1,512 @@
+#include "image_classification.hpp"
+
+#include <ATen/core/Reduction.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <set>
+
+#include "fusion/error.hpp"
+#include "head.hpp"
+
+namespace fusion::image_classification {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + v[i];
+  return s;
+}
+
+// A head on the device and dtype of `like` (the features it is applied to).
+clip::ZeroShotHead head_like(const clip::ZeroShotHead& h, const at::Tensor& like) {
+  if (h.projection.device() == like.device() && h.projection.scalar_type() == like.scalar_type()) return h;
+  clip::ZeroShotHead out = h;
+  out.projection = h.projection.to(like.device(), like.scalar_type());
+  out.text_embeds = h.text_embeds.to(like.device(), like.scalar_type());
+  return out;
+}
+
+// The device and dtype a model computes in: those of its first floating parameter.
+std::pair<at::Device, at::ScalarType> model_placement(const Model& model, const Context& ctx) {
+  for (const auto& item : model.parameters()) {
+    const at::Tensor& t = item.second;
+    if (t.defined() && t.is_floating_point()) return {t.device(), t.scalar_type()};
+  }
+  return {ctx.device(), ctx.dtype()};
+}
+
+class ClassificationStream : public BatchStream {
+ public:
+  ClassificationStream(std::shared_ptr<const SampleSource> source, int64_t batch_size, uint64_t seed,
+                       LoaderOptions options, at::Device device, at::ScalarType dtype, std::string where)
+      : order_(std::make_shared<EpochOrder>(source->size(), seed)),
+        loader_(source,
+                [order = order_, batch_size](int64_t b) {
+                  std::vector<int64_t> idx(batch_size);
+                  for (int64_t i = 0; i < batch_size; ++i) idx[i] = order->at(b * batch_size + i);
+                  return idx;
+                },
+                -1, options),
+        device_(device),
+        dtype_(dtype),
+        where_(std::move(where)) {}
+
+  Batch next() override {
+    std::optional<LoadedBatch> b = loader_.next();
+    FUSION_ENSURE(b && b->inputs.size(0) > 0, where_, ": every image of a training batch was undecodable");
+    return {b->inputs.to(device_, dtype_), b->labels.to(device_)};
+  }
+
+ private:
+  std::shared_ptr<EpochOrder> order_;
+  BatchLoader loader_;
+  at::Device device_;
+  at::ScalarType dtype_;
+  std::string where_;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// ImageClassificationTask
+
+ImageClassificationTask::ImageClassificationTask(TaskSpec spec, const ImageClassificationOptions& options,
+                                                 Context ctx)
+    : spec_(std::move(spec)), options_(options), ctx_(std::move(ctx)) {
+  const std::string where = "task '" + spec_.name + "'";
+  std::string classes_from;
+  if (auto builtin = builtin_task_info(spec_.name)) {
+    classnames_ = builtin->classnames;
+    templates_ = builtin->templates;
+    classes_from = builtin->source;
+  }
+  if (spec_.info) {
+    TaskInfo info = read_task_info(*spec_.info);
+    if (!info.classnames.empty()) {
+      classnames_ = info.classnames;
+      classes_from = info.source;
+    }
+    if (!info.templates.empty()) templates_ = info.templates;
+  }
+  if (!options_.templates.empty()) templates_ = options_.templates;
+
+  std::optional<int64_t> n;
+  if (!classnames_.empty()) n = static_cast<int64_t>(classnames_.size());
+  if (spec_.head) {
+    const int64_t head_classes = head_file_classes(*spec_.head);
+    FUSION_ENSURE(!n || *n == head_classes, where, ": head file '", spec_.head->string(), "' has ",
+                  head_classes, " classes but the task has ", *n, " class names (from ", classes_from, ")");
+    n = head_classes;
+  }
+
+  auto test = std::make_shared<const Dataset>(Dataset::open(spec_.test, spec_.format, where + " test split", n));
+  if (!n) {
+    // A task fusion does not know: the class folders name the classes.
+    FUSION_ENSURE(!test->folder_classes().empty(), where,
+                  ": no class names: the task is not built in (built in: ", join(builtin_task_names()),
+                  "), so give taskpool.task_info.", spec_.name,
+                  " (a class-names file) or taskpool.heads.", spec_.name,
+                  ", or use class folders named after the classes");
+    for (std::string c : test->folder_classes()) {
+      std::replace(c.begin(), c.end(), '_', ' ');
+      classnames_.push_back(c);
+    }
+    n = static_cast<int64_t>(classnames_.size());
+  }
+  if (classnames_.empty()) {
+    for (int64_t i = 0; i < *n; ++i) classnames_.push_back(std::to_string(i));
+  }
+  if (test->ignored_files() > 0) {
+    ctx_.log().warn(where + " test split: " + std::to_string(test->ignored_files()) +
+                    " files in class folders are not images (.jpg .jpeg .png .bmp .gif .ppm .pgm .pnm) and are ignored");
+  }
+  test_ = std::make_shared<SampleSource>(test, options_.preprocess, false);
+
+  if (spec_.train) {
+    auto train =
+        std::make_shared<const Dataset>(Dataset::open(*spec_.train, spec_.format, where + " train split", n));
+    if (!test->folder_classes().empty() && !train->folder_classes().empty()) {
+      FUSION_ENSURE(train->folder_classes() == test->folder_classes(), where, ": the class folders of the train split '",
+                    spec_.train->string(), "' differ from those of the test split '", spec_.test.string(), "'");
+    }
+    train_ = std::make_shared<SampleSource>(train, options_.preprocess, false);
+  }
+  if (templates_.empty()) templates_ = default_templates();
+  FUSION_ENSURE(spec_.head || !options_.clip_model.empty(), where,
+                ": no zero-shot head: set taskpool.clip_model (the CLIPModel folder) or taskpool.heads.",
+                spec_.name);
+
+  const int64_t total = test->size();
+  if (options_.max_test_samples > 0 && options_.max_test_samples < total) {
+    std::vector<int64_t> perm = EpochOrder(total, 0).epoch(0);
+    test_indices_.assign(perm.begin(), perm.begin() + options_.max_test_samples);
+    std::sort(test_indices_.begin(), test_indices_.end());
+  } else {
+    test_indices_.resize(total);
+    for (int64_t i = 0; i < total; ++i) test_indices_[i] = i;
+  }
+}
+
+void ImageClassificationTask::keep_in_memory(bool test, bool train) {
+  test_ = std::make_shared<SampleSource>(test_->dataset_ptr(), options_.preprocess, test);
+  if (train_) train_ = std::make_shared<SampleSource>(train_->dataset_ptr(), options_.preprocess, train);
+}
+
+const clip::ZeroShotHead& ImageClassificationTask::head() const {
+  std::lock_guard<std::mutex> lock(head_mutex_);
+  if (head_) return *head_;
+  const std::string where = "task '" + spec_.name + "'";
+  clip::ZeroShotHead h;
+  if (spec_.head) {
+    h = load_head(*spec_.head, ctx_.device(), ctx_.dtype());
+  } else {
+    fs::path cached;
+    if (!options_.head_cache_dir.empty()) {
+      cached = options_.head_cache_dir /
+               (spec_.name + "-" + head_cache_key(options_.clip_model, classnames_, templates_) + ".safetensors");
+    }
+    std::error_code ec;
+    bool have = false;
+    if (!cached.empty() && fs::exists(cached, ec)) {
+      try {
+        h = load_head(cached, ctx_.device(), ctx_.dtype());
+        have = h.text_embeds.size(0) == num_classes();
+      } catch (const Error& e) {
+        ctx_.log().warn(where + ": ignoring the cached head: " + e.what());
+      }
+      if (have) ctx_.log().debug(where + ": zero-shot head from the cache " + cached.string());
+    }
+    if (!have) {
+      ctx_.log().info(where + ": computing the zero-shot head (" + std::to_string(classnames_.size()) +
+                      " classes x " + std::to_string(templates_.size()) + " templates) from " +
+                      options_.clip_model.string());
+      h = clip::build_zero_shot_head(options_.clip_model, classnames_, templates_, ctx_.device(), ctx_.dtype());
+      if (!cached.empty()) {
+        try {
+          fs::create_directories(cached.parent_path());
+          nlohmann::json classes = classnames_, tmpl = templates_;
+          save_head(cached, h,
+                    {{"task", spec_.name},
+                     {"clip_model", fs::absolute(options_.clip_model, ec).string()},
+                     {"classnames", classes.dump()},
+                     {"templates", tmpl.dump()}});
+        } catch (const std::exception& e) {
+          ctx_.log().warn(where + ": cannot cache the zero-shot head in " + cached.string() + ": " + e.what());
+        }
+      }
+    }
+  }
+  FUSION_ENSURE(h.text_embeds.defined() && h.text_embeds.dim() == 2 && h.text_embeds.size(0) == num_classes(),
+                where, ": the zero-shot head has ", h.text_embeds.defined() ? h.text_embeds.size(0) : 0,
+                " classes, the task ", num_classes());
+  head_ = std::move(h);
+  return *head_;
+}
+
+void ImageClassificationTask::set_head(clip::ZeroShotHead head) {
+  FUSION_ENSURE(head.text_embeds.defined() && head.text_embeds.dim() == 2 &&
+                    head.text_embeds.size(0) == num_classes(),
+                "task '", spec_.name, "': a head with ", head.text_embeds.defined() ? head.text_embeds.size(0) : 0,
+                " classes given to a task with ", num_classes());
+  std::lock_guard<std::mutex> lock(head_mutex_);
+  head_ = std::move(head);
+}
+
+at::Tensor ImageClassificationTask::logits(const Model& model, const StateDict& params,
+                                           const at::Tensor& inputs) const {
+  at::Tensor pooled = model.forward(params, inputs);
+  return clip::apply_head(head_like(head(), pooled), pooled);
+}
+
+std::unique_ptr<BatchStream> ImageClassificationTask::train_stream(int64_t batch_size, uint64_t seed) {
+  FUSION_ENSURE(train_, "task '", spec_.name, "' has no train split (set taskpool.train_datasets.", spec_.name, ")");
+  FUSION_ENSURE(batch_size > 0, "task '", spec_.name, "': train batch size must be positive, got ", batch_size);
+  LoaderOptions lo;
+  lo.batch_size = batch_size;
+  lo.num_workers = options_.num_workers;
+  lo.prefetch_batches = options_.prefetch_batches;
+  lo.skip_bad_images = options_.skip_bad_images;
+  return std::make_unique<ClassificationStream>(train_, batch_size, seed, lo, ctx_.device(), ctx_.dtype(),
+                                                "task '" + spec_.name + "' train split");
+}
+
+nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
+  const auto start = std::chrono::steady_clock::now();
+  head();  // made (or loaded) before the clock of the first batch, and errors before any decoding
+  at::NoGradGuard no_grad;
+  const auto [device, dtype] = model_placement(model, ctx_);
+  const int64_t b = options_.batch_size;
+  const auto count = static_cast<int64_t>(test_indices_.size());
+  const int64_t num_batches = (count + b - 1) / b;
+  LoaderOptions lo;
+  lo.batch_size = b;
+  lo.num_workers = options_.num_workers;
+  lo.prefetch_batches = options_.prefetch_batches;
+  lo.skip_bad_images = options_.skip_bad_images;
+  auto indices = std::make_shared<const std::vector<int64_t>>(test_indices_);
+  BatchLoader loader(
+      test_,
+      [indices, b](int64_t k) {
+        const auto begin = indices->begin() + k * b;
+        const auto end = indices->begin() + std::min<int64_t>((k + 1) * b, static_cast<int64_t>(indices->size()));
+        return std::vector<int64_t>(begin, end);
+      },
+      num_batches, lo);
+  auto bar = ctx_.progress("evaluate " + spec_.name, count);
+  double loss_sum = 0.0;
+  int64_t correct = 0, seen = 0, skipped = 0;
+  while (auto batch = loader.next()) {
+    skipped += batch->skipped;
+    const int64_t n = batch->inputs.size(0);
+    if (n > 0) {
+      at::Tensor x = batch->inputs.to(device, dtype);
+      at::Tensor y = batch->labels.to(device);
+      at::Tensor z = logits(model, model.parameters(), x).to(at::kFloat);
+      loss_sum += at::cross_entropy_loss(z, y, {}, at::Reduction::Sum).item<double>();
+      correct += z.argmax(1).eq(y).sum().item<int64_t>();
+      seen += n;
+    }
+    bar->advance(n + batch->skipped);
+  }
+  bar->finish();
+  FUSION_ENSURE(seen > 0, "task '", spec_.name, "': no decodable test image (", skipped, " skipped)");
+  if (skipped > 0) {
+    ctx_.log().warn("task '" + spec_.name + "': skipped " + std::to_string(skipped) +
+                    " undecodable test images (on_bad_image = \"skip\")");
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return {{"accuracy", static_cast<double>(correct) / static_cast<double>(seen)},
+          {"loss", loss_sum / static_cast<double>(seen)},
+          {"num_samples", seen},
+          {"skipped_images", skipped},
+          {"seconds", seconds},
+          {"images_per_second", seconds > 0 ? static_cast<double>(seen) / seconds : 0.0}};
+}
+
+// ---------------------------------------------------------------------------------------------
+// ImageClassificationPool
+
+Schema ImageClassificationPool::schema() {
+  Schema s;
+  s.add("clip_model", std::string(),
+        "CLIPModel folder (config.json, model.safetensors, vocab.json, merges.txt) whose text tower makes the "
+        "zero-shot heads; may stay empty when every task has a head file");
+  s.add("data_dir", std::string(),
+        "folder with one subfolder per task of `tasks`, holding the splits as train/ and test/ class folders, "
+        "train.csv and test.csv, or IDX files (train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz])");
+  s.add("tasks", std::vector<std::string>{},
+        "task names in report order; their splits are found under data_dir unless test_datasets / "
+        "train_datasets name them. Built in: sun397, stanford_cars, resisc45, eurosat, svhn, gtsrb, mnist, dtd, "
+        "fashion_mnist");
+  s.add("test_datasets", StringMap{},
+        "table task = test split: a class folder, a CSV manifest (path,label) or an IDX images file "
+        "(tasks not in `tasks` are appended)");
+  s.add("train_datasets", StringMap{}, "table task = train split, in the same forms (for methods that train)");
+  s.add("formats", StringMap{}, "table task = auto | folder | csv | idx (default auto)");
+  s.add("heads", StringMap{},
+        "table task = head file (safetensors: projection, text_embeds, logit_scale) used instead of computing "
+        "the zero-shot head");
+  s.add("task_info", StringMap{},
+        "table task = file overriding the built-in class names and templates: JSON {\"classnames\": [...], "
+        "\"templates\": [...]}, a JSON list of class names, or a text file with one class name per line");
+  s.add("templates", std::vector<std::string>{},
+        "zero-shot templates for every task, each with one {} for the class name, replacing the built-in ones");
+  s.add("batch_size", int64_t{128}, "evaluation batch size").range(1, std::nullopt);
+  s.add("num_workers", int64_t{2}, "threads decoding and preprocessing ahead of the model (0: none)").range(0, 256);
+  s.add("prefetch_batches", int64_t{4}, "batches prepared ahead at most").range(1, 4096);
+  s.add("image_size", int64_t{224}, "shortest edge after the bicubic resize, and the centre crop")
+      .range(1, 8192);
+  s.add("on_bad_image", std::string("error"),
+        "an undecodable image: error (stop, naming the file) or skip (leave it out, counted as skipped_images)")
+      .one_of({"error", "skip"});
+  s.add("head_cache_dir", std::string(),
+        "folder caching computed zero-shot heads (\"\": $XDG_CACHE_HOME/fusion/zero_shot_heads or "
+        "~/.cache/fusion/zero_shot_heads; \"none\": no cache)");
+  s.add("cache_mb", int64_t{1024},
+        "MiB of preprocessed images kept in memory between evaluations (147 KiB per image at 224; test splits "
+        "first; 0: none)")
+      .range(0, std::nullopt);
+  s.add("max_test_samples", int64_t{0},
+        "evaluate on at most this many test samples per task, a fixed random subset (0: all)")
+      .range(0, std::nullopt);
+  return s;
+}
+
+ComponentInfo ImageClassificationPool::info() {
+  ComponentInfo info;
+  info.name = "image_classification";
+  info.summary = "CLIP zero-shot image classification tasks (TA8, MNIST, Fashion-MNIST built in) from image "
+                 "folders, CSV manifests or IDX files";
+  info.reference = "https://github.com/tanganke/fusion_bench (CLIPVisionModelTaskPool)";
+  info.schema = schema();
+  return info;
+}
+
+std::pair<std::vector<TaskSpec>, ImageClassificationOptions> ImageClassificationPool::parse(const Config& c) {
+  ImageClassificationOptions o;
+  o.clip_model = c.get<std::string>("clip_model");
+  o.batch_size = c.get<int64_t>("batch_size");
+  o.num_workers = c.get<int64_t>("num_workers");
+  o.prefetch_batches = c.get<int64_t>("prefetch_batches");
+  o.preprocess.image_size = c.get<int64_t>("image_size");
+  o.skip_bad_images = c.get<std::string>("on_bad_image") == "skip";
+  o.cache_mb = c.get<int64_t>("cache_mb");
+  o.max_test_samples = c.get<int64_t>("max_test_samples");
+  o.templates = c.get<std::vector<std::string>>("templates");
+  for (size_t i = 0; i < o.templates.size(); ++i) {
+    const std::string& t = o.templates[i];
+    const size_t at = t.find("{}");
+    FUSION_ENSURE(at != std::string::npos && t.find("{}", at + 2) == std::string::npos, "taskpool.templates[", i,
+                  "]: '", t, "' must hold exactly one {} for the class name");
+  }
+  const std::string cache = c.get<std::string>("head_cache_dir");
+  o.head_cache_dir = cache == "none" ? fs::path() : cache.empty() ? default_head_cache_dir() : fs::path(cache);
+
+  const fs::path data_dir = c.get<std::string>("data_dir");
+  const auto names = c.get<std::vector<std::string>>("tasks");
+  const StringMap test_map = c.get<StringMap>("test_datasets");
+  std::vector<TaskSpec> specs;
+  std::set<std::string> seen;
+  auto add = [&](const std::string& name, const std::string& where) {
+    FUSION_ENSURE(!name.empty(), where, ": empty task name");
+    FUSION_ENSURE(seen.insert(name).second, where, ": task '", name, "' is listed twice");
+    TaskSpec s;
+    s.name = name;
+    specs.push_back(std::move(s));
+  };
+  for (size_t i = 0; i < names.size(); ++i) add(names[i], "taskpool.tasks[" + std::to_string(i) + "]");
+  for (const auto& [name, path] : test_map) {
+    if (!seen.count(name)) add(name, "taskpool.test_datasets." + name);
+  }
+  FUSION_ENSURE(!specs.empty(), "taskpool: no tasks: list them in taskpool.tasks (with taskpool.data_dir) or give "
+                "[taskpool.test_datasets] task = \"path\"");
+  auto find = [&](const StringMap& m, const std::string& name) -> std::optional<std::string> {
+    for (const auto& [k, v] : m)
+      if (k == name) return v;
+    return std::nullopt;
+  };
+  std::vector<std::string> all;
+  for (const TaskSpec& s : specs) all.push_back(s.name);
+  for (const char* key : {"train_datasets", "formats", "heads", "task_info"}) {
+    for (const auto& [name, value] : c.get<StringMap>(key)) {
+      FUSION_ENSURE(seen.count(name), "taskpool.", key, ".", name, ": no such task (tasks: ", join(all), ")");
+    }
+  }
+
+  // The conventional places of a split under data_dir/<task>/.
+  auto conventional = [&](const std::string& task, const std::string& split) -> std::optional<fs::path> {
+    const fs::path dir = data_dir / task;
+    std::error_code ec;
+    if (fs::is_directory(dir / split, ec)) return dir / split;
+    if (fs::is_regular_file(dir / (split + ".csv"), ec)) return dir / (split + ".csv");
+    std::vector<std::string> prefixes{split};
+    if (split == "test") prefixes.push_back("t10k");
+    for (const auto& p : prefixes) {
+      for (const char* suffix : {"-images-idx3-ubyte", "-images-idx3-ubyte.gz", "-images.idx3-ubyte"}) {
+        if (fs::is_regular_file(dir / (p + suffix), ec)) return dir / (p + suffix);
+      }
+    }
+    return std::nullopt;
+  };
+
+  const StringMap train_map = c.get<StringMap>("train_datasets");
+  const StringMap formats = c.get<StringMap>("formats");
+  const StringMap heads = c.get<StringMap>("heads");
+  const StringMap infos = c.get<StringMap>("task_info");
+  for (TaskSpec& s : specs) {
+    if (auto p = find(test_map, s.name)) {
+      s.test = *p;
+    } else {
+      FUSION_ENSURE(!data_dir.empty(), "taskpool: task '", s.name,
+                    "' has no test split: set taskpool.data_dir or taskpool.test_datasets.", s.name);
+      auto found = conventional(s.name, "test");
+      FUSION_ENSURE(found, "taskpool: task '", s.name, "' has no test split under '", (data_dir / s.name).string(),
+                    "' (looked for test/, test.csv, test-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz]); "
+                    "or set taskpool.test_datasets.", s.name);
+      s.test = *found;
+    }
+    if (auto p = find(train_map, s.name)) {
+      s.train = fs::path(*p);
+    } else if (!data_dir.empty()) {
+      if (auto found = conventional(s.name, "train")) s.train = *found;
+    }
+    if (auto f = find(formats, s.name)) s.format = parse_format(*f, "taskpool.formats." + s.name);
+    if (auto h = find(heads, s.name)) {
+      std::error_code ec;
+      FUSION_ENSURE(fs::is_regular_file(*h, ec), "taskpool.heads.", s.name, ": '", *h, "' does not exist");
+      s.head = fs::path(*h);
+    }
+    if (auto i = find(infos, s.name)) {
+      std::error_code ec;
+      FUSION_ENSURE(fs::is_regular_file(*i, ec), "taskpool.task_info.", s.name, ": '", *i, "' does not exist");
+      s.info = fs::path(*i);
+    }
+  }
+  if (!o.clip_model.empty()) {
+    std::error_code ec;
+    FUSION_ENSURE(fs::is_directory(o.clip_model, ec), "taskpool.clip_model: '", o.clip_model.string(),
+                  "' is not a folder (expected a CLIPModel folder with config.json, weights, vocab.json, merges.txt)");
+  }
+  return {std::move(specs), std::move(o)};
+}
+
+ImageClassificationPool::ImageClassificationPool(std::vector<TaskSpec> tasks, ImageClassificationOptions options,
+                                                 Context ctx) {
+  for (TaskSpec& spec : tasks) {
+    tasks_.push_back(std::make_unique<ImageClassificationTask>(std::move(spec), options, ctx));
+  }
+  // Memory for preprocessed images: test splits first (every evaluation reads them), then train.
+  int64_t budget = options.cache_mb * (int64_t{1} << 20);
+  const int64_t per_image = options.preprocess.image_size * options.preprocess.image_size * 3;
+  std::vector<bool> keep_test(tasks_.size(), false), keep_train(tasks_.size(), false);
+  for (size_t i = 0; i < tasks_.size(); ++i) {
+    const int64_t n = std::min<int64_t>(tasks_[i]->test_split().size(),
+                                        options.max_test_samples > 0 ? options.max_test_samples : INT64_MAX);
+    if (n * per_image <= budget) {
+      keep_test[i] = true;
+      budget -= n * per_image;
+    }
+  }
+  for (size_t i = 0; i < tasks_.size(); ++i) {
+    if (const Dataset* train = tasks_[i]->train_split(); train && train->size() * per_image <= budget) {
+      keep_train[i] = true;
+      budget -= train->size() * per_image;
+    }
+  }
+  for (size_t i = 0; i < tasks_.size(); ++i) {
+    auto& t = *tasks_[i];
+    t.keep_in_memory(keep_test[i], keep_train[i]);
+    const Dataset* train = t.train_split();
+    ctx.log().info("task " + t.name() + ": " + std::to_string(t.num_classes()) + " classes, " +
+                   std::to_string(t.templates().size()) + " templates; test " + std::to_string(t.test_split().size()) +
+                   " (" + format_name(t.test_split().format()) + (keep_test[i] ? ", kept in memory" : "") + ")" +
+                   (train ? "; train " + std::to_string(train->size()) + " (" + format_name(train->format()) +
+                                (keep_train[i] ? ", kept in memory" : "") + ")"
+                          : std::string("; no train split")));
+  }
+}
+
+std::unique_ptr<TaskPool> ImageClassificationPool::create(const Context& ctx) {
+  auto [specs, options] = parse(ctx.config());
+  return std::make_unique<ImageClassificationPool>(std::move(specs), std::move(options), ctx);
+}
+
+std::vector<std::string> ImageClassificationPool::task_names() const {
+  std::vector<std::string> out;
+  for (const auto& t : tasks_) out.push_back(t->name());
+  return out;
+}
+
+ImageClassificationTask& ImageClassificationPool::classification_task(const std::string& name) {
+  for (auto& t : tasks_)
+    if (t->name() == name) return *t;
+  FUSION_FAIL("taskpool: no task '", name, "' (tasks: ", join(task_names()), ")");
+}
+
+Task& ImageClassificationPool::task(const std::string& name) { return classification_task(name); }
+
+}  // namespace fusion::image_classification

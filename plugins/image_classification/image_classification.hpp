@@ -1,0 +1,119 @@
+#pragma once
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dataset.hpp"
+#include "fusion/config.hpp"
+#include "fusion/context.hpp"
+#include "fusion/plugin.hpp"
+#include "fusion/task_pool.hpp"
+#include "loader.hpp"
+#include "preprocess.hpp"
+#include "task_info.hpp"
+#include "zero_shot.hpp"
+
+namespace fusion::image_classification {
+
+/// Options shared by every task of the pool (the scalar keys of [taskpool]).
+struct ImageClassificationOptions {
+  /// CLIPModel folder whose text tower makes the zero-shot heads. Default "" (then every task
+  /// needs a head file).
+  std::filesystem::path clip_model;
+  /// Evaluation batch size. Default 128.
+  int64_t batch_size = 128;
+  /// Decoding threads per loader; 0 decodes on the caller's thread. Default 2.
+  int64_t num_workers = 2;
+  /// Batches a loader prepares ahead at most. Default 4.
+  int64_t prefetch_batches = 4;
+  /// Resize, crop and normalisation. Default: CLIP's at 224.
+  PreprocessOptions preprocess;
+  /// on_bad_image = "skip": leave undecodable images out (counted in the report). Default false.
+  bool skip_bad_images = false;
+  /// Where computed heads are cached. Default "" (no cache).
+  std::filesystem::path head_cache_dir;
+  /// Templates for every task, replacing the built-in ones. Default empty (keep them).
+  std::vector<std::string> templates;
+  /// Memory for preprocessed images kept between passes, in MiB; 0 keeps none. Default 1024.
+  int64_t cache_mb = 1024;
+  /// Evaluate on at most this many test samples (a fixed random subset); 0: all. Default 0.
+  int64_t max_test_samples = 0;
+};
+
+/// One task as configured: where its splits are and what overrides its built-in info.
+struct TaskSpec {
+  std::string name;
+  std::filesystem::path test;                  ///< required
+  std::optional<std::filesystem::path> train;  ///< absent: no train split
+  DataFormat format = DataFormat::Auto;        ///< for both splits
+  std::optional<std::filesystem::path> head;   ///< head file to load instead of computing one
+  std::optional<std::filesystem::path> info;   ///< task info file (class names, templates)
+};
+
+/// One CLIP zero-shot classification task. Opening it reads the split listings (not the images)
+/// and checks labels; the head is made on first use. logits() and evaluate() are for one thread
+/// at a time; train streams run their own loaders.
+class ImageClassificationTask : public Task {
+ public:
+  ImageClassificationTask(TaskSpec spec, const ImageClassificationOptions& options, Context ctx);
+
+  std::string name() const override { return spec_.name; }
+  int64_t num_classes() const override { return static_cast<int64_t>(classnames_.size()); }
+  bool has_train_split() const override { return train_ != nullptr; }
+  std::unique_ptr<BatchStream> train_stream(int64_t batch_size, uint64_t seed) override;
+  /// apply_head(head, model.forward(params, inputs)); the head follows the features' device/dtype.
+  at::Tensor logits(const Model& model, const StateDict& params, const at::Tensor& inputs) const override;
+  /// {"accuracy", "loss", "num_samples", "skipped_images", "seconds", "images_per_second"} on the
+  /// test split (or its max_test_samples subset), in file order, without gradients.
+  nlohmann::json evaluate(const Model& model) override;
+
+  const std::vector<std::string>& classnames() const { return classnames_; }
+  const std::vector<std::string>& templates() const { return templates_; }
+  const Dataset& test_split() const { return test_->dataset(); }
+  const Dataset* train_split() const { return train_ ? &train_->dataset() : nullptr; }
+  /// The frozen head: loaded from the head file, read from the cache, or computed from clip_model
+  /// (and cached). Throws fusion::Error when none of these is possible.
+  const clip::ZeroShotHead& head() const;
+  /// Uses `head` from now on (tests; heads made elsewhere). Its class count must match.
+  void set_head(clip::ZeroShotHead head);
+  /// Keep preprocessed images of the splits in memory (set by the pool within cache_mb).
+  void keep_in_memory(bool test, bool train);
+
+ private:
+  TaskSpec spec_;
+  ImageClassificationOptions options_;
+  Context ctx_;
+  std::vector<std::string> classnames_, templates_;
+  std::shared_ptr<SampleSource> test_, train_;
+  std::vector<int64_t> test_indices_;
+  mutable std::mutex head_mutex_;
+  mutable std::optional<clip::ZeroShotHead> head_;
+};
+
+/// The `image_classification` task pool: CLIP zero-shot classification tasks read from image
+/// folders, CSV manifests or IDX files, evaluated with FusionBench's report keys.
+class ImageClassificationPool : public TaskPool {
+ public:
+  ImageClassificationPool(std::vector<TaskSpec> tasks, ImageClassificationOptions options, Context ctx);
+
+  static ComponentInfo info();
+  static Schema schema();
+  static std::unique_ptr<TaskPool> create(const Context& ctx);
+  /// The tasks and options a checked [taskpool] config describes (paths resolved, not opened).
+  /// Throws fusion::Error naming `taskpool.<key>` for an inconsistent config.
+  static std::pair<std::vector<TaskSpec>, ImageClassificationOptions> parse(const Config& config);
+
+  std::vector<std::string> task_names() const override;
+  Task& task(const std::string& name) override;
+  ImageClassificationTask& classification_task(const std::string& name);
+
+ private:
+  std::vector<std::unique_ptr<ImageClassificationTask>> tasks_;
+};
+
+}  // namespace fusion::image_classification

@@ -1,0 +1,123 @@
+#pragma once
+#include <ATen/ATen.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dataset.hpp"
+#include "preprocess.hpp"
+
+namespace fusion::image_classification {
+
+/// A split's samples decoded and preprocessed to size × size RGB crops, optionally kept in memory
+/// after the first pass (about 147 KB per image at 224). Thread-safe.
+class SampleSource {
+ public:
+  SampleSource(std::shared_ptr<const Dataset> dataset, PreprocessOptions options, bool keep_in_memory);
+
+  /// The preprocessed crop of sample i. Throws BadImage (again, for a sample found bad before).
+  std::shared_ptr<const Image> crop(int64_t i) const;
+  const Dataset& dataset() const { return *dataset_; }
+  std::shared_ptr<const Dataset> dataset_ptr() const { return dataset_; }
+  const PreprocessOptions& options() const { return options_; }
+  int64_t size() const { return dataset_->size(); }
+  /// Bytes a fully cached split takes: size() · image_size² · 3.
+  int64_t cached_bytes() const;
+  bool keeps_in_memory() const { return keep_; }
+
+ private:
+  std::shared_ptr<const Dataset> dataset_;
+  PreprocessOptions options_;
+  bool keep_;
+  mutable std::mutex mutex_;
+  mutable std::vector<std::shared_ptr<const Image>> cache_;
+  mutable std::map<int64_t, std::string> bad_;
+};
+
+/// How a BatchLoader runs.
+struct LoaderOptions {
+  /// Samples per batch (the last batch of a finite pass may be smaller). Default 128.
+  int64_t batch_size = 128;
+  /// Background threads decoding and preprocessing; 0 decodes on the caller's thread. Default 2.
+  int64_t num_workers = 2;
+  /// Batches prepared ahead of the consumer at most (the bound of the queue). Default 4.
+  int64_t prefetch_batches = 4;
+  /// Skip undecodable images (counted in LoadedBatch::skipped) instead of throwing. Default false.
+  bool skip_bad_images = false;
+};
+
+/// One batch on the CPU: inputs [n, 3, S, S] float32, labels [n] int64.
+struct LoadedBatch {
+  at::Tensor inputs;
+  at::Tensor labels;
+  int64_t skipped = 0;  ///< bad images left out of this batch
+};
+
+/// Which samples batch b holds. Called from worker threads: must be thread-safe.
+using BatchIndices = std::function<std::vector<int64_t>(int64_t batch)>;
+
+/// Batches delivered in order by background workers that run ahead of the consumer: a bounded
+/// queue of at most `prefetch_batches` finished or in-progress batches. An error in a worker
+/// (a bad image, without skipping) is rethrown by next() at the batch it belongs to.
+/// next() is for one consumer thread. The destructor stops and joins the workers.
+class BatchLoader {
+ public:
+  /// `num_batches` < 0: endless.
+  BatchLoader(std::shared_ptr<const SampleSource> source, BatchIndices indices, int64_t num_batches,
+              LoaderOptions options);
+  ~BatchLoader();
+  BatchLoader(const BatchLoader&) = delete;
+  BatchLoader& operator=(const BatchLoader&) = delete;
+
+  /// The next batch, std::nullopt after the last one.
+  std::optional<LoadedBatch> next();
+
+ private:
+  struct Slot {
+    std::optional<LoadedBatch> batch;
+    std::exception_ptr error;
+  };
+  LoadedBatch build(int64_t b) const;
+  void work();
+
+  std::shared_ptr<const SampleSource> source_;
+  BatchIndices indices_;
+  int64_t num_batches_;
+  LoaderOptions options_;
+  std::mutex mutex_;
+  std::condition_variable space_, ready_;
+  std::map<int64_t, Slot> done_;
+  int64_t next_to_build_ = 0;
+  int64_t next_to_deliver_ = 0;
+  bool stop_ = false;
+  std::vector<std::thread> workers_;
+};
+
+/// An endless sequence of sample indices: epoch e is a permutation of 0..n−1 drawn from (seed, e)
+/// with a portable generator, so the same seed gives the same order on every platform.
+/// Thread-safe.
+class EpochOrder {
+ public:
+  EpochOrder(int64_t n, uint64_t seed);
+  /// The sample at `position` of the endless sequence (epoch position / n).
+  int64_t at(int64_t position) const;
+  /// The permutation of epoch e.
+  std::vector<int64_t> epoch(int64_t e) const;
+
+ private:
+  int64_t n_;
+  uint64_t seed_;
+  mutable std::mutex mutex_;
+  mutable std::map<int64_t, std::shared_ptr<const std::vector<int64_t>>> recent_;
+};
+
+}  // namespace fusion::image_classification

@@ -1,0 +1,193 @@
+// finetune and multitask_pretrain on tiny synthetic tasks.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "clip_vision.hpp"
+#include "clip_vision_pool.hpp"
+#include "finetune.hpp"
+#include "fusion/safetensors.hpp"
+#include "multitask_pretrain.hpp"
+#include "support.hpp"
+#include "training.hpp"
+#include "zero_shot.hpp"
+
+namespace fs = std::filesystem;
+using namespace finetune_test;
+using fusion::finetune::Finetune;
+using fusion::finetune::MultitaskPretrain;
+
+TEST(Training, CosineScheduleMatchesPyTorch) {
+  // CosineAnnealingLR(T_max=10, eta_min=0): step 1 uses the base lr, step 6 half of it.
+  EXPECT_DOUBLE_EQ(fusion::finetune::cosine_lr(0.1, 1, 10), 0.1);
+  EXPECT_NEAR(fusion::finetune::cosine_lr(0.1, 6, 10), 0.05, 1e-12);
+  EXPECT_NEAR(fusion::finetune::cosine_lr(0.1, 11, 10, 0.1), 0.01, 1e-12);
+}
+
+TEST(Training, AdamFirstStepMovesEachCoordinateByLr) {
+  // With bias correction, Adam's first step is lr · g/|g| (up to ε) per coordinate.
+  at::Tensor p = at::tensor({1.0, -2.0, 3.0}, at::kDouble).set_requires_grad(true);
+  fusion::finetune::Adam adam({p});
+  (p * at::tensor({2.0, -0.5, 0.0}, at::kDouble)).sum().backward();
+  adam.step(0.1);
+  EXPECT_NEAR(p[0].item<double>(), 0.9, 1e-6);
+  EXPECT_NEAR(p[1].item<double>(), -1.9, 1e-6);
+  EXPECT_NEAR(p[2].item<double>(), 3.0, 1e-12);
+}
+
+TEST(Training, TrainableSubsets) {
+  at::Tensor f = at::zeros({2});
+  EXPECT_TRUE(fusion::finetune::is_trainable("vision_model.embeddings.patch_embedding.weight", f, "all"));
+  EXPECT_FALSE(fusion::finetune::is_trainable("vision_model.embeddings.position_ids", at::zeros({2}, at::kLong), "all"));
+  EXPECT_FALSE(fusion::finetune::is_trainable("vision_model.embeddings.patch_embedding.weight", f, "encoder"));
+  EXPECT_TRUE(fusion::finetune::is_trainable("vision_model.encoder.layers.1.mlp.fc1.weight", f, "mlp"));
+  EXPECT_FALSE(fusion::finetune::is_trainable("vision_model.encoder.layers.1.self_attn.q_proj.weight", f, "mlp"));
+  EXPECT_TRUE(fusion::finetune::is_trainable("vision_model.encoder.layers.1.self_attn.q_proj.weight", f, "attention"));
+}
+
+TEST(Finetune, LowersTheTrainLossAndKeepsFrozenTensors) {
+  SimplePool tasks;
+  SyntheticTask* task = blobs(tasks, "blobs", 6, 4, 32, 8, 1);
+  blobs(tasks, "other", 6, 3, 8, 8, 2);
+  MemoryPool models(make_tower(6, 8, 3));
+  const fs::path dir = temp_dir("finetune");
+  auto ctx = method_context(Finetune::info().schema,
+                            {{"task", std::string("blobs")}, {"num_steps", int64_t{150}},
+                             {"batch_size", int64_t{16}}, {"lr", 3e-2}},
+                            dir);
+  auto algo = Finetune::create(ctx);
+  const double before = task->full_loss(*models.pretrained(), models.pretrained()->parameters());
+  fusion::Result r = algo->run(models, &tasks, ctx);
+  ASSERT_EQ(r.models.size(), 1u);
+  EXPECT_EQ(r.models[0].label, "blobs");
+  fusion::ModelPtr tuned = r.models[0].make();
+  const double after = task->full_loss(*tuned, tuned->parameters());
+  EXPECT_LT(after, 0.5 * before) << "before " << before << ", after " << after;
+  // The pretrained model is untouched; the integer tensor is copied, not trained.
+  EXPECT_TRUE(models.pretrained()->parameters().at("vision_model.embeddings.position_ids").equal(
+      tuned->parameters().at("vision_model.embeddings.position_ids")));
+  EXPECT_FALSE(models.pretrained()->parameters().at("vision_model.post_layernorm.weight").equal(
+      tuned->parameters().at("vision_model.post_layernorm.weight")));
+  EXPECT_FALSE(tuned->parameters().at("vision_model.post_layernorm.weight").requires_grad());
+  EXPECT_EQ(r.info["trainable_params"].get<int64_t>(), 8 * 6 + 8 + 8 * 8 + 8);
+  EXPECT_LT(r.info["train_loss_last"].get<double>(), r.info["train_loss_first"].get<double>());
+  EXPECT_TRUE(fs::exists(dir / "train_log.csv"));
+  fs::remove_all(dir);
+}
+
+TEST(Finetune, SubsetTrainsOnlyThoseParameters) {
+  SimplePool tasks;
+  blobs(tasks, "blobs", 6, 4, 16, 8, 1);
+  MemoryPool models(make_tower(6, 8, 3));
+  const fs::path dir = temp_dir("subset");
+  auto ctx = method_context(Finetune::info().schema,
+                            {{"task", std::string("blobs")}, {"num_steps", int64_t{5}},
+                             {"trainable", std::string("mlp")}, {"lr", 1e-2}},
+                            dir);
+  fusion::Result r = Finetune::create(ctx)->run(models, &tasks, ctx);
+  fusion::ModelPtr tuned = r.models[0].make();
+  const auto& p0 = models.pretrained()->parameters();
+  EXPECT_TRUE(p0.at("vision_model.post_layernorm.weight").equal(tuned->parameters().at("vision_model.post_layernorm.weight")));
+  EXPECT_FALSE(p0.at("vision_model.encoder.layers.0.mlp.fc1.weight")
+                   .equal(tuned->parameters().at("vision_model.encoder.layers.0.mlp.fc1.weight")));
+  fs::remove_all(dir);
+}
+
+TEST(Finetune, SameSeedSameModel) {
+  SimplePool tasks;
+  blobs(tasks, "blobs", 6, 4, 16, 8, 1);
+  MemoryPool models(make_tower(6, 8, 3));
+  const fs::path dir = temp_dir("seed");
+  std::map<std::string, fusion::Value> opts = {{"task", std::string("blobs")}, {"num_steps", int64_t{10}}, {"lr", 1e-2}};
+  auto a = Finetune::create(method_context(Finetune::info().schema, opts, dir))
+               ->run(models, &tasks, method_context(Finetune::info().schema, opts, dir)).models[0].make();
+  auto b = Finetune::create(method_context(Finetune::info().schema, opts, dir))
+               ->run(models, &tasks, method_context(Finetune::info().schema, opts, dir)).models[0].make();
+  for (const auto& [k, t] : a->parameters()) EXPECT_TRUE(t.equal(b->parameters().at(k))) << k;
+  fs::remove_all(dir);
+}
+
+TEST(Finetune, BadOptionsNameTheOption) {
+  SimplePool tasks;
+  blobs(tasks, "blobs", 6, 4, 16, 8, 1);
+  MemoryPool models(make_tower(6, 8, 3));
+  const fs::path dir = temp_dir("bad");
+  auto ctx = method_context(Finetune::info().schema, {{"task", std::string("nope")}}, dir);
+  try {
+    Finetune::create(ctx)->run(models, &tasks, ctx);
+    FAIL() << "expected an error";
+  } catch (const fusion::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("method.task"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(Finetune::create(ctx)->run(models, nullptr, ctx), fusion::Error);
+  EXPECT_THROW(method_context(Finetune::info().schema, {}, dir), fusion::Error);  // task is required
+  fs::remove_all(dir);
+}
+
+TEST(MultitaskPretrain, SavesLoadableModelAndHeads) {
+  const fs::path dir = temp_dir("pretrain");
+  // A tiny CLIP vision config: 8 × 8 images, patches of 4, hidden 16, 2 layers.
+  nlohmann::json config = {{"architectures", {"CLIPVisionModel"}}, {"model_type", "clip_vision_model"},
+                           {"hidden_size", 16}, {"intermediate_size", 32}, {"num_attention_heads", 2},
+                           {"num_hidden_layers", 2}, {"image_size", 8}, {"patch_size", 4},
+                           {"num_channels", 3}, {"hidden_act", "quick_gelu"}, {"layer_norm_eps", 1e-5}};
+  fs::create_directories(dir / "config");
+  std::ofstream(dir / "config" / "config.json") << config.dump(2);
+
+  SimplePool tasks;
+  add_square_task(tasks, "squares", 4, 16, 8, 4, 1);
+  add_square_task(tasks, "pairs", 2, 16, 8, 4, 2);
+  MemoryPool models(nullptr);
+  auto ctx = method_context(MultitaskPretrain::info().schema,
+                            {{"model_config", (dir / "config").string()}, {"num_steps", int64_t{60}},
+                             {"batch_size", int64_t{16}}, {"lr", 3e-3}, {"projection_dim", int64_t{8}},
+                             {"warmup_steps", int64_t{5}}},
+                            dir);
+  fusion::Result r = MultitaskPretrain::create(ctx)->run(models, &tasks, ctx);
+  ASSERT_EQ(r.models.size(), 1u);
+  EXPECT_EQ(r.models[0].label, "pretrained");
+  EXPECT_LT(r.info["final_train"]["squares"]["loss"].get<double>(), r.info["train_loss_first"].get<double>());
+  fusion::ModelPtr model = r.models[0].make();
+
+  // The model saves as a CLIPVisionModel folder and loads back with equal weights and outputs.
+  fusion::clip::save_clip_vision(*model, dir / "model");
+  fusion::ModelPtr loaded = fusion::clip::load_clip_vision(dir / "model");
+  ASSERT_EQ(loaded->parameters().size(), model->parameters().size());
+  for (const auto& [k, t] : model->parameters()) EXPECT_TRUE(t.equal(loaded->parameters().at(k))) << k;
+  at::Tensor x = tasks.at(0).x().slice(0, 0, 8);
+  at::Tensor pooled = loaded->forward(x);
+  EXPECT_TRUE(pooled.allclose(model->forward(x), 1e-5, 1e-6));
+
+  // Each head file has the task pool's keys and shapes, and gives the accuracy it was trained to.
+  for (size_t i = 0; i < 2; ++i) {
+    SyntheticTask& t = tasks.at(i);
+    const fs::path file = dir / "heads" / (t.name() + ".safetensors");
+    ASSERT_TRUE(fs::exists(file)) << file;
+    fusion::StateDict h = fusion::load_safetensors(file);
+    ASSERT_TRUE(h.contains("projection") && h.contains("text_embeds") && h.contains("logit_scale"));
+    EXPECT_EQ(h.at("projection").sizes(), (std::vector<int64_t>{8, 16}));
+    EXPECT_EQ(h.at("text_embeds").sizes(), (std::vector<int64_t>{t.num_classes(), 8}));
+    EXPECT_NEAR(h.at("logit_scale").item<double>(), 1.0 / 0.07, 1e-4);
+    EXPECT_TRUE(h.at("text_embeds").norm(2, {1}).allclose(at::ones({t.num_classes()}), 1e-5));
+    fusion::clip::ZeroShotHead head{h.at("projection"), h.at("text_embeds"), h.at("logit_scale").item<double>()};
+    at::NoGradGuard g;
+    at::Tensor logits = fusion::clip::apply_head(head, loaded->forward(t.x()));
+    const double acc = logits.argmax(1).eq(t.y()).to(at::kDouble).mean().item<double>();
+    EXPECT_GT(acc, 0.9) << t.name();
+  }
+  EXPECT_TRUE(fs::exists(dir / "train_log.csv"));
+  fs::remove_all(dir);
+}
+
+TEST(MultitaskPretrain, RandomInitNeedsAModelConfig) {
+  const fs::path dir = temp_dir("noconfig");
+  auto ctx = method_context(MultitaskPretrain::info().schema, {}, dir);
+  try {
+    MultitaskPretrain::create(ctx);
+    FAIL() << "expected an error";
+  } catch (const fusion::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("method.model_config"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}

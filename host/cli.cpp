@@ -37,6 +37,8 @@ constexpr const char* kEnvironment = R"(
 Plugins are searched in: the build tree's plugin folder (when run from the build tree), the
 installed <prefix>/lib/fusion/plugins, each folder of FUSION_PLUGIN_PATH (colon-separated; files
 allowed), then [run] plugins = [...]. FUSION_NO_DEFAULT_PLUGINS=1 searches FUSION_PLUGIN_PATH only.
+`fusion run` restarts itself once with OMP_WAIT_POLICY=PASSIVE when that variable is unset (OpenMP
+threads that busy-wait slow LibTorch down on few cores); set it to keep your own choice.
 
 Exit status: 0 success, 1 error (one line "fusion: error: ..."), 2 usage error.
 )";

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -530,6 +531,7 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
               {"seed", seed},
               {"timings", timings},
               {"peak_rss_mb", peak_rss_mb()},
+              {"omp_wait_policy", std::getenv("OMP_WAIT_POLICY") ? json(std::getenv("OMP_WAIT_POLICY")) : json(nullptr)},
               {"tasks", task_names},
               {"info", result.info},
               {"models", models}};

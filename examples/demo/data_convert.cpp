@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <numeric>
 #include <random>
@@ -331,6 +332,29 @@ ImageSet subsample(const ImageSet& set, int64_t n, uint64_t seed) {
   const auto take = std::min<size_t>(p.size(), static_cast<size_t>(n));
   for (size_t k = 0; k < take; ++k) out.append(set, static_cast<int64_t>(p[k]));
   return out;
+}
+
+void write_placeholder_head(const fs::path& path, int64_t classes, int64_t proj_dim, int64_t hidden) {
+  if (classes < 1 || proj_dim < 1 || hidden < 1) fail("write_placeholder_head: sizes must be positive");
+  // Tensors in the order safetensors writes same-dtype tensors: by name.
+  const uint64_t n_scale = 4, n_proj = 4 * static_cast<uint64_t>(proj_dim * hidden),
+                 n_text = 4 * static_cast<uint64_t>(classes * proj_dim);
+  nlohmann::json header = {
+      {"__metadata__", {{"format", "pt"}, {"placeholder", "true"}}},
+      {"logit_scale", {{"dtype", "F32"}, {"shape", {1}}, {"data_offsets", {0, n_scale}}}},
+      {"projection", {{"dtype", "F32"}, {"shape", {proj_dim, hidden}}, {"data_offsets", {n_scale, n_scale + n_proj}}}},
+      {"text_embeds",
+       {{"dtype", "F32"}, {"shape", {classes, proj_dim}}, {"data_offsets", {n_scale + n_proj, n_scale + n_proj + n_text}}}}};
+  std::string h = header.dump();
+  while (h.size() % 8 != 0) h += ' ';
+  std::vector<uint8_t> bytes(8 + h.size() + n_scale + n_proj + n_text, 0);
+  const uint64_t hs = h.size();
+  for (int i = 0; i < 8; ++i) bytes[static_cast<size_t>(i)] = static_cast<uint8_t>(hs >> (8 * i));
+  std::copy(h.begin(), h.end(), bytes.begin() + 8);
+  const float one = 1.0f;  // little-endian hosts only (x86-64, arm64)
+  std::memcpy(bytes.data() + 8 + h.size(), &one, 4);
+  if (!path.parent_path().empty()) fs::create_directories(path.parent_path());
+  write_atomic(path, bytes.data(), bytes.size());
 }
 
 std::vector<int64_t> class_counts(const ImageSet& set) {

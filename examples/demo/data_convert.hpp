@@ -87,6 +87,14 @@ void stratified_split(const ImageSet& all, double test_fraction, uint64_t seed, 
 /// n ≤ 0: the set unchanged).
 ImageSet subsample(const ImageSet& set, int64_t n, uint64_t seed);
 
+/// Writes a placeholder head file in the `image_classification` head format (safetensors, F32:
+/// `projection` [proj_dim, hidden] and `text_embeds` [classes, proj_dim] of zeros, `logit_scale`
+/// [1] = 1, metadata {"placeholder": "true"}), without torch. The task pool checks a head file's
+/// existence and class count when it opens and reads the tensors only when first used, so a
+/// pretraining run (multitask_pretrain) can list the heads it is about to write; see
+/// examples/demo/README.md. Written atomically.
+void write_placeholder_head(const std::filesystem::path& path, int64_t classes, int64_t proj_dim, int64_t hidden);
+
 /// Images per class (index = label), for the summary of a prepared task.
 std::vector<int64_t> class_counts(const ImageSet& set);
 

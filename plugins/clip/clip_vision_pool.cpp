@@ -1,5 +1,8 @@
 #include "clip_vision_pool.hpp"
 
+#include <unistd.h>
+
+#include <atomic>
 #include <fstream>
 #include <sstream>
 
@@ -77,11 +80,15 @@ ModelPtr load_clip_vision(const std::filesystem::path& dir, const at::Device& de
   });
 }
 
-void save_clip_vision(const Model& model, const std::filesystem::path& dir) {
+void save_clip_vision(const Model& model, const std::filesystem::path& dir_in) {
+  namespace fs = std::filesystem;
   const auto* vision = dynamic_cast<const ClipVisionModel*>(&model);
   FUSION_ENSURE(vision != nullptr, "clip_vision: cannot save a model of architecture '", model.architecture(),
                 "' as a CLIPVisionModel");
-  std::filesystem::create_directories(dir);
+  fs::path dir = dir_in.lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();
+  FUSION_ENSURE(!dir.empty() && dir != "." && dir != "..", "clip_vision: cannot save a model to '",
+                dir_in.string(), "': not a folder name");
   nlohmann::json config = vision->vision_config().to_json();
   for (const auto& [key, t] : model.parameters()) {
     if (t.is_floating_point()) {
@@ -89,8 +96,38 @@ void save_clip_vision(const Model& model, const std::filesystem::path& dir) {
       break;
     }
   }
-  save_safetensors(dir / "model.safetensors", model.parameters());
-  write_file_atomic(dir / "config.json", config.dump(2) + "\n");
+  // Written into a sibling folder, then renamed into place: `dir` is never half-written.
+  static std::atomic<int> counter{0};
+  const fs::path parent = dir.parent_path().empty() ? fs::path(".") : dir.parent_path();
+  const std::string stem = "." + dir.filename().string() + "." + std::to_string(::getpid()) + "." +
+                           std::to_string(counter++);
+  const fs::path tmp = parent / (stem + ".tmp"), old = parent / (stem + ".old");
+  std::error_code ec;
+  try {
+    fs::create_directories(parent);
+    fs::remove_all(tmp, ec);
+    fs::create_directory(tmp);
+    save_safetensors(tmp / "model.safetensors", model.parameters());
+    write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
+    if (fs::exists(dir)) {
+      fs::rename(dir, old);
+      try {
+        fs::rename(tmp, dir);
+      } catch (...) {
+        fs::rename(old, dir, ec);
+        throw;
+      }
+      fs::remove_all(old, ec);
+    } else {
+      fs::rename(tmp, dir);
+    }
+  } catch (const fs::filesystem_error& e) {
+    fs::remove_all(tmp, ec);
+    FUSION_FAIL("clip_vision: cannot write the model folder ", dir.string(), ": ", e.code().message());
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
 }
 
 ClipVisionPool::ClipVisionPool(const Context& ctx) : CheckpointModelPool(ctx) {}

@@ -43,8 +43,9 @@ ModelPtr load_clip_vision(const std::filesystem::path& dir, const at::Device& de
 /// `config` (config.json's contents; must not be empty).
 ModelPtr make_clip_vision(const StateDict& params, const nlohmann::json& config);
 
-/// Writes `model` (a clip_vision model) as a CLIPVisionModel folder at `dir`: model.safetensors,
-/// then config.json, each written atomically.
+/// Writes `model` (a clip_vision model) as a CLIPVisionModel folder at `dir` (model.safetensors in
+/// the parameters' dtype, config.json): written into a temporary sibling folder, then renamed over
+/// `dir`, so `dir` is never half-written.
 void save_clip_vision(const Model& model, const std::filesystem::path& dir);
 
 /// config.json of `dir` parsed; throws fusion::Error naming the file when missing or not JSON.

@@ -52,10 +52,6 @@ std::string random_suffix() {
   return buf;
 }
 
-std::string shape_of(const at::Tensor& t) {
-  return detail::shape_string(t.sizes().vec());
-}
-
 }  // namespace
 
 CheckpointModelPool::CheckpointModelPool(const Context& ctx) : ctx_(ctx) {
@@ -134,36 +130,24 @@ ModelPtr CheckpointModelPool::load(const std::string& name) {
   const std::string option = section + ".models." + name;
   const std::string expert = "expert '" + name + "'";
 
-  // Compare the layouts from the headers alone: nothing of the expert is read when they differ,
-  // and the pretrained model's tensors are not needed.
+  // Compare the layouts from the files' headers alone: nothing of the expert is read when they
+  // differ, and the pretrained model's tensors are not needed. (Headers, not the loaded pretrained
+  // model: a derived pool's make_model may keep only part of a checkpoint.)
   const std::vector<TensorInfo> layout = detail::read_checkpoint_layout(path);
+  const std::vector<TensorInfo> reference = detail::read_checkpoint_layout(pretrained_path_);
   std::unordered_map<std::string, const TensorInfo*> by_name;
   for (const auto& t : layout) by_name.emplace(t.name, &t);
-  size_t reference_size = 0;
-  auto compare = [&](const std::string& key, const std::string& reference_shape,
-                     const std::vector<int64_t>& shape) {
-    ++reference_size;
-    auto it = by_name.find(key);
-    FUSION_ENSURE(it != by_name.end(), option, " (", path.string(), "): ", expert, " lacks key '", key,
+  for (const auto& ref : reference) {
+    auto it = by_name.find(ref.name);
+    FUSION_ENSURE(it != by_name.end(), option, " (", path.string(), "): ", expert, " lacks key '", ref.name,
                   "' that pretrained has");
-    FUSION_ENSURE(it->second->shape == shape, option, " (", path.string(), "): key '", key,
-                  "': pretrained has shape ", reference_shape, " but ", expert, " has shape ",
-                  detail::shape_string(it->second->shape));
-  };
-  if (pretrained_) {
-    for (const auto& [key, t] : pretrained_->parameters()) compare(key, shape_of(t), t.sizes().vec());
-  } else {
-    for (const auto& t : detail::read_checkpoint_layout(pretrained_path_)) {
-      compare(t.name, detail::shape_string(t.shape), t.shape);
-    }
+    FUSION_ENSURE(it->second->shape == ref.shape, option, " (", path.string(), "): key '", ref.name,
+                  "': pretrained has shape ", detail::shape_string(ref.shape), " but ", expert,
+                  " has shape ", detail::shape_string(it->second->shape));
   }
-  if (layout.size() != reference_size) {
+  if (layout.size() != reference.size()) {
     std::unordered_map<std::string, bool> reference_keys;
-    if (pretrained_) {
-      for (const auto& [key, t] : pretrained_->parameters()) reference_keys.emplace(key, true);
-    } else {
-      for (const auto& t : detail::read_checkpoint_layout(pretrained_path_)) reference_keys.emplace(t.name, true);
-    }
+    for (const auto& t : reference) reference_keys.emplace(t.name, true);
     for (const auto& t : layout) {
       FUSION_ENSURE(reference_keys.count(t.name), option, " (", path.string(), "): ", expert, " has key '",
                     t.name, "' that pretrained lacks");

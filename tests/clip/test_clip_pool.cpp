@@ -52,6 +52,11 @@ TEST(ClipVisionFolder, SaveWritesACLIPVisionModelFolderThatLoadsBack) {
   EXPECT_EQ(file.metadata().at("format"), "pt");
   for (const TensorInfo& t : file.tensors()) EXPECT_EQ(t.name.rfind("vision_model.", 0), 0u) << t.name;
 
+  // Saving again replaces the folder whole, and leaves no temporary behind.
+  save_clip_vision(*model, dir.path() / "out");
+  size_t entries = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir.path())) ++entries;
+  EXPECT_EQ(entries, 1u);
   ModelPtr again = load_clip_vision(dir.path() / "out");
   EXPECT_EQ(again->parameters().keys().size(), model->parameters().keys().size());
   at::NoGradGuard no_grad;

@@ -204,3 +204,18 @@ TEST(Split, StratifiedDeterministicAndDisjoint) {
   EXPECT_EQ(sub.size(), 10);
   EXPECT_EQ(subsample(all, 10, 1).pixels, sub.pixels);
 }
+
+#include "fusion/safetensors.hpp"
+
+TEST(PlaceholderHead, IsAValidHeadFileWithTheClassCount) {
+  const fs::path d = temp_dir("head");
+  write_placeholder_head(d / "h.safetensors", 10, 4, 6);
+  fusion::StateDict h = fusion::load_safetensors(d / "h.safetensors");
+  EXPECT_EQ(h.at("projection").sizes(), (std::vector<int64_t>{4, 6}));
+  EXPECT_EQ(h.at("text_embeds").sizes(), (std::vector<int64_t>{10, 4}));
+  EXPECT_EQ(h.at("logit_scale").item<float>(), 1.0f);
+  EXPECT_EQ(h.at("projection").abs().sum().item<float>(), 0.0f);
+  fusion::SafetensorsFile f(d / "h.safetensors");
+  EXPECT_EQ(f.metadata().at("placeholder"), "true");
+  fs::remove_all(d);
+}

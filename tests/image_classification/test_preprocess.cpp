@@ -1,0 +1,150 @@
+// Decoding and CLIP preprocessing against PIL + transformers (golden files from make_golden.py).
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "fusion/safetensors.hpp"
+#include "image.hpp"
+#include "preprocess.hpp"
+#include "support.hpp"
+
+namespace fusion::image_classification {
+namespace {
+using namespace testing;
+namespace fs = std::filesystem;
+
+int max_diff(const Image& a, const Image& b) {
+  EXPECT_EQ(a.width, b.width);
+  EXPECT_EQ(a.height, b.height);
+  int m = 0;
+  for (size_t i = 0; i < std::min(a.rgb.size(), b.rgb.size()); ++i) m = std::max(m, std::abs(a.rgb[i] - b.rgb[i]));
+  return m;
+}
+
+TEST(Preprocess, ResizedSizeTruncatesLikeTransformers) {
+  EXPECT_EQ(resized_size(61, 37, 224), std::make_pair(int64_t{369}, int64_t{224}));  // 369.29
+  EXPECT_EQ(resized_size(150, 203, 64), std::make_pair(int64_t{64}, int64_t{86}));   // 86.61
+  EXPECT_EQ(resized_size(28, 28, 224), std::make_pair(int64_t{224}, int64_t{224}));
+  EXPECT_EQ(resized_size(500, 375, 224), std::make_pair(int64_t{298}, int64_t{224}));  // 298.67
+}
+
+// Every golden case: the 8-bit crop equals PIL's within its tolerance (1 grey level for lossless
+// images; JPEG decoders differ a little), and the normalised tensor within tolerance/255/std.
+TEST(Preprocess, MatchesPilGolden) {
+  std::ifstream in(data_dir() / "golden.json");
+  ASSERT_TRUE(in);
+  const auto golden = nlohmann::json::parse(in);
+  ASSERT_GE(golden.size(), 15u);
+  int exact = 0, lossless = 0;
+  PreprocessOptions opt;
+  for (const auto& g : golden) {
+    const std::string name = g["image"];
+    const int64_t size = g["size"];
+    const int tol = g["tolerance"];
+    SCOPED_TRACE(name + " at " + std::to_string(size));
+    const Image img = read_image(data_dir() / "images" / name);
+    EXPECT_EQ(img.width, g["width"].get<int64_t>());
+    EXPECT_EQ(img.height, g["height"].get<int64_t>());
+    const Image crop = resize_center_crop(img, size);
+    const Image expected = read_image(data_dir() / "expected" / g["expected"].get<std::string>());
+    const int d = max_diff(crop, expected);
+    EXPECT_LE(d, tol);
+    if (tol == 1) {
+      ++lossless;
+      exact += d == 0;
+    }
+    // The float tensor: same crop through the normalisation.
+    opt.image_size = size;
+    at::Tensor x = preprocess(img, opt);
+    at::Tensor e = at::empty({3, size, size}, at::kFloat);
+    normalize_into(expected, opt, e.data_ptr<float>());
+    ASSERT_EQ(x.sizes(), e.sizes());
+    for (int c = 0; c < 3; ++c) {
+      const double bound = tol / 255.0 / opt.std[c] + 1e-6;
+      EXPECT_LE((x[c] - e[c]).abs().max().item<double>(), bound) << "channel " << c;
+    }
+  }
+  // The resampler is Pillow's fixed-point algorithm: lossless inputs agree bit for bit.
+  EXPECT_EQ(exact, lossless);
+}
+
+TEST(Preprocess, NormalisationMatchesTransformersExactly) {
+  SafetensorsFile f(data_dir() / "normalized.safetensors");
+  at::Tensor expected = f.tensor("rgb_square_17");
+  PreprocessOptions opt;
+  opt.image_size = 17;
+  at::Tensor x = preprocess(read_image(data_dir() / "images" / "rgb_square.png"), opt);
+  EXPECT_LE((x - expected).abs().max().item<double>(), 1e-6);
+}
+
+TEST(Decode, GreyIsReplicatedAndAlphaDropped) {
+  const Image grey = read_image(data_dir() / "images" / "grey.png");
+  for (size_t i = 0; i < grey.rgb.size(); i += 3) {
+    ASSERT_EQ(grey.rgb[i], grey.rgb[i + 1]);
+    ASSERT_EQ(grey.rgb[i], grey.rgb[i + 2]);
+  }
+  // RGBA: the colour channels as stored, whatever the alpha (PIL's convert("RGB") does not composite).
+  TempDir tmp("alpha");
+  std::vector<uint8_t> px{10, 20, 30, 0, 200, 100, 50, 128};
+  write_image(tmp / "a.png", 2, 1, 4, px);
+  const Image img = read_image(tmp / "a.png");
+  EXPECT_EQ(img.rgb, (std::vector<uint8_t>{10, 20, 30, 200, 100, 50}));
+}
+
+TEST(Decode, SixteenBitKeepsTheHighByte) {
+  // grey16.png's reference is the high byte of each sample; a clipping reduction would be all white.
+  const Image img = read_image(data_dir() / "images" / "grey16.png");
+  int white = 0;
+  for (uint8_t v : img.rgb) white += v == 255;
+  EXPECT_LT(white, static_cast<int>(img.rgb.size()) / 2);
+}
+
+TEST(Decode, BadImagesNameTheFile) {
+  TempDir tmp("bad");
+  write_bytes(tmp / "garbage.png", {1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
+  write_bytes(tmp / "empty.jpg", {});
+  // A PNG and a JPEG cut in half.
+  for (const char* name : {"rgb_wide.png", "photo_420.jpg"}) {
+    std::ifstream in(data_dir() / "images" / name, std::ios::binary);
+    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    bytes.resize(bytes.size() / 2);
+    write_bytes(tmp / (std::string("cut_") + name), bytes);
+  }
+  for (const char* name : {"garbage.png", "empty.jpg", "cut_rgb_wide.png", "cut_photo_420.jpg", "missing.png"}) {
+    SCOPED_TRACE(name);
+    const fs::path p = tmp / name;
+    std::string msg;
+    try {
+      read_image(p);
+      ADD_FAILURE() << "no error";
+    } catch (const BadImage& e) {
+      msg = e.what();
+    }
+    EXPECT_NE(msg.find(p.string()), std::string::npos) << msg;
+  }
+  EXPECT_NE(error_of([&] { read_image(tmp / "cut_photo_420.jpg"); }).find("truncated JPEG"), std::string::npos);
+}
+
+TEST(Resize, IdentityAndWindowEqualsCrop) {
+  const Image img = read_image(data_dir() / "images" / "rgb_tall_large.png");
+  // Same size: a copy (Pillow skips both passes).
+  EXPECT_EQ(resize_bicubic(img, img.width, img.height).rgb, img.rgb);
+  // Computing a window equals resizing everything and cropping.
+  const Image full = resize_bicubic(img, 71, 97);
+  const Image win = resize_bicubic(img, 71, 97, 5, 9, 30, 40);
+  for (int64_t y = 0; y < 40; ++y) {
+    for (int64_t x = 0; x < 30 * 3; ++x) {
+      ASSERT_EQ(win.rgb[y * 90 + x], full.rgb[((y + 9) * 71 + 5) * 3 + x]);
+    }
+  }
+  // A solid colour stays solid through the filter (weights sum to one).
+  Image solid;
+  solid.width = 13;
+  solid.height = 7;
+  solid.rgb.assign(13 * 7 * 3, 77);
+  for (uint8_t v : resize_bicubic(solid, 40, 3).rgb) ASSERT_EQ(v, 77);
+}
+
+}  // namespace
+}  // namespace fusion::image_classification

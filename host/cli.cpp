@@ -250,6 +250,9 @@ int cli_main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fusion: error: %s\n", one_line(e.what()).c_str());
     return 1;
+  } catch (...) {
+    std::fprintf(stderr, "fusion: error: unknown exception (not a std::exception)\n");
+    return 1;
   }
 }
 

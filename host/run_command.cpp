@@ -326,8 +326,6 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
            " -> " + run_dir.string() + " (device " + device_name(device) + ", " +
            dtype_name(dtype) + ", " + std::to_string(threads) + " threads, seed " +
            std::to_string(seed) + ")");
-  for (const auto& r : plugins.refused())
-    log.warn("plugin " + r.file.string() + " was refused: " + r.reason);
 
   std::vector<std::pair<std::string, Config>> resolved = {{"run", run_cfg},
                                                           {"method", method_cfg},
@@ -517,6 +515,11 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
   }
 
   // 11. report.json, last and atomically.
+  json plugins_json = json::array(), refused_json = json::array();
+  for (const auto& p : plugins.loaded())
+    plugins_json.push_back({{"file", p.file.string()}, {"name", p.name}, {"version", p.version}});
+  for (const auto& r : plugins.refused())
+    refused_json.push_back({{"file", r.file.string()}, {"reason", r.reason}});
   json timings = {{"plugins_s", plugins_s}, {"load_s", load_s}, {"merge_s", merge_s},
                   {"eval_s", eval_s},       {"save_s", save_s}, {"total_s", total.seconds()}};
   json out = {{"fusion_version", FUSION_VERSION_STRING},
@@ -533,6 +536,8 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
               {"peak_rss_mb", peak_rss_mb()},
               {"omp_wait_policy", std::getenv("OMP_WAIT_POLICY") ? json(std::getenv("OMP_WAIT_POLICY")) : json(nullptr)},
               {"tasks", task_names},
+              {"plugins", plugins_json},
+              {"refused_plugins", refused_json},
               {"info", result.info},
               {"models", models}};
 #if defined(FUSION_HAVE_C10_CUDA)

@@ -29,7 +29,7 @@ struct ParetoWeightEnsemblingOptions {
 };
 
 /// One weight-ensembling module: a group of parameters θ(r) = θ₀ + Σₜ g(r)ₜ τₜ (PWEMoE,
-/// arXiv:2406.09770, eq. 5) with its router g: ℝᵀ → ℝᵀ.
+/// arXiv:2406.09770; reference.md "PWEMoE") with its router g: ℝᵀ → ℝᵀ.
 struct WeightEnsemblingGroup {
   std::string prefix;                 ///< "blocks.3.mlp"
   std::vector<std::string> keys;      ///< full parameter names, in the model's order

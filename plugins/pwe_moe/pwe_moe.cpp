@@ -304,7 +304,7 @@ PweMoeStepStats PweMoeAlgorithm::step(ParetoWeightEnsembling& pwe, RouterAdam& a
   const at::Tensor rt =
       at::tensor(std::vector<float>(r.begin(), r.end()), at::TensorOptions().dtype(at::kFloat)).to(device);
 
-  // Merged once per preference vector (PWEMoE eq. 5), reused for every task's batch.
+  // θ(r) = θ₀ + Σₜ g(r)ₜ τₜ merged once per preference vector, reused for every task's batch.
   const std::vector<at::Tensor> g = pwe.route(rt);
   StateDict params = pwe.merge(g);
   std::vector<std::string> leaf_keys;

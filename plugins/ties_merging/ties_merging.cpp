@@ -96,22 +96,25 @@ constexpr size_t kBins = size_t{1} << 16;
 // Histogram of 16 bits of |x|'s bit pattern: the high half, or (with `prefix`) the low half of
 // the values whose high half equals `prefix`. For non-negative IEEE floats the bit pattern
 // orders as the value does (NaN above +inf, as torch sorts it).
-std::vector<int64_t> magnitude_histogram(const uint32_t* bits, int64_t n, bool low, uint32_t prefix) {
+std::vector<int64_t> magnitude_histogram(const std::vector<at::Tensor>& parts, bool low, uint32_t prefix) {
   std::vector<int64_t> total(kBins, 0);
   std::mutex mu;
-  at::parallel_for(0, n, int64_t{1} << 20, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> local(kBins, 0);
-    if (!low) {
-      for (int64_t i = begin; i < end; ++i) ++local[(bits[i] & 0x7fffffffu) >> 16];
-    } else {
-      for (int64_t i = begin; i < end; ++i) {
-        const uint32_t v = bits[i] & 0x7fffffffu;
-        if ((v >> 16) == prefix) ++local[v & 0xffffu];
+  for (const at::Tensor& part : parts) {
+    const auto* bits = reinterpret_cast<const uint32_t*>(part.data_ptr<float>());
+    at::parallel_for(0, part.numel(), int64_t{1} << 20, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> local(kBins, 0);
+      if (!low) {
+        for (int64_t i = begin; i < end; ++i) ++local[(bits[i] & 0x7fffffffu) >> 16];
+      } else {
+        for (int64_t i = begin; i < end; ++i) {
+          const uint32_t v = bits[i] & 0x7fffffffu;
+          if ((v >> 16) == prefix) ++local[v & 0xffffu];
+        }
       }
-    }
-    std::lock_guard<std::mutex> lock(mu);
-    for (size_t j = 0; j < kBins; ++j) total[j] += local[j];
-  });
+      std::lock_guard<std::mutex> lock(mu);
+      for (size_t j = 0; j < kBins; ++j) total[j] += local[j];
+    });
+  }
   return total;
 }
 
@@ -126,20 +129,31 @@ uint32_t select_bin(const std::vector<int64_t>& hist, int64_t& rank) {
 
 }  // namespace
 
-double kth_smallest_magnitude(const at::Tensor& x, int64_t k) {
-  FUSION_ENSURE(x.dim() == 1, "kth_smallest_magnitude: expected a 1-D tensor, got ", x.dim(), " dimensions");
-  FUSION_ENSURE(k >= 1 && k <= x.numel(), "kth_smallest_magnitude: k = ", k, " is outside [1, ", x.numel(), "]");
-  if (!(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous())) {
-    return std::get<0>(at::kthvalue(x.abs(), k)).item<double>();
+double kth_smallest_magnitude(const std::vector<at::Tensor>& parts, int64_t k) {
+  int64_t n = 0;
+  bool radix = true;
+  for (const at::Tensor& p : parts) {
+    FUSION_ENSURE(p.dim() == 1, "kth_smallest_magnitude: expected 1-D tensors, got ", p.dim(), " dimensions");
+    n += p.numel();
+    radix = radix && p.device().is_cpu() && p.scalar_type() == at::kFloat && p.is_contiguous();
   }
-  const auto* bits = reinterpret_cast<const uint32_t*>(x.data_ptr<float>());
+  FUSION_ENSURE(k >= 1 && k <= n, "kth_smallest_magnitude: k = ", k, " is outside [1, ", n, "]");
+  if (!radix) {
+    std::vector<at::Tensor> mags;
+    for (const at::Tensor& p : parts) mags.push_back(p.abs());
+    return std::get<0>(at::kthvalue(at::cat(mags), k)).item<double>();
+  }
   int64_t rank = k;
-  const uint32_t high = select_bin(magnitude_histogram(bits, x.numel(), false, 0), rank);
-  const uint32_t low = select_bin(magnitude_histogram(bits, x.numel(), true, high), rank);
+  const uint32_t high = select_bin(magnitude_histogram(parts, false, 0), rank);
+  const uint32_t low = select_bin(magnitude_histogram(parts, true, high), rank);
   const uint32_t v = (high << 16) | low;
   float out;
   std::memcpy(&out, &v, sizeof(out));
   return out;
+}
+
+double kth_smallest_magnitude(const at::Tensor& x, int64_t k) {
+  return kth_smallest_magnitude(std::vector<at::Tensor>{x}, k);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -167,16 +181,20 @@ void for_chunks(int64_t n, F f) {
   for (int64_t b = 0; b < n; b += kChunk) f(b, std::min(kChunk, n - b));
 }
 
-// τ = θₜ − θ₀ over the layout, written into the flat vector `flat`. Frees each of the expert's
-// tensors once used, so the expert and the flat vector together take about one model.
-void flat_task_vector(const FlatLayout& layout, Model& expert, const StateDict& pretrained, at::Tensor& flat) {
+// τ = θₜ − θ₀ for every tensor of the layout, as 1-D tensors in the layout's order, computed in
+// place in the expert's own tensors (ModelPool::load hands over a copy we own), so a task vector
+// costs no memory beyond the loaded expert.
+std::vector<at::Tensor> task_vector_parts(const FlatLayout& layout, Model& expert, const StateDict& pretrained,
+                                          const at::Device& device) {
+  std::vector<at::Tensor> parts;
+  parts.reserve(layout.entries.size());
   StateDict& params = expert.parameters();
   for (const auto& e : layout.entries) {
-    const at::Tensor& base = pretrained.at(e.key);
-    at::Tensor out = flat.narrow(0, e.offset, e.numel).view(base.sizes());
-    at::sub_out(out, params.at(e.key).to(flat.device()), base.to(flat.device()));
-    params.erase(e.key);
+    at::Tensor t = params.at(e.key).to(device, layout.dtype).contiguous();
+    t.sub_(pretrained.at(e.key).to(device));
+    parts.push_back(t.view({-1}));
   }
+  return parts;
 }
 
 // The elementwise steps. Each has a fused loop for float32 on the CPU (one pass over memory, no
@@ -329,26 +347,32 @@ Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& c
   // FusionBench's topk_values_mask: k = d − int(d · K/100); keep |τ| ≥ the k-th smallest |τ|.
   const int64_t k = d - static_cast<int64_t>(static_cast<double>(d) * (options_.threshold / 100.0));
   const bool keep_all = k < 1;  // threshold 100: nothing is trimmed
-  const auto load = [&](const std::string& name, at::Tensor& out) {
+  const auto load = [&](const std::string& name) {
     ModelPtr expert = models.load(name);
     FUSION_ENSURE(expert != nullptr, "the model pool returned nothing for expert '", name, "'");
     check_same_layout(base, expert->parameters(), "pretrained", "expert '" + name + "'");
-    flat_task_vector(layout, *expert, base, out);
+    return task_vector_parts(layout, *expert, base, device);
+  };
+  // Runs f(part, offset) over the parts of a task vector; offset is the part's place in the layout.
+  const auto for_parts = [&](const std::vector<at::Tensor>& parts, auto f) {
+    for (size_t i = 0; i < parts.size(); ++i) f(parts[i], layout.entries[i].offset);
   };
 
   // Pass 1: each task's trim threshold, and the trimmed sum Σₜ τ̂ₜ that elects the signs.
   auto progress = ctx.progress("ties_merging", static_cast<int64_t>(2 * names.size()));
   const auto flat = at::TensorOptions().dtype(layout.dtype).device(device);
   at::Tensor acc = at::zeros({d}, flat);
-  at::Tensor tau = at::empty({d}, flat);  // reused for every expert: fresh pages are costly
   std::vector<double> thresholds;
   nlohmann::json threshold_info = nlohmann::json::object();
   for (const std::string& name : names) {
-    load(name, tau);
+    const std::vector<at::Tensor> tau = load(name);
     const double threshold = keep_all ? 0.0 : kth_smallest_magnitude(tau, k);
     thresholds.push_back(threshold);
     threshold_info[name] = threshold;
-    trim_accumulate(tau, threshold, keep_all, acc);
+    for_parts(tau, [&](const at::Tensor& part, int64_t offset) {
+      at::Tensor out = acc.narrow(0, offset, part.numel());
+      trim_accumulate(part, threshold, keep_all, out);
+    });
     progress->advance();
   }
 
@@ -369,11 +393,15 @@ Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& c
 
   // Pass 2: disjoint merge of the sign-agreeing trimmed values.
   for (size_t t = 0; t < names.size(); ++t) {
-    load(names[t], tau);
-    disjoint_merge_step(tau, thresholds[t], keep_all, sign, merge, acc, count);
+    const std::vector<at::Tensor> tau = load(names[t]);
+    for_parts(tau, [&](const at::Tensor& part, int64_t offset) {
+      const int64_t n = part.numel();
+      at::Tensor out = acc.narrow(0, offset, n);
+      at::Tensor counts = count.defined() ? count.narrow(0, offset, n) : at::Tensor();
+      disjoint_merge_step(part, thresholds[t], keep_all, sign.narrow(0, offset, n), merge, out, counts);
+    });
     progress->advance();
   }
-  tau = at::Tensor();
   finish_merge(sign, count, merge, acc);
   progress->finish();
   sign = at::Tensor();

@@ -38,11 +38,11 @@ struct TiesMergingOptions {
 /// sign(Σ s); disjoint merge keeps τ̂ₜ where it agrees with s (where s is still 0, its negative
 /// entries, as FusionBench's `where(s > 0, τ > 0, τ < 0)`), combined by merge_func; θ = θ₀ + λ τₘ.
 ///
-/// Streams in two passes over the experts, so no more than one task vector is ever held:
-/// pass 1 computes each task's threshold and the trimmed sum Σₜ τ̂ₜ; pass 2 reloads each expert,
-/// re-trims it with its stored threshold and adds its sign-agreeing values. Peak memory: θ₀, one
-/// flat task vector, the flat accumulator and the elected signs (int8) — plus, for `mean`, an
-/// int16 count. Each expert is read twice.
+/// Streams in two passes over the experts, so no more than one task vector is ever held (computed
+/// in place in the loaded expert's tensors): pass 1 computes each task's threshold and the trimmed
+/// sum Σₜ τ̂ₜ; pass 2 reloads each expert, re-trims it with its stored threshold and adds its
+/// sign-agreeing values. Peak memory: θ₀, one expert, the flat accumulator and the elected signs
+/// (int8, ¼ model) — plus, for `mean`, an int16 count (½ model). Each expert is read twice.
 class TiesMerging : public Algorithm {
  public:
   explicit TiesMerging(TiesMergingOptions options = {});
@@ -60,9 +60,12 @@ class TiesMerging : public Algorithm {
   std::shared_ptr<const Matchers> matchers_;
 };
 
-/// The k-th smallest (1-based, 1 ≤ k ≤ numel) of |x| over a 1-D tensor, as torch.kthvalue(x.abs(), k)
-/// returns it. For a contiguous float32 CPU tensor it uses a two-pass radix select that needs no
-/// copy of x; otherwise at::kthvalue.
+/// The k-th smallest (1-based, 1 ≤ k ≤ total numel) of |x| over 1-D tensors taken together, as
+/// torch.kthvalue(cat(parts).abs(), k) returns it. When every part is a contiguous float32 CPU
+/// tensor it uses a two-pass radix select over the bit patterns that copies nothing; otherwise
+/// at::kthvalue on the concatenated magnitudes.
+double kth_smallest_magnitude(const std::vector<at::Tensor>& parts, int64_t k);
+/// The same over one 1-D tensor.
 double kth_smallest_magnitude(const at::Tensor& x, int64_t k);
 
 }  // namespace fusion::methods

@@ -281,6 +281,10 @@ TEST(TiesMerging, KthSmallestMagnitudeMatchesKthvalue) {
       const double expected = std::get<0>(at::kthvalue(x.abs(), k)).item<double>();
       EXPECT_EQ(kth_smallest_magnitude(x, k), expected) << "n=" << n << " k=" << k;
       EXPECT_EQ(kth_smallest_magnitude(x.to(at::kDouble), k), expected) << "double path";
+      if (n > 3) {  // the same over parts, as TIES passes a task vector tensor by tensor
+        const std::vector<at::Tensor> parts = {x.narrow(0, 0, 1), x.narrow(0, 1, n / 2), x.narrow(0, 1 + n / 2, n - 1 - n / 2)};
+        EXPECT_EQ(kth_smallest_magnitude(parts, k), expected) << "parts";
+      }
     }
     at::Tensor y = at::randn({n}) * 1e-3;
     EXPECT_EQ(kth_smallest_magnitude(y, (n + 2) / 3), std::get<0>(at::kthvalue(y.abs(), (n + 2) / 3)).item<double>());

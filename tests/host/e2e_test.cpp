@@ -228,6 +228,9 @@ TEST_F(E2E, RunWritesConfigLogResultsAndReport) {
   for (const char* t : {"load_s", "merge_s", "eval_s", "total_s"})
     EXPECT_GE(r["timings"][t].get<double>(), 0.0) << t;
   EXPECT_EQ(r["info"]["trainable_params"], 0);
+  ASSERT_EQ(r["plugins"].size(), 1u);
+  EXPECT_EQ(r["plugins"][0]["name"], "host_test_good");
+  EXPECT_TRUE(r["refused_plugins"].empty());
   ASSERT_EQ(r["models"].size(), 3u);
   // θ₀ = (0.5, 0.5), τ = (0.4, -0.3) + (-0.3, 0.1) = (0.1, -0.2): λ = 0.5 gives (0.55, 0.4).
   const json& m = r["models"][1];

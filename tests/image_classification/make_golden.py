@@ -129,8 +129,8 @@ def main():
     # JPEGs: stb_image and libjpeg decode to slightly different pixels (chroma upsampling, IDCT and
     # colour conversion rounding), so these get a looser tolerance; 4:4:4 avoids the upsampling.
     photo = Image.fromarray(u8(smooth(120, 160, 3, noise=6)))
-    save("photo_420.jpg", photo, [64], tol=6, quality=90, subsampling=2)
-    save("photo_444.jpg", photo, [64], tol=4, quality=95, subsampling=0)
+    save("photo_420.jpg", photo, [64], tol=3, quality=90, subsampling=2)
+    save("photo_444.jpg", photo, [64], tol=2, quality=95, subsampling=0)
 
     golden = []
     for name, img, sizes, tol in cases:

@@ -149,6 +149,7 @@ TEST_P(OnDevice, LogitsAreDifferentiableInParams) {
   spec.name = "colours";
   spec.test = data.test;
   spec.info = data.info;
+  spec.head = data.head;
   ImageClassificationOptions opt;
   opt.preprocess.image_size = 8;
   ImageClassificationTask task(spec, opt, quiet_context(GetParam()));

@@ -16,5 +16,6 @@ echo "$cpp"
 echo "$py"
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 awk -v c="$(field images_per_s "$cpp")" -v p="$(field images_per_s "$py")" \
+    -v cc="$(field cpu_s_per_batch "$cpp")" -v pc="$(field cpu_s_per_batch "$py")" \
     -v cm="$(field peak_rss_mib "$cpp")" -v pm="$(field peak_rss_mib "$py")" \
-    'BEGIN { printf "ratio cpp/python: throughput %.3f, peak RSS %.3f\n", c / p, cm / pm }'
+    'BEGIN { printf "ratio cpp/python: throughput %.3f, CPU time per batch %.3f, peak RSS %.3f\n", c / p, cc / pc, cm / pm }'

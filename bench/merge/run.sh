@@ -55,11 +55,12 @@ hyperfine --warmup 1 --runs "$runs" --export-json "$work/hyperfine.json" \
   --prepare "rm -rf $work/out_task_arithmetic $work/out_ties_merging" \
   -n read "$read_cmd" -n task_arithmetic "$ta_cmd" -n ties_merging "$ties_cmd"
 
-echo "== peak RSS (/usr/bin/time -v)"
-peak() {  # command... → kbytes
+echo "== peak RSS and CPU time (/usr/bin/time -v, one run each)"
+peak() {  # command... → "kbytes cpu_seconds"
   rm -rf "$work/out_task_arithmetic" "$work/out_ties_merging"
   /usr/bin/time -v "$@" 2>"$work/time.txt" >/dev/null || { cat "$work/time.txt" >&2; exit 1; }
-  awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time.txt"
+  awk -F': ' '/Maximum resident set size/ {rss = $2} /User time/ {u = $2} /System time/ {s = $2}
+              END {print rss "," u + s}' "$work/time.txt"
 }
 rss_read=$(peak $read_cmd)
 rss_ta=$(peak $ta_cmd)
@@ -69,14 +70,18 @@ python3 - "$work/hyperfine.json" "$model_bytes" "$rss_read" "$rss_ta" "$rss_ties
 import json, sys
 results = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
 model = int(sys.argv[2])
-rss = dict(zip(["read", "task_arithmetic", "ties_merging"], (int(x) * 1024 for x in sys.argv[3:6])))
+names = ["read", "task_arithmetic", "ties_merging"]
+rss = {n: int(v.split(",")[0]) * 1024 for n, v in zip(names, sys.argv[3:6])}
+cpu = {n: float(v.split(",")[1]) for n, v in zip(names, sys.argv[3:6])}
 read = results["read"]["mean"]
 print(f"one model: {model / 1e6:.1f} MB; 9 checkpoints read by each run (TIES reads the experts twice)")
-print(f"{'command':<16} {'mean s':>8} {'± s':>6} {'× read':>7} {'peak RSS MB':>12} {'× model':>8}")
-for name in ["read", "task_arithmetic", "ties_merging"]:
+print("wall time from hyperfine; CPU time (user + sys) and peak RSS from one /usr/bin/time -v run —")
+print("CPU time is the steadier figure on a shared machine")
+print(f"{'command':<16} {'mean s':>8} {'± s':>6} {'× read':>7} {'CPU s':>7} {'× read':>7} {'peak RSS MB':>12} {'× model':>8}")
+for name in names:
     r = results[name]
     print(f"{name:<16} {r['mean']:8.3f} {r['stddev'] or 0:6.3f} {r['mean'] / read:7.2f} "
-          f"{rss[name] / 1e6:12.1f} {rss[name] / model:8.2f}")
+          f"{cpu[name]:7.2f} {cpu[name] / cpu['read']:7.2f} {rss[name] / 1e6:12.1f} {rss[name] / model:8.2f}")
 ta_time = results["task_arithmetic"]["mean"] / read
 ta_rss = rss["task_arithmetic"] / model
 print(f"targets: task arithmetic {ta_time:.2f}x read time (<= 1.5: {'met' if ta_time <= 1.5 else 'MISSED'}); "

@@ -15,16 +15,22 @@ namespace {
 
 const std::string kPrefix = "vision_model.";
 
-// Runs `f`, prefixing any fusion::Error with the folder it concerns.
+// Runs `f`, prefixing any fusion::Error with `label` (the option, e.g. "modelpool.models.x") and
+// the folder it concerns (unless the message names it already).
 template <typename F>
-auto with_origin(const std::filesystem::path& dir, F&& f) -> decltype(f()) {
+auto with_origin(const std::string& label, const std::filesystem::path& dir, F&& f) -> decltype(f()) {
   try {
     return f();
   } catch (const Error& e) {
     const std::string msg = e.what();
-    if (msg.find(dir.string()) != std::string::npos) throw;
-    FUSION_FAIL("clip_vision: ", dir.string(), ": ", msg);
+    if (msg.rfind(label, 0) == 0) throw;
+    if (msg.find(dir.string()) != std::string::npos) FUSION_FAIL(label, ": ", msg);
+    FUSION_FAIL(label, " (", dir.string(), "): ", msg);
   }
+}
+
+std::string section_of(const Context& ctx) {
+  return ctx.config().section().empty() ? "modelpool" : ctx.config().section();
 }
 
 std::string dtype_name(at::ScalarType t) {
@@ -74,7 +80,7 @@ ModelPtr make_clip_vision(const StateDict& params, const nlohmann::json& config)
 
 ModelPtr load_clip_vision(const std::filesystem::path& dir, const at::Device& device,
                           std::optional<at::ScalarType> dtype) {
-  return with_origin(dir, [&] {
+  return with_origin("clip_vision", dir, [&] {
     nlohmann::json config = read_config_json(dir);
     return make_clip_vision(load_safetensors(dir, device, dtype), config);
   });
@@ -147,7 +153,7 @@ std::unique_ptr<ModelPool> ClipVisionPool::create(const Context& ctx) {
 
 ModelPtr ClipVisionPool::pretrained() {
   const std::filesystem::path& dir = path_of("pretrained");
-  return with_origin(dir, [&] {
+  return with_origin(section_of(ctx_) + ".pretrained", dir, [&] {
     read_config_json(dir);  // a clear error before any weight is read
     return CheckpointModelPool::pretrained();
   });
@@ -155,16 +161,16 @@ ModelPtr ClipVisionPool::pretrained() {
 
 ModelPtr ClipVisionPool::load(const std::string& name) {
   const std::filesystem::path& dir = path_of(name);
-  const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
-  const std::string option = section + ".models." + name + " (" + dir.string() + ")";
+  const std::string label = section_of(ctx_) + ".models." + name;
+  const std::string option = label + " (" + dir.string() + ")";
   // The expert must have the pretrained model's architecture. Both configs are compared before any
   // weight is read; each model's weights are then checked against its own config. (The generic
   // pool compares whole checkpoints, which fails for a CLIPModel against a CLIPVisionModel.)
-  const VisionConfig expert_cfg = with_origin(dir, [&] {
+  const VisionConfig expert_cfg = with_origin(label, dir, [&] {
     return VisionConfig::from_json(read_config_json(dir), (dir / "config.json").string());
   });
   const std::filesystem::path& pre_dir = path_of("pretrained");
-  const VisionConfig pre_cfg = with_origin(pre_dir, [&] {
+  const VisionConfig pre_cfg = with_origin(section_of(ctx_) + ".pretrained", pre_dir, [&] {
     return VisionConfig::from_json(read_config_json(pre_dir), (pre_dir / "config.json").string());
   });
   const auto want = ClipVisionModel::expected_parameters(pre_cfg);
@@ -184,7 +190,7 @@ ModelPtr ClipVisionPool::load(const std::string& name) {
                 option, ": expert '", name, "' has hidden_act '", expert_cfg.hidden_act, "', layer_norm_eps ",
                 expert_cfg.layer_norm_eps, " but pretrained has '", pre_cfg.hidden_act, "', ",
                 pre_cfg.layer_norm_eps);
-  return with_origin(dir, [&] { return load_path(dir); });
+  return with_origin(label, dir, [&] { return load_path(dir); });
 }
 
 void ClipVisionPool::save(const Model& model, const std::filesystem::path& dir) const {

@@ -392,6 +392,14 @@ nlohmann::json PweMoeAlgorithm::train(ParetoWeightEnsembling& pwe, const std::ve
     } else {
       start = load_checkpoint(last_good, pwe, &adam);
       ctx.log().info(name_ + ": resuming from " + last_good.string() + " (step " + std::to_string(start) + ")");
+      const auto& meta = SafetensorsFile(last_good).metadata();
+      auto it = meta.find("seed");
+      if (it != meta.end() && it->second != std::to_string(ctx.seed()))
+        ctx.log().warn(name_ + ": " + last_good.string() + " was written by a run with seed " + it->second +
+                       ", this run has seed " + std::to_string(ctx.seed()) +
+                       ": the resumed run will not equal an uninterrupted one");
+      if ((it = meta.find("method")) != meta.end() && it->second != name_)
+        ctx.log().warn(name_ + ": " + last_good.string() + " was written by " + it->second);
     }
   }
   // train_log.csv: a header, then one row per step; on resume the rows after the checkpoint go.

@@ -191,9 +191,11 @@ TEST(ClipVisionPool, MissingConfigNamesTheFolder) {
   auto pool = make_pool(dir.path().string(), {{"a", (data_dir() / "clip_model").string()}});
   std::string msg = error_of([&] { pool->pretrained(); });
   EXPECT_NE(msg.find((dir.path() / "config.json").string()), std::string::npos) << msg;
+  EXPECT_EQ(msg.rfind("modelpool.pretrained: ", 0), 0u) << msg;
   auto pool2 = make_pool((data_dir() / "clip_model").string(), {{"a", dir.path().string()}});
   msg = error_of([&] { pool2->load("a"); });
   EXPECT_NE(msg.find((dir.path() / "config.json").string()), std::string::npos) << msg;
+  EXPECT_EQ(msg.rfind("modelpool.models.a: ", 0), 0u) << msg;
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include <cmath>
 #include <set>
@@ -123,6 +124,21 @@ TEST(PweGolden, MergedParametersForwardAndRouterGradients) {
     for (int64_t t = 0; t < T; ++t) total = total + r[t] * tp[t]->loss(pwe->model(), md, batches[t]);
     total.backward();
     for (const auto& [k, v] : gw) expect_close(rs.at(k).grad(), v, 5e-6, "autograd grad " + k);
+    // EPO's C = G Gᵀ of the per-task router gradients (invariant to the parameters' order)
+    std::vector<at::Tensor> G;
+    for (int64_t t = 0; t < T; ++t) {
+      const fusion::StateDict mt = pwe->merge_differentiable(rt);
+      auto gt = torch::autograd::grad({tp[t]->loss(pwe->model(), mt, batches[t])}, pwe->router_parameters());
+      std::vector<at::Tensor> flat;
+      for (auto& x : gt) flat.push_back(x.reshape({-1}));
+      G.push_back(at::cat(flat).to(at::kDouble));
+    }
+    at::Tensor Gm = at::stack(G);
+    at::Tensor C = at::mm(Gm, Gm.t());
+    const auto Cw = c.at("C").get<std::vector<std::vector<double>>>();
+    for (int64_t i = 0; i < T; ++i)
+      for (int64_t j = 0; j < T; ++j)
+        EXPECT_NEAR(C[i][j].item<double>(), Cw[i][j], 1e-5 * std::max(1.0, std::abs(Cw[i][j]))) << "C " << i << j;
   }
 }
 

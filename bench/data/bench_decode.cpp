@@ -12,6 +12,8 @@
 // (bench/clip: ViT-B/32 forward at batch 64).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -49,6 +51,23 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// CPU seconds of the whole process (all threads): images per CPU second does not depend on what else
+// runs on the machine, unlike images per wall-clock second.
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + 1e-6 * (u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+struct Timer {
+  Clock::time_point wall = Clock::now();
+  double cpu = cpu_seconds();
+  void report(const char* what, int64_t images) const {
+    const double w = seconds_since(wall), c = cpu_seconds() - cpu;
+    std::printf("%-22s images_per_s=%.1f images_per_cpu_s=%.1f\n", what, images / w, images / c);
+  }
+};
 
 std::vector<uint8_t> synthetic_photo(int w, int h, std::mt19937& rng) {
   std::uniform_real_distribution<double> u(0.005, 0.08), phase(0, 6.28);
@@ -115,18 +134,18 @@ int main(int argc, char** argv) {
   PreprocessOptions opt;
   opt.image_size = size;
   {
-    auto t = Clock::now();
+    Timer t;
     for (int64_t i = 0; i < n; ++i) decode_image(files[i % 16].data(), files[i % 16].size(), "x");
-    std::printf("decode                images_per_s=%.1f\n", n / seconds_since(t));
+    t.report("decode", n);
   }
   {
     std::vector<float> out(3 * size * size);
-    auto t = Clock::now();
+    Timer t;
     for (int64_t i = 0; i < n; ++i) {
       const Image crop = resize_center_crop(decode_image(files[i % 16].data(), files[i % 16].size(), "x"), size);
       normalize_into(crop, opt, out.data());
     }
-    std::printf("decode+preprocess     images_per_s=%.1f\n", n / seconds_since(t));
+    t.report("decode+preprocess", n);
   }
   auto ds = std::make_shared<const Dataset>(Dataset::open(dir, DataFormat::Folder, "bench"));
   for (int64_t k : workers) {
@@ -135,7 +154,7 @@ int main(int argc, char** argv) {
     lo.batch_size = batch;
     lo.num_workers = k;
     const int64_t batches = (n + batch - 1) / batch;
-    auto t = Clock::now();
+    Timer t;
     BatchLoader loader(src, [&](int64_t b) {
       std::vector<int64_t> idx;
       for (int64_t i = b * batch; i < std::min(n, (b + 1) * batch); ++i) idx.push_back(i);
@@ -143,7 +162,7 @@ int main(int argc, char** argv) {
     }, batches, lo);
     int64_t seen = 0;
     while (auto b = loader.next()) seen += b->inputs.size(0);
-    std::printf("loader workers=%lld      images_per_s=%.1f\n", static_cast<long long>(k), seen / seconds_since(t));
+    t.report(("loader workers=" + std::to_string(k)).c_str(), seen);
   }
   fs::remove_all(dir);
   return 0;

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cctype>
 #include <fstream>
-#include <iterator>
 
 // stb_image (Debian's libstb-dev ships the header), compiled here with static linkage. Only the
 // formats image folders hold are enabled: without TGA (which has no magic number) arbitrary bytes
@@ -83,10 +82,14 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
 }
 
 Image read_image(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw BadImage("cannot read image '" + path.string() + "': the file cannot be opened");
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw BadImage("cannot read image '" + path.string() + "': read error");
+  const std::streamoff size = in.tellg();
+  if (size < 0) throw BadImage("cannot read image '" + path.string() + "': cannot tell its size");
+  std::vector<uint8_t> bytes(static_cast<size_t>(size));
+  in.seekg(0);
+  if (!in.read(reinterpret_cast<char*>(bytes.data()), size))
+    throw BadImage("cannot read image '" + path.string() + "': read error");
   return decode_image(bytes.data(), bytes.size(), path.string());
 }
 

@@ -56,7 +56,12 @@ class ClassificationStream : public BatchStream {
         where_(std::move(where)) {}
 
   Batch next() override {
-    std::optional<LoadedBatch> b = loader_.next();
+    std::optional<LoadedBatch> b;
+    try {
+      b = loader_.next();
+    } catch (const BadImage& e) {
+      FUSION_FAIL(where_, ": ", e.what(), " (taskpool.on_bad_image = \"skip\" leaves such images out)");
+    }
     FUSION_ENSURE(b && b->inputs.size(0) > 0, where_, ": every image of a training batch was undecodable");
     return {b->inputs.to(device_, dtype_), b->labels.to(device_)};
   }
@@ -84,11 +89,12 @@ ImageClassificationTask::ImageClassificationTask(TaskSpec spec, const ImageClass
     templates_ = builtin->templates;
     classes_from = builtin->source;
   }
+  classes_from_ = classes_from;
   if (spec_.info) {
     TaskInfo info = read_task_info(*spec_.info);
     if (!info.classnames.empty()) {
       classnames_ = info.classnames;
-      classes_from = info.source;
+      classes_from = classes_from_ = info.source;
     }
     if (!info.templates.empty()) templates_ = info.templates;
   }
@@ -111,6 +117,7 @@ ImageClassificationTask::ImageClassificationTask(TaskSpec spec, const ImageClass
                   "), so give taskpool.task_info.", spec_.name,
                   " (a class-names file) or taskpool.heads.", spec_.name,
                   ", or use class folders named after the classes");
+    classes_from_ = "the class folders of " + spec_.test.string();
     for (std::string c : test->folder_classes()) {
       std::replace(c.begin(), c.end(), '_', ' ');
       classnames_.push_back(c);
@@ -118,6 +125,7 @@ ImageClassificationTask::ImageClassificationTask(TaskSpec spec, const ImageClass
     n = static_cast<int64_t>(classnames_.size());
   }
   if (classnames_.empty()) {
+    classes_from_ = "head file " + spec_.head->string() + ", unnamed";
     for (int64_t i = 0; i < *n; ++i) classnames_.push_back(std::to_string(i));
   }
   if (test->ignored_files() > 0) {
@@ -259,7 +267,15 @@ nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
   auto bar = ctx_.progress("evaluate " + spec_.name, count);
   double loss_sum = 0.0;
   int64_t correct = 0, seen = 0, skipped = 0;
-  while (auto batch = loader.next()) {
+  for (;;) {
+    std::optional<LoadedBatch> batch;
+    try {
+      batch = loader.next();
+    } catch (const BadImage& e) {
+      FUSION_FAIL("task '", spec_.name, "' test split: ", e.what(),
+                  " (taskpool.on_bad_image = \"skip\" leaves such images out)");
+    }
+    if (!batch) break;
     skipped += batch->skipped;
     const int64_t n = batch->inputs.size(0);
     if (n > 0) {
@@ -481,7 +497,8 @@ ImageClassificationPool::ImageClassificationPool(std::vector<TaskSpec> tasks, Im
     auto& t = *tasks_[i];
     t.keep_in_memory(keep_test[i], keep_train[i]);
     const Dataset* train = t.train_split();
-    ctx.log().info("task " + t.name() + ": " + std::to_string(t.num_classes()) + " classes, " +
+    ctx.log().info("task " + t.name() + ": " + std::to_string(t.num_classes()) + " classes (from " +
+                   t.classes_source() + "), " +
                    std::to_string(t.templates().size()) + " templates; test " + std::to_string(t.test_split().size()) +
                    " (" + format_name(t.test_split().format()) + (keep_test[i] ? ", kept in memory" : "") + ")" +
                    (train ? "; train " + std::to_string(train->size()) + " (" + format_name(train->format()) +

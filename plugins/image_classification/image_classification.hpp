@@ -65,6 +65,9 @@ class ImageClassificationTask : public Task {
   std::string name() const override { return spec_.name; }
   int64_t num_classes() const override { return static_cast<int64_t>(classnames_.size()); }
   bool has_train_split() const override { return train_ != nullptr; }
+  /// Endless batches of exactly `batch_size` from the train split on the run's device and dtype:
+  /// epoch e is a permutation drawn from (seed, e), and epochs follow each other without a break,
+  /// so a batch may straddle two epochs. Decoding runs ahead on num_workers threads.
   std::unique_ptr<BatchStream> train_stream(int64_t batch_size, uint64_t seed) override;
   /// apply_head(head, model.forward(params, inputs)); the head follows the features' device/dtype.
   at::Tensor logits(const Model& model, const StateDict& params, const at::Tensor& inputs) const override;
@@ -74,6 +77,8 @@ class ImageClassificationTask : public Task {
 
   const std::vector<std::string>& classnames() const { return classnames_; }
   const std::vector<std::string>& templates() const { return templates_; }
+  /// Where the class names came from (a built-in or task_info file, a head file, class folders).
+  const std::string& classes_source() const { return classes_from_; }
   const Dataset& test_split() const { return test_->dataset(); }
   const Dataset* train_split() const { return train_ ? &train_->dataset() : nullptr; }
   /// The frozen head: loaded from the head file, read from the cache, or computed from clip_model
@@ -89,6 +94,7 @@ class ImageClassificationTask : public Task {
   ImageClassificationOptions options_;
   Context ctx_;
   std::vector<std::string> classnames_, templates_;
+  std::string classes_from_;
   std::shared_ptr<SampleSource> test_, train_;
   std::vector<int64_t> test_indices_;
   mutable std::mutex head_mutex_;

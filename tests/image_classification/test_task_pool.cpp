@@ -131,6 +131,8 @@ TEST_P(OnDevice, BadImagesSkippedOrNamed) {
   auto pool = ImageClassificationPool::create(quiet_context(GetParam(), taskpool_config(values)));
   const std::string msg = error_of([&] { pool->evaluate(model); });
   EXPECT_TRUE(contains(msg, (data.test / "2" / "corrupt.png").string())) << msg;
+  EXPECT_TRUE(contains(msg, "task 'colours' test split: ")) << msg;
+  EXPECT_TRUE(contains(msg, "on_bad_image = \"skip\"")) << msg;
 
   values["on_bad_image"] = std::string("skip");
   pool = ImageClassificationPool::create(quiet_context(GetParam(), taskpool_config(values)));

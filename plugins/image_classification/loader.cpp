@@ -57,10 +57,24 @@ BatchLoader::~BatchLoader() {
   for (auto& t : workers_) t.join();
 }
 
-LoadedBatch BatchLoader::build(int64_t b) const {
+at::Tensor BatchLoader::buffer(int64_t n, int64_t s) {
+  std::lock_guard<std::mutex> lock(buffers_mutex_);
+  for (const at::Tensor& t : buffers_) {
+    // Held only by this pool (no batch, view or autograd graph refers to it): free to overwrite.
+    // Copying it out under the lock makes it busy for the other workers.
+    if (t.size(0) == n && t.use_count() == 1 && t.storage().use_count() == 1) return t;
+  }
+  at::Tensor t = at::empty({n, 3, s, s}, at::kFloat);
+  if (static_cast<int64_t>(buffers_.size()) < options_.prefetch_batches + options_.num_workers + 2) {
+    buffers_.push_back(t);
+  }
+  return t;
+}
+
+LoadedBatch BatchLoader::build(int64_t b) {
   const std::vector<int64_t> idx = indices_(b);
   const int64_t s = source_->options().image_size;
-  at::Tensor inputs = at::empty({static_cast<int64_t>(idx.size()), 3, s, s}, at::kFloat);
+  at::Tensor inputs = buffer(static_cast<int64_t>(idx.size()), s);
   at::Tensor labels = at::empty({static_cast<int64_t>(idx.size())}, at::kLong);
   float* in = inputs.data_ptr<float>();
   int64_t* lab = labels.data_ptr<int64_t>();

@@ -91,17 +91,34 @@ Image resize_bicubic(const Image& in, int64_t width, int64_t height, int64_t x0,
                     static_cast<int64_t>(in.rgb.size()) == in.width * in.height * 3,
                 "resize: malformed image");
 
-  // Horizontal pass (skipped, as in Pillow, when the width does not change): in.height rows of
+  // Only the input rows the vertical window reads go through the horizontal pass (as Pillow,
+  // which resamples the rows of its box only).
+  const bool vertical = height != in.height;
+  Taps vt;
+  int64_t r0 = y0, r1 = y0 + out_h;
+  if (vertical) {
+    vt = make_taps(in.height, height, y0, out_h);
+    r0 = in.height;
+    r1 = 0;
+    for (int64_t y = 0; y < out_h; ++y) {
+      if (vt.len[y] == 0) continue;
+      r0 = std::min(r0, vt.start[y]);
+      r1 = std::max(r1, vt.start[y] + vt.len[y]);
+    }
+    if (r1 < r0) r0 = r1 = 0;
+  }
+
+  // Horizontal pass (skipped, as in Pillow, when the width does not change): rows r0..r1 of
   // out_w pixels.
   Image mid;
   mid.width = out_w;
-  mid.height = in.height;
-  mid.rgb.resize(static_cast<size_t>(out_w * in.height * 3));
+  mid.height = r1 - r0;
+  mid.rgb.resize(static_cast<size_t>(out_w * mid.height * 3));
   if (width != in.width) {
     const Taps t = make_taps(in.width, width, x0, out_w);
-    for (int64_t y = 0; y < in.height; ++y) {
+    for (int64_t y = r0; y < r1; ++y) {
       const uint8_t* row = &in.rgb[y * in.width * 3];
-      uint8_t* dst = &mid.rgb[y * out_w * 3];
+      uint8_t* dst = &mid.rgb[(y - r0) * out_w * 3];
       for (int64_t x = 0; x < out_w; ++x) {
         const int32_t* k = &t.weights[x * t.ksize];
         const uint8_t* src = row + t.start[x] * 3;
@@ -117,33 +134,29 @@ Image resize_bicubic(const Image& in, int64_t width, int64_t height, int64_t x0,
       }
     }
   } else {
-    for (int64_t y = 0; y < in.height; ++y) {
-      std::copy_n(&in.rgb[(y * in.width + x0) * 3], out_w * 3, &mid.rgb[y * out_w * 3]);
+    for (int64_t y = r0; y < r1; ++y) {
+      std::copy_n(&in.rgb[(y * in.width + x0) * 3], out_w * 3, &mid.rgb[(y - r0) * out_w * 3]);
     }
   }
+  if (!vertical) return mid;
 
   // Vertical pass: out_h rows.
   Image out;
   out.width = out_w;
   out.height = out_h;
   out.rgb.resize(static_cast<size_t>(out_w * out_h * 3));
-  if (height != in.height) {
-    const Taps t = make_taps(in.height, height, y0, out_h);
-    const int64_t stride = out_w * 3;
-    std::vector<int32_t> acc(stride);
-    for (int64_t y = 0; y < out_h; ++y) {
-      std::fill(acc.begin(), acc.end(), 1 << (kPrecisionBits - 1));
-      const int32_t* k = &t.weights[y * t.ksize];
-      for (int64_t j = 0; j < t.len[y]; ++j) {
-        const uint8_t* src = &mid.rgb[(t.start[y] + j) * stride];
-        const int32_t kj = k[j];
-        for (int64_t i = 0; i < stride; ++i) acc[i] += src[i] * kj;
-      }
-      uint8_t* dst = &out.rgb[y * stride];
-      for (int64_t i = 0; i < stride; ++i) dst[i] = clip8(acc[i]);
+  const int64_t stride = out_w * 3;
+  std::vector<int32_t> acc(stride);
+  for (int64_t y = 0; y < out_h; ++y) {
+    std::fill(acc.begin(), acc.end(), 1 << (kPrecisionBits - 1));
+    const int32_t* k = &vt.weights[y * vt.ksize];
+    for (int64_t j = 0; j < vt.len[y]; ++j) {
+      const uint8_t* src = &mid.rgb[(vt.start[y] - r0 + j) * stride];
+      const int32_t kj = k[j];
+      for (int64_t i = 0; i < stride; ++i) acc[i] += src[i] * kj;
     }
-  } else {
-    std::copy_n(&mid.rgb[y0 * out_w * 3], out_h * out_w * 3, out.rgb.data());
+    uint8_t* dst = &out.rgb[y * stride];
+    for (int64_t i = 0; i < stride; ++i) dst[i] = clip8(acc[i]);
   }
   return out;
 }

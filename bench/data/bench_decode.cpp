@@ -1,6 +1,7 @@
 // Decoding + CLIP preprocessing throughput of the image_classification data pipeline.
 //
 //   fusion_bench_decode [--images N] [--width W] [--height H] [--size S] [--batch B] [--workers 0,1,2]
+//                       [--model 1 [--threads T]]
 //
 // Writes N synthetic JPEGs (W × H, quality 90, 4:2:0: photo-like colour fields with noise) to a
 // temporary folder, then reports, per line, images per second for
@@ -10,6 +11,10 @@
 //                     drains it; K = 0 decodes on the consumer thread
 // The last figure is what evaluation can be fed with; compare it with the model's images per second
 // (bench/clip: ViT-B/32 forward at batch 64).
+// With --model 1, also a ViT-B/32 CLIP vision tower with random weights (T intra-op threads, default
+// all cores): its forward alone on random pixels, then ImageClassificationTask::evaluate() on the JPEG
+// folder with K workers, first pass (decoding) and second pass (preprocessed images kept in memory).
+// evaluate() close to the forward alone means the model does not wait on decoding.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <sys/resource.h>
@@ -27,7 +32,13 @@
 #include <string>
 #include <vector>
 
+#include <c10/core/InferenceMode.h>
+
+#include <thread>
+
+#include "clip_vision.hpp"
 #include "dataset.hpp"
+#include "image_classification.hpp"
 #include "image.hpp"
 #include "loader.hpp"
 #include "preprocess.hpp"
@@ -95,7 +106,8 @@ std::vector<int64_t> parse_list(const std::string& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int64_t n = 512, width = 500, height = 375, size = 224, batch = 64;
+  int64_t n = 512, width = 500, height = 375, size = 224, batch = 64, model_mode = 0;
+  int64_t threads = std::thread::hardware_concurrency();
   std::vector<int64_t> workers{0, 1, 2};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
@@ -105,6 +117,8 @@ int main(int argc, char** argv) {
     else if (k == "--size") size = std::stoll(v);
     else if (k == "--batch") batch = std::stoll(v);
     else if (k == "--workers") workers = parse_list(v);
+    else if (k == "--model") model_mode = std::stoll(v);
+    else if (k == "--threads") threads = std::stoll(v);
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -163,6 +177,48 @@ int main(int argc, char** argv) {
     int64_t seen = 0;
     while (auto b = loader.next()) seen += b->inputs.size(0);
     t.report(("loader workers=" + std::to_string(k)).c_str(), seen);
+  }
+  if (model_mode) {
+    at::set_num_threads(static_cast<int>(threads));
+    fusion::clip::VisionConfig cfg;  // ViT-B/32
+    cfg.image_size = size;
+    auto model = std::make_shared<fusion::clip::ClipVisionModel>(
+        fusion::clip::ClipVisionModel::random_parameters(cfg, 0), cfg);
+    {
+      c10::InferenceMode guard;
+      at::Tensor pixels = at::randn({batch, 3, size, size});
+      model->forward(pixels);  // warm-up
+      Timer t;
+      for (int64_t i = 0; i < (n + batch - 1) / batch; ++i) model->forward(pixels);
+      t.report(("model forward t=" + std::to_string(threads)).c_str(), (n + batch - 1) / batch * batch);
+    }
+    fusion::clip::ZeroShotHead head;
+    head.projection = at::randn({512, cfg.hidden_size});
+    head.text_embeds = at::randn({10, 512});
+    head.logit_scale = 100.0;
+    std::ofstream(dir / "classes.json") << R"(["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"])";
+    for (int64_t k : workers) {
+      TaskSpec spec;
+      spec.name = "bench";
+      spec.test = dir;
+      spec.format = DataFormat::Folder;
+      spec.info = dir / "classes.json";
+      ImageClassificationOptions opt2;
+      opt2.clip_model = dir;  // not read: the head is set below
+      opt2.batch_size = batch;
+      opt2.num_workers = k;
+      opt2.preprocess = opt;
+      fusion::Context ctx;
+      ctx.set_progress_enabled(false);
+      ImageClassificationTask task(spec, opt2, ctx);
+      task.keep_in_memory(true, false);
+      task.set_head(head);
+      for (int pass = 1; pass <= 2; ++pass) {
+        Timer t;
+        task.evaluate(*model);
+        t.report(("evaluate workers=" + std::to_string(k) + (pass == 1 ? " decoding" : " cached")).c_str(), n);
+      }
+    }
   }
   fs::remove_all(dir);
   return 0;

@@ -65,7 +65,8 @@ class ImageClassificationTask : public Task {
   std::string name() const override { return spec_.name; }
   int64_t num_classes() const override { return static_cast<int64_t>(classnames_.size()); }
   bool has_train_split() const override { return train_ != nullptr; }
-  /// Endless batches of exactly `batch_size` from the train split on the run's device and dtype:
+  /// Endless batches of `batch_size` (less the images skipped with on_bad_image = "skip") from the
+  /// train split on the run's device and dtype:
   /// epoch e is a permutation drawn from (seed, e), and epochs follow each other without a break,
   /// so a batch may straddle two epochs. Decoding runs ahead on num_workers threads.
   std::unique_ptr<BatchStream> train_stream(int64_t batch_size, uint64_t seed) override;

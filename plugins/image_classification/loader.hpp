@@ -55,7 +55,9 @@ struct LoaderOptions {
   bool skip_bad_images = false;
 };
 
-/// One batch on the CPU: inputs [n, 3, S, S] float32, labels [n] int64.
+/// One batch on the CPU: inputs [n, 3, S, S] float32, labels [n] int64. `inputs` may be a buffer
+/// of an earlier batch: the loader reuses one only after every tensor, view and autograd graph that
+/// referred to it is gone, so holding the tensor keeps it intact.
 struct LoadedBatch {
   at::Tensor inputs;
   at::Tensor labels;

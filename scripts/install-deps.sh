@@ -6,7 +6,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 packages=(
-  g++ cmake ninja-build ccache pkg-config git
+  g++ cmake ninja-build ccache pkg-config git curl ca-certificates
   libtorch-dev                       # LibTorch 1.13 (CPU)
   libopenblas0-pthread               # switches libblas.so.3 from reference BLAS (6 GFLOP/s) to OpenBLAS
   libboost-dev libboost-program-options-dev libboost-filesystem-dev

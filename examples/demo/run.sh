@@ -153,6 +153,7 @@ done
 # --- 4. The comparison ------------------------------------------------------------------------
 run_suite() {  # run_suite N: every method on the N-task suite
   local n="$1" cfg="$DEMO/configs/merge_$1tasks.toml" dir="$OUT/$1tasks"
+  rm -rf "$dir"  # no stale checkpoints or plots from an earlier run
   local m pwe=("${PWE_COMMON[@]}")
   if [ "$n" = 2 ]; then pwe+=("${PWE_2[@]}"); else pwe+=("${PWE_3[@]}"); fi
   mkdir -p "$dir"

@@ -392,7 +392,7 @@ nlohmann::json PweMoeAlgorithm::train(ParetoWeightEnsembling& pwe, const std::ve
     } else {
       start = load_checkpoint(last_good, pwe, &adam);
       ctx.log().info(name_ + ": resuming from " + last_good.string() + " (step " + std::to_string(start) + ")");
-      const auto& meta = SafetensorsFile(last_good).metadata();
+      const std::map<std::string, std::string> meta = SafetensorsFile(last_good).metadata();
       auto it = meta.find("seed");
       if (it != meta.end() && it->second != std::to_string(ctx.seed()))
         ctx.log().warn(name_ + ": " + last_good.string() + " was written by a run with seed " + it->second +

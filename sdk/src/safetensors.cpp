@@ -419,8 +419,10 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : impl_(std::make_unique<
 SafetensorsFile::~SafetensorsFile() = default;
 
 const fs::path& SafetensorsFile::path() const { return impl_->path; }
-const std::vector<TensorInfo>& SafetensorsFile::tensors() const { return impl_->tensors; }
-const std::map<std::string, std::string>& SafetensorsFile::metadata() const { return impl_->metadata; }
+const std::vector<TensorInfo>& SafetensorsFile::tensors() const& { return impl_->tensors; }
+std::vector<TensorInfo> SafetensorsFile::tensors() && { return std::move(impl_->tensors); }
+const std::map<std::string, std::string>& SafetensorsFile::metadata() const& { return impl_->metadata; }
+std::map<std::string, std::string> SafetensorsFile::metadata() && { return std::move(impl_->metadata); }
 
 const TensorInfo* SafetensorsFile::find(const std::string& name) const {
   auto it = impl_->index.find(name);

@@ -35,11 +35,14 @@ class FUSION_SDK_API SafetensorsFile {
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
   const std::filesystem::path& path() const;
-  /// Tensor entries in file order (by data offset).
-  const std::vector<TensorInfo>& tensors() const;
+  /// Tensor entries in file order (by data offset). On a temporary (`SafetensorsFile(p).tensors()`)
+  /// the entries are returned by value, so no reference outlives the file object.
+  const std::vector<TensorInfo>& tensors() const&;
+  std::vector<TensorInfo> tensors() &&;
   const TensorInfo* find(const std::string& name) const;
-  /// The `__metadata__` map (empty if absent).
-  const std::map<std::string, std::string>& metadata() const;
+  /// The `__metadata__` map (empty if absent); by value on a temporary, as tensors().
+  const std::map<std::string, std::string>& metadata() const&;
+  std::map<std::string, std::string> metadata() &&;
   /// A CPU tensor with the file's dtype, copied out of the mapping (owned, writable).
   at::Tensor tensor(const std::string& name) const;
   /// All tensors, in file order, converted to `dtype` (when given; integer tensors keep theirs)

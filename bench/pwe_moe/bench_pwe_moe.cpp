@@ -191,7 +191,7 @@ int run_step(int T, int64_t batch, int reps, int64_t layers, int64_t image, bool
   std::vector<double> r(T, 1.0 / T);
   PweMoeLs ls;
   PweMoeEpo epo;
-  RouterAdam adam(pwe->router_parameters());
+  fusion::Adam adam(pwe->router_parameters());
   const double t_ls = seconds_of([&] { ls.step(*pwe, adam, tasks, batches, r, 1e-3, 1); }, reps);
   const double t_epo = full ? seconds_of([&] { epo.step(*pwe, adam, tasks, batches, r, 1e-3, 1); }, reps) : NAN;
 

@@ -89,14 +89,6 @@ void save_head_file(const fs::path& path, const TrainableHead& head) {
   save_safetensors(path, sd, {{"producer", "fusion multitask_pretrain"}});
 }
 
-namespace {
-
-double warmup_cosine_lr(const MultitaskPretrainOptions& o, int64_t step) {
-  if (step <= o.warmup_steps) return o.lr * static_cast<double>(step) / static_cast<double>(o.warmup_steps);
-  return cosine_lr(o.lr, step - o.warmup_steps, o.num_steps - o.warmup_steps, o.min_lr_factor);
-}
-
-}  // namespace
 
 Result MultitaskPretrain::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
   const MultitaskPretrainOptions& o = options_;
@@ -191,7 +183,7 @@ Result MultitaskPretrain::run(ModelPool& models, TaskPool* tasks, const Context&
   double first_loss = 0.0;
   int64_t window = 0;
   for (int64_t step = 1; step <= o.num_steps; ++step) {
-    const double lr = warmup_cosine_lr(o, step);
+    const double lr = warmup_cosine_lr(o.lr, step, o.warmup_steps, o.num_steps, o.min_lr_factor);
     adam.zero_grad();
     double total = 0.0;
     for (size_t i = 0; i < T; ++i) {

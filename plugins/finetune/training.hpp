@@ -1,6 +1,6 @@
 #pragma once
-// What finetune and multitask_pretrain share: choosing the trainable parameters, Adam with a
-// cosine schedule, and the training log.
+// What finetune and multitask_pretrain share beyond the SDK's Adam and schedules
+// (fusion/optim.hpp): choosing the trainable parameters, and the training log.
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "fusion/optim.hpp"
 #include "fusion/state_dict.hpp"
 
 namespace fusion::finetune {
@@ -22,29 +23,6 @@ namespace fusion::finetune {
 bool is_trainable(const std::string& key, const at::Tensor& t, const std::string& subset);
 /// The subsets is_trainable knows, for the option's choices.
 const std::vector<std::string>& trainable_subsets();
-
-/// Cosine annealing as torch.optim.lr_scheduler.CosineAnnealingLR(T_max = total, eta_min =
-/// min_factor·lr) stepped after each optimizer step: 1-based step `step` uses
-/// eta_min + (lr − eta_min)(1 + cos(π (step − 1) / total)) / 2.
-double cosine_lr(double lr, int64_t step, int64_t total, double min_factor = 0.0);
-
-/// Adam (torch.optim.Adam: β = (0.9, 0.999), ε = 1e-8, L2 weight decay added to the gradient as
-/// PyTorch does) on a fixed list of leaf tensors that require grad. Tensors without a grad after
-/// backward are skipped. Not thread-safe.
-class Adam {
- public:
-  Adam(std::vector<at::Tensor> params, double weight_decay = 0.0);
-  /// Clears every parameter's grad.
-  void zero_grad();
-  /// One update with learning rate `lr` from each parameter's .grad.
-  void step(double lr);
-  int64_t steps() const { return step_; }
-
- private:
-  std::vector<at::Tensor> params_, m_, v_;
-  double weight_decay_;
-  int64_t step_ = 0;
-};
 
 /// Rows of a training log, written as CSV (header first) atomically by save().
 class TrainLog {

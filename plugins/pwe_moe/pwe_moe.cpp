@@ -87,45 +87,12 @@ void PweMoeOptions::validate() const {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Optimizer and schedule
-
-RouterAdam::RouterAdam(std::vector<at::Tensor> params) : params_(std::move(params)) {
-  for (const auto& p : params_) {
-    m_.push_back(at::zeros_like(p).detach());
-    v_.push_back(at::zeros_like(p).detach());
-  }
-}
-
-void RouterAdam::step(double lr) {
-  // torch.optim.Adam's single-tensor update (PyTorch 1.13, amsgrad = False, weight_decay = 0).
-  constexpr double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
-  c10::NoGradGuard no_grad;
-  ++step_;
-  const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step_));
-  const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(step_));
-  const double step_size = lr / bc1;
-  const double bc2_sqrt = std::sqrt(bc2);
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const at::Tensor& g = params_[i].grad();
-    if (!g.defined()) continue;
-    m_[i].mul_(beta1).add_(g, 1.0 - beta1);
-    v_[i].mul_(beta2).addcmul_(g, g, 1.0 - beta2);
-    at::Tensor denom = (v_[i].sqrt() / bc2_sqrt).add_(eps);
-    params_[i].addcdiv_(m_[i], denom, -step_size);
-  }
-}
-
-double cosine_lr(double lr, int64_t step, int64_t total, double min_factor) {
-  if (total <= 0) return lr;
-  const double eta_min = min_factor * lr;
-  const double k = static_cast<double>(std::min<int64_t>(std::max<int64_t>(step - 1, 0), total));
-  return eta_min + (lr - eta_min) * (1.0 + std::cos(M_PI * k / static_cast<double>(total))) / 2.0;
-}
-
-// ---------------------------------------------------------------------------------------------
 // Helpers
 
 namespace {
+
+// The original code anneals the routers' lr to eta_min = 0.1·lr (CosineAnnealingLR).
+constexpr double kMinLrFactor = 0.1;
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -207,7 +174,7 @@ PweMoeAlgorithm::PweMoeAlgorithm(std::string name, PweMoeOptions options)
 // ---------------------------------------------------------------------------------------------
 // Checkpoints
 
-void PweMoeAlgorithm::save_checkpoint(const fs::path& path, ParetoWeightEnsembling& pwe, RouterAdam& adam,
+void PweMoeAlgorithm::save_checkpoint(const fs::path& path, ParetoWeightEnsembling& pwe, Adam& adam,
                                       int64_t step, const Context& ctx) const {
   StateDict sd = pwe.router_state().detach();
   const StateDict routers = pwe.router_state();
@@ -232,7 +199,7 @@ void PweMoeAlgorithm::save_checkpoint(const fs::path& path, ParetoWeightEnsembli
                     {"router_hidden_layers", std::to_string(pwe.options().router_hidden_layers)}});
 }
 
-int64_t PweMoeAlgorithm::load_checkpoint(const fs::path& path, ParetoWeightEnsembling& pwe, RouterAdam* adam) const {
+int64_t PweMoeAlgorithm::load_checkpoint(const fs::path& path, ParetoWeightEnsembling& pwe, Adam* adam) const {
   FUSION_ENSURE(fs::exists(path), path.string(), ": router checkpoint not found");
   SafetensorsFile file(path);
   const auto& meta = file.metadata();
@@ -288,7 +255,7 @@ fs::path PweMoeAlgorithm::latest_checkpoint(const fs::path& dir) {
 // ---------------------------------------------------------------------------------------------
 // Training
 
-PweMoeStepStats PweMoeAlgorithm::step(ParetoWeightEnsembling& pwe, RouterAdam& adam, const std::vector<Task*>& tasks,
+PweMoeStepStats PweMoeAlgorithm::step(ParetoWeightEnsembling& pwe, Adam& adam, const std::vector<Task*>& tasks,
                                       const std::vector<Batch>& batches, const std::vector<double>& r, double lr,
                                       int64_t step_index) {
   const int64_t T = pwe.num_tasks();
@@ -382,7 +349,7 @@ nlohmann::json PweMoeAlgorithm::train(ParetoWeightEnsembling& pwe, const std::ve
   const int64_t T = pwe.num_tasks();
   const fs::path ckpt_dir = ctx.run_dir() / "checkpoints";
   const fs::path log_path = ctx.run_dir() / "train_log.csv";
-  RouterAdam adam(pwe.router_parameters());
+  Adam adam(pwe.router_parameters());
   int64_t start = 0;
   fs::path last_good;
   if (options_.resume) {
@@ -458,7 +425,7 @@ nlohmann::json PweMoeAlgorithm::train(ParetoWeightEnsembling& pwe, const std::ve
     const std::vector<double> r = sample_preference(T, ctx.seed(), s);
     std::vector<Batch> batches;
     for (auto& st : streams.streams) batches.push_back(st->next());
-    const double lr = cosine_lr(options_.lr, s, options_.num_steps);
+    const double lr = cosine_lr(options_.lr, s, options_.num_steps, kMinLrFactor);
     try {
       last = step(pwe, adam, tasks, batches, r, lr, s);
     } catch (const Error& e) {

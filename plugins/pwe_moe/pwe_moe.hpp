@@ -9,6 +9,7 @@
 
 #include "fusion/algorithm.hpp"
 #include "fusion/config.hpp"
+#include "fusion/optim.hpp"
 #include "fusion/plugin.hpp"
 #include "fusion/task_pool.hpp"
 #include "pareto_weight_ensembling.hpp"
@@ -50,30 +51,6 @@ struct PweMoeOptions {
   void validate() const;
 };
 
-/// Adam as torch.optim.Adam (β = (0.9, 0.999), ε = 1e-8, no weight decay, no AMSGrad), on a fixed
-/// list of tensors, with its state exposed for checkpoints.
-class RouterAdam {
- public:
-  explicit RouterAdam(std::vector<at::Tensor> params);
-  /// One update with learning rate `lr` from each parameter's .grad (parameters without a grad
-  /// are skipped, as in PyTorch).
-  void step(double lr);
-  int64_t steps() const { return step_; }
-  std::vector<at::Tensor>& exp_avg() { return m_; }
-  std::vector<at::Tensor>& exp_avg_sq() { return v_; }
-  void set_steps(int64_t s) { step_ = s; }
-
- private:
-  std::vector<at::Tensor> params_, m_, v_;
-  int64_t step_ = 0;
-};
-
-/// Cosine annealing as torch.optim.lr_scheduler.CosineAnnealingLR(T_max = total, eta_min =
-/// 0.1·lr): the learning rate of 1-based training step `step` is
-/// eta_min + (lr − eta_min)(1 + cos(π (step − 1) / total)) / 2. (Python calls scheduler.step()
-/// after optimizer.step(), so step 1 uses the base lr; LibTorch's LRScheduler would be off by one.)
-double cosine_lr(double lr, int64_t step, int64_t total, double min_factor = 0.1);
-
 /// What one training step did.
 struct PweMoeStepStats {
   double loss = 0.0;                 ///< Σₜ wₜ Lₜ
@@ -102,7 +79,7 @@ class PweMoeAlgorithm : public Algorithm {
   /// One step at preference `r` on one batch per task: merges once, forward/backward per task
   /// (activations of one task alive at a time), router gradients, then `adam.step(lr)`.
   /// Throws fusion::Error when a loss is not finite (`step` names it in the message).
-  PweMoeStepStats step(ParetoWeightEnsembling& pwe, RouterAdam& adam, const std::vector<Task*>& tasks,
+  PweMoeStepStats step(ParetoWeightEnsembling& pwe, Adam& adam, const std::vector<Task*>& tasks,
                        const std::vector<Batch>& batches, const std::vector<double>& r, double lr, int64_t step = 0);
 
   /// The evaluated preference vectors: the grid (see PweMoeOptions::eval_grid) then eval_random
@@ -113,10 +90,10 @@ class PweMoeAlgorithm : public Algorithm {
   std::vector<double> sample_preference(int64_t T, uint64_t seed, int64_t step) const;
 
   /// Writes a router checkpoint (routers, Adam state, step) atomically.
-  void save_checkpoint(const std::filesystem::path& path, ParetoWeightEnsembling& pwe, RouterAdam& adam,
+  void save_checkpoint(const std::filesystem::path& path, ParetoWeightEnsembling& pwe, Adam& adam,
                        int64_t step, const Context& ctx) const;
   /// Loads a checkpoint's routers (and, when `adam` is given, its optimizer state); returns the step.
-  int64_t load_checkpoint(const std::filesystem::path& path, ParetoWeightEnsembling& pwe, RouterAdam* adam) const;
+  int64_t load_checkpoint(const std::filesystem::path& path, ParetoWeightEnsembling& pwe, Adam* adam) const;
   /// The checkpoint with the highest step in `dir` ("" when none).
   static std::filesystem::path latest_checkpoint(const std::filesystem::path& dir);
 

@@ -60,7 +60,6 @@ CheckpointModelPool::CheckpointModelPool(const Context& ctx) : ctx_(ctx) {
   pretrained_path_ = config.get<std::string>("pretrained");
   FUSION_ENSURE(!pretrained_path_.empty(), section, ".pretrained: the path is empty");
   const StringMap models = config.get<StringMap>("models");
-  FUSION_ENSURE(!models.empty(), section, ".models: no experts; give at least one as name = \"path\"");
   for (const auto& [name, path] : models) {
     FUSION_ENSURE(name != "pretrained", section, ".models.pretrained: 'pretrained' is reserved for the "
                   "pretrained model; name the expert otherwise");
@@ -83,9 +82,10 @@ Schema CheckpointModelPool::schema() {
   s.add_required("pretrained", ValueType::String,
                  "the pretrained model: a Hugging Face model folder (config.json + model.safetensors "
                  "or sharded model.safetensors.index.json) or a single .safetensors file");
-  s.add_required("models", ValueType::StringMap,
-                 "the experts fine-tuned from it, as a table name = \"path\" (same forms as "
-                 "pretrained); at least one");
+  s.add("models", StringMap{},
+        "the experts fine-tuned from it, as a table name = \"path\" (same forms as pretrained); "
+        "may be left out for methods that start from the pretrained model alone (pretrained, "
+        "finetune, multitask_pretrain): every method that needs experts says so when there are none");
   return s;
 }
 

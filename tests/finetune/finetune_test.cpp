@@ -18,24 +18,6 @@ using namespace finetune_test;
 using fusion::finetune::Finetune;
 using fusion::finetune::MultitaskPretrain;
 
-TEST(Training, CosineScheduleMatchesPyTorch) {
-  // CosineAnnealingLR(T_max=10, eta_min=0): step 1 uses the base lr, step 6 half of it.
-  EXPECT_DOUBLE_EQ(fusion::finetune::cosine_lr(0.1, 1, 10), 0.1);
-  EXPECT_NEAR(fusion::finetune::cosine_lr(0.1, 6, 10), 0.05, 1e-12);
-  EXPECT_NEAR(fusion::finetune::cosine_lr(0.1, 11, 10, 0.1), 0.01, 1e-12);
-}
-
-TEST(Training, AdamFirstStepMovesEachCoordinateByLr) {
-  // With bias correction, Adam's first step is lr · g/|g| (up to ε) per coordinate.
-  at::Tensor p = at::tensor({1.0, -2.0, 3.0}, at::kDouble).set_requires_grad(true);
-  fusion::finetune::Adam adam({p});
-  (p * at::tensor({2.0, -0.5, 0.0}, at::kDouble)).sum().backward();
-  adam.step(0.1);
-  EXPECT_NEAR(p[0].item<double>(), 0.9, 1e-6);
-  EXPECT_NEAR(p[1].item<double>(), -1.9, 1e-6);
-  EXPECT_NEAR(p[2].item<double>(), 3.0, 1e-12);
-}
-
 TEST(Training, TrainableSubsets) {
   at::Tensor f = at::zeros({2});
   EXPECT_TRUE(fusion::finetune::is_trainable("vision_model.embeddings.patch_embedding.weight", f, "all"));

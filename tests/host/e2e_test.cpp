@@ -445,4 +445,27 @@ e = "expert.safetensors"
   EXPECT_TRUE(at::equal(back.at("layer.weight"), base.at("layer.weight")));
 }
 
+TEST_F(E2E, SafetensorsPoolWithoutExperts) {
+  // `models` may be left out: a method that needs only the pretrained model runs; the pool lists
+  // no experts.
+  fusion::StateDict base;
+  base.set("layer.weight", at::tensor({1.0f, -1.0f}));
+  fusion::save_safetensors(dir_ / "base.safetensors", base);
+  write("st.toml", R"(out_dir = "st"
+progress = false
+[method]
+name = "test_pretrained"
+[modelpool]
+name = "safetensors"
+pretrained = "base.safetensors"
+)");
+  Outcome o = fusion({"run", "st.toml"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  json r = json::parse(read(dir_ / "st" / "report.json"));
+  ASSERT_EQ(r["models"].size(), 1u);
+  fusion::StateDict back =
+      fusion::load_safetensors(dir_ / "st" / r["models"][0]["path"].get<std::string>());
+  EXPECT_TRUE(at::equal(back.at("layer.weight"), base.at("layer.weight")));
+}
+
 }  // namespace

@@ -110,7 +110,7 @@ TEST(PweGolden, MergedParametersForwardAndRouterGradients) {
       batches.push_back({xs[t], y});
     }
     PweMoeLs ls;
-    RouterAdam adam(pwe->router_parameters());
+    fusion::Adam adam(pwe->router_parameters());
     const auto stats = ls.step(*pwe, adam, tp, batches, r, 0.0, 1);
     const auto losses = c.at("losses").get<std::vector<double>>();
     for (int64_t t = 0; t < T; ++t) EXPECT_NEAR(stats.losses[t], losses[t], 2e-5);
@@ -191,7 +191,7 @@ TEST(PweGolden, CosineScheduleMatchesPyTorch) {
     const int64_t tmax = c.at("T_max");
     const auto lrs = c.at("lrs").get<std::vector<double>>();
     for (size_t i = 0; i < lrs.size(); ++i)
-      EXPECT_NEAR(cosine_lr(lr, static_cast<int64_t>(i) + 1, tmax), lrs[i], 1e-12) << "step " << i + 1;
+      EXPECT_NEAR(fusion::cosine_lr(lr, static_cast<int64_t>(i) + 1, tmax, 0.1), lrs[i], 1e-12) << "step " << i + 1;
   }
 }
 
@@ -216,7 +216,7 @@ TEST(PweGolden, TrainingTrajectoriesLsAndEpo) {
     std::unique_ptr<PweMoeAlgorithm> algo;
     if (method == "ls") algo = std::make_unique<PweMoeLs>();
     else algo = std::make_unique<PweMoeEpo>();
-    RouterAdam adam(pwe->router_parameters());
+    fusion::Adam adam(pwe->router_parameters());
     const double lr = c.at("lr");
     for (int64_t s = 0; s < steps; ++s) {
       std::vector<fusion::Batch> batches;
@@ -226,7 +226,7 @@ TEST(PweGolden, TrainingTrajectoriesLsAndEpo) {
       }
       const auto r = c.at("rays")[s].get<std::vector<double>>();
       const auto& log = c.at("log")[s];
-      const double step_lr = cosine_lr(lr, s + 1, steps);
+      const double step_lr = fusion::cosine_lr(lr, s + 1, steps, 0.1);
       EXPECT_NEAR(step_lr, log.at("lr").get<double>(), 1e-12);
       const auto st = algo->step(*pwe, adam, tp, batches, r, step_lr, s + 1);
       EXPECT_EQ(st.mode, log.at("mode").get<std::string>());

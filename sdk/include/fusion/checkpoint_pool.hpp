@@ -18,7 +18,7 @@ namespace fusion {
 /// single .safetensors file; loaded lazily onto the run's device and dtype. Saving writes a folder
 /// with model.safetensors and the pretrained model's config.json, so transformers loads it.
 ///
-/// Options: `pretrained` (path, required), `models` (table name → path, required).
+/// Options: `pretrained` (path, required), `models` (table name → path; default none).
 /// Architecture-specific pools (clip_vision) derive and override `make_model`.
 class FUSION_SDK_API CheckpointModelPool : public ModelPool {
  public:

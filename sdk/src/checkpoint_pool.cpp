@@ -116,6 +116,7 @@ const fs::path& CheckpointModelPool::path_of(const std::string& name) const {
   std::string known;
   for (const auto& [n, path] : experts_) known += (known.empty() ? "" : ", ") + n;
   const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
+  if (known.empty()) FUSION_FAIL(section, ": unknown expert '", name, "'; the pool has no experts (", section, ".models)");
   FUSION_FAIL(section, ": unknown expert '", name, "'; known experts: ", known);
 }
 

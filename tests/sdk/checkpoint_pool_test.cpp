@@ -60,7 +60,9 @@ TEST_F(CheckpointPool, InfoAndSchema) {
   EXPECT_EQ(pre->type, fusion::ValueType::String);
   EXPECT_EQ(models->type, fusion::ValueType::StringMap);
   EXPECT_FALSE(pre->default_value.has_value());  // required
-  EXPECT_FALSE(models->default_value.has_value());
+  // Optional: a pool may hold the pretrained model alone (methods that need experts say so).
+  ASSERT_TRUE(models->default_value.has_value());
+  EXPECT_TRUE(std::get<fusion::StringMap>(*models->default_value).empty());
 }
 
 TEST_F(CheckpointPool, LoadsLazilyOnTheContextDtype) {
@@ -100,7 +102,14 @@ TEST_F(CheckpointPool, MissingPathNamesTheOption) {
   expect_error([&] { pool({{"sun397", missing.string()}}); }, {"modelpool.models.sun397", missing.string()});
   expect_error([&] { CheckpointModelPool(context(dir_ / "nopre", {{"x", folder("x", toy(1)).string()}})); },
                {"modelpool.pretrained", (dir_ / "nopre").string()});
-  expect_error([&] { pool({}); }, {"modelpool.models", "at least one"});
+}
+
+TEST_F(CheckpointPool, PretrainedAlone) {
+  auto p = pool({});
+  EXPECT_TRUE(p->expert_names().empty());
+  EXPECT_TRUE(p->has_pretrained());
+  EXPECT_TRUE(p->pretrained()->parameters().contains("layer.weight"));
+  expect_error([&] { p->load("x"); }, {"'x'", "no experts", "modelpool.models"});
 }
 
 TEST_F(CheckpointPool, LayoutMismatchNamesKeyAndBothShapes) {

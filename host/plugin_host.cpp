@@ -268,31 +268,35 @@ void PluginHost::add(Component c) {
     components_.push_back(std::move(c));
 }
 
-void PluginHost::add_algorithm(ComponentInfo info, AlgorithmFactory factory) {
-  FUSION_ENSURE(factory, "algorithm '", info.name, "' registered without a factory");
+namespace {
+
+// A component of `kind` whose factory sits in the Component member `slot`.
+template <class Factory>
+Component make_component(ComponentKind kind, const char* what, ComponentInfo info, Factory factory,
+                         Factory Component::*slot) {
+  FUSION_ENSURE(factory, what, " '", info.name, "' registered without a factory");
   Component c;
-  c.kind = ComponentKind::Algorithm;
+  c.kind = kind;
   c.info = std::move(info);
-  c.algorithm = std::move(factory);
-  add(std::move(c));
+  c.*slot = std::move(factory);
+  return c;
+}
+
+}  // namespace
+
+void PluginHost::add_algorithm(ComponentInfo info, AlgorithmFactory factory) {
+  add(make_component(ComponentKind::Algorithm, "algorithm", std::move(info), std::move(factory),
+                     &Component::algorithm));
 }
 
 void PluginHost::add_model_pool(ComponentInfo info, ModelPoolFactory factory) {
-  FUSION_ENSURE(factory, "model pool '", info.name, "' registered without a factory");
-  Component c;
-  c.kind = ComponentKind::ModelPool;
-  c.info = std::move(info);
-  c.model_pool = std::move(factory);
-  add(std::move(c));
+  add(make_component(ComponentKind::ModelPool, "model pool", std::move(info), std::move(factory),
+                     &Component::model_pool));
 }
 
 void PluginHost::add_task_pool(ComponentInfo info, TaskPoolFactory factory) {
-  FUSION_ENSURE(factory, "task pool '", info.name, "' registered without a factory");
-  Component c;
-  c.kind = ComponentKind::TaskPool;
-  c.info = std::move(info);
-  c.task_pool = std::move(factory);
-  add(std::move(c));
+  add(make_component(ComponentKind::TaskPool, "task pool", std::move(info), std::move(factory),
+                     &Component::task_pool));
 }
 
 const Component* PluginHost::find(const std::string& name) const {

@@ -27,7 +27,8 @@ at::Tensor vec(const nlohmann::json& j) {
 }  // namespace
 
 TEST(Optim, AdamFollowsTorchTrajectories) {
-  for (const auto& c : optim_golden().at("adam")) {
+  const nlohmann::json golden = optim_golden();  // alive for the loop (not a temporary in its range)
+  for (const auto& c : golden.at("adam")) {
     const double wd = c.at("weight_decay"), lr = c.at("lr");
     const int64_t steps = c.at("steps");
     SCOPED_TRACE("weight_decay " + std::to_string(wd));

@@ -486,7 +486,8 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
       for (size_t idx : pareto_front(points)) front.push_back(labels[idx]);
       report["pareto_front"] = front;
       std::vector<PlotSeries> series;
-      series.push_back({method_name, points, points.size() > 1});
+      // A line only through the points of one curve (Result::sweep), in the method's order.
+      series.push_back({method_name, points, result.sweep && points.size() > 1});
       for (size_t i = 0; i < compare_reports.size(); ++i) {
         const json& other = compare_reports[i];
         PlotSeries s;
@@ -502,7 +503,7 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
           log.warn("run.compare[" + std::to_string(i) + "]: no model with accuracies for the tasks of this run; not plotted");
           continue;
         }
-        s.joined = s.points.size() > 1;
+        s.joined = other.value("sweep", false) && s.points.size() > 1;
         series.push_back(std::move(s));
       }
       try {
@@ -539,6 +540,7 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
               {"plugins", plugins_json},
               {"refused_plugins", refused_json},
               {"info", result.info},
+              {"sweep", result.sweep},
               {"models", models}};
 #if defined(FUSION_HAVE_C10_CUDA)
   if (device.is_cuda()) {

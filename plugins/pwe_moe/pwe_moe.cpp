@@ -543,6 +543,9 @@ Result PweMoeAlgorithm::run(ModelPool& models, TaskPool* tasks, const Context& c
   const auto prefs = evaluation_preferences(pwe->num_tasks(), ctx.seed());
   std::set<std::string> labels;
   const size_t n_grid = prefs.size() - static_cast<size_t>(options_.eval_random);
+  // Over two tasks the grid runs along one line, r = (1 − t, t); over more it fills a simplex, and
+  // random preferences are not in order: only the first is a curve to draw as one.
+  result.sweep = pwe->num_tasks() == 2 && options_.eval_random == 0;
   for (size_t i = 0; i < prefs.size(); ++i) {
     std::string label = preference_label(prefs[i]);
     if (labels.count(label)) label = preference_label(prefs[i], 4);

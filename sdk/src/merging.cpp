@@ -209,6 +209,7 @@ void add_scaled_results(Result& result, ModelPtr pretrained, StateDict delta,
   }
 
   auto shared_delta = std::make_shared<const StateDict>(std::move(delta));
+  result.sweep = true;
   for (double lambda : scaling_factors) {
     result.add_lazy(
         "scaling_factor=" + format_scalar(lambda),

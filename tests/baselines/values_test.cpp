@@ -83,6 +83,9 @@ TEST(TaskArithmetic, SweepSumsTheTaskVectorsOnce) {
   MemoryPool pool = two_expert_pool();
   Result r = TaskArithmetic({0.3, {0.0, 0.5, 1.0}}).run(pool, nullptr, cpu_context());
   ASSERT_EQ(r.models.size(), 3u);
+  EXPECT_TRUE(r.sweep);  // one curve: the Pareto plot joins the points
+  MemoryPool other = two_expert_pool();
+  EXPECT_FALSE(TaskArithmetic().run(other, nullptr, cpu_context()).sweep);  // a single model
   EXPECT_EQ(r.models[0].label, "scaling_factor=0");
   EXPECT_EQ(r.models[1].label, "scaling_factor=0.5");
   EXPECT_EQ(r.models[2].label, "scaling_factor=1");
@@ -264,6 +267,7 @@ TEST(TiesMerging, SweepAndStreaming) {
   o.scaling_factors = {0.0, 0.4};
   Result r = TiesMerging(o).run(pool, nullptr, cpu_context());
   ASSERT_EQ(r.models.size(), 2u);
+  EXPECT_TRUE(r.sweep);
   EXPECT_EQ(r.models[1].label, "scaling_factor=0.4");
   EXPECT_TRUE(state_dicts_equal(r.models[0].make()->parameters(), random_sd(1)));
   EXPECT_EQ(pool.loads(), 6);  // two passes over three experts
@@ -308,6 +312,7 @@ TEST(ReferenceModels, IndividualIsOneLazyResultPerExpert) {
   MemoryPool pool(random_sd(1), {{"a", a}, {"b", b}});
   Result r = Individual().run(pool, nullptr, cpu_context());
   ASSERT_EQ(r.models.size(), 2u);
+  EXPECT_FALSE(r.sweep);  // unrelated models: the Pareto plot draws points, no line
   EXPECT_EQ(pool.loads(), 0);  // nothing loaded until asked
   EXPECT_EQ(r.models[0].label, "a");
   EXPECT_EQ(r.models[1].metadata.at("model"), "b");

@@ -228,6 +228,7 @@ TEST_F(E2E, RunWritesConfigLogResultsAndReport) {
   for (const char* t : {"load_s", "merge_s", "eval_s", "total_s"})
     EXPECT_GE(r["timings"][t].get<double>(), 0.0) << t;
   EXPECT_EQ(r["info"]["trainable_params"], 0);
+  EXPECT_EQ(r["sweep"], true);  // test_sweep's models trace one curve
   ASSERT_EQ(r["plugins"].size(), 1u);
   EXPECT_EQ(r["plugins"][0]["name"], "host_test_good");
   EXPECT_TRUE(r["refused_plugins"].empty());
@@ -439,6 +440,7 @@ e = "expert.safetensors"
   ASSERT_EQ(o.code, 0) << o.err;
   json r = json::parse(read(dir_ / "st" / "report.json"));
   ASSERT_EQ(r["models"].size(), 1u);
+  EXPECT_EQ(r["sweep"], false);  // one model, not a curve
   fs::path saved = dir_ / "st" / r["models"][0]["path"].get<std::string>();
   fusion::StateDict back = fusion::load_safetensors(saved);
   ASSERT_TRUE(back.contains("layer.weight"));

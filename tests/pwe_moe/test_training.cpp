@@ -133,6 +133,7 @@ TEST(PweTraining, RunReturnsTheParetoSetAndCheckpointPathSkipsTraining) {
   PweMoeLs ls(o);
   const fusion::Result res = ls.run(*s.pool, s.tasks.get(), context(dir));
   ASSERT_EQ(res.models.size(), 11u + 3u);
+  EXPECT_FALSE(res.sweep);  // random preferences follow the grid: not one curve
   EXPECT_EQ(res.models.front().label, "r=[0.00,1.00]");
   EXPECT_EQ(res.models[5].label, "r=[0.50,0.50]");
   EXPECT_EQ(res.models[5].metadata.at("preference").get<std::vector<double>>(), (std::vector<double>{0.5, 0.5}));
@@ -153,6 +154,7 @@ TEST(PweTraining, RunReturnsTheParetoSetAndCheckpointPathSkipsTraining) {
   PweMoeLs again(o2);
   const fusion::Result res2 = again.run(*s.pool, nullptr, context(fresh_dir("eval")));
   ASSERT_EQ(res2.models.size(), 11u);
+  EXPECT_TRUE(res2.sweep);  // two tasks, grid only: r = (1 − t, t) in order
   fusion::ModelPtr m2 = res2.models[5].make();
   for (const auto& [k, v] : m->parameters())
     if (v.is_floating_point()) EXPECT_TRUE(at::allclose(v, m2->parameters().at(k), 0, 1e-7)) << k;

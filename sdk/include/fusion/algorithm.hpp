@@ -27,6 +27,10 @@ struct FUSION_SDK_API ResultModel {
 struct FUSION_SDK_API Result {
   std::vector<ResultModel> models;
   nlohmann::json info = nlohmann::json::object();
+  /// True when the models, in order, trace one curve (a λ sweep, PWEMoE's preference grid over two
+  /// tasks): the host's Pareto plot joins them with a line. False for models that are not points of
+  /// one family (each expert alone, a single merged model). Recorded as "sweep" in report.json.
+  bool sweep = false;
 
   /// Adds an already built model.
   void add(std::string label, ModelPtr model, nlohmann::json metadata = nlohmann::json::object());

@@ -168,6 +168,7 @@ class TestSweep : public fusion::Algorithm {
                  {{"scaling_factor", lambda}, {"index", i}});
     }
     r.info["trainable_params"] = 0;
+    r.sweep = true;
     return r;
   }
 

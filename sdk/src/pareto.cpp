@@ -183,8 +183,11 @@ void write_pareto_plot(const std::filesystem::path& svg, const std::vector<std::
   std::vector<std::pair<size_t, size_t>> panels;
   for (size_t i = 0; i < d; ++i)
     for (size_t j = i + 1; j < d; ++j) panels.emplace_back(i, j);
-  const size_t cols = d == 2 ? 1 : static_cast<size_t>(std::ceil(std::sqrt(static_cast<double>(panels.size()))));
-  const size_t rows = (panels.size() + cols - 1) / cols;
+  // With three or more axes the legend gets a cell of its own after the panels (a legend inside the
+  // first panel squeezes it); with two it sits to the right of the one plot.
+  const size_t cells = d == 2 ? 1 : panels.size() + 1;
+  const size_t cols = static_cast<size_t>(std::ceil(std::sqrt(static_cast<double>(cells))));
+  const size_t rows = (cells + cols - 1) / cols;
 
   const fs::path dir = svg.has_parent_path() ? svg.parent_path() : fs::path(".");
   std::error_code ec;
@@ -195,11 +198,11 @@ void write_pareto_plot(const std::filesystem::path& svg, const std::vector<std::
 
   std::ostringstream gp;
   gp << std::setprecision(10);
-  const int width = d == 2 ? 640 : static_cast<int>(std::max<size_t>(cols * 360, 640));
+  const int width = d == 2 ? 800 : static_cast<int>(std::max<size_t>(cols * 360, 640));
   const int height = d == 2 ? 480 : static_cast<int>(std::max<size_t>(rows * 300, 480));
   gp << "set terminal svg size " << width << "," << height << " noenhanced font 'sans,11' background 'white'\n";
   gp << "set output " << quote_gnuplot(tmp_svg.string()) << "\n";
-  gp << "set grid\nset key outside bottom center horizontal\n";
+  gp << "set grid\nset key outside right top vertical\n";
   // Inline data blocks, one per series: a blank-line-free block of d columns.
   for (size_t s = 0; s < series.size(); ++s) {
     gp << "$S" << s << " << EOD\n";
@@ -233,7 +236,18 @@ void write_pareto_plot(const std::filesystem::path& svg, const std::vector<std::
     gp << "set multiplot layout " << rows << "," << cols;
     if (!title.empty()) gp << " title " << quote_gnuplot((title));
     gp << "\n";
-    for (size_t k = 0; k < panels.size(); ++k) gp << plot_cmd(panels[k].first, panels[k].second, k == 0);
+    for (const auto& [xi, yi] : panels) gp << plot_cmd(xi, yi, false);
+    // The legend cell: every series' entry, nothing drawn (NaN), in the panels' order and styles.
+    gp << "unset border\nunset tics\nunset xlabel\nunset ylabel\nunset grid\n"
+          "set xrange [0:1]\nset yrange [0:1]\nset key inside center center vertical\n";
+    bool any = false;
+    for (size_t s = 0; s < series.size(); ++s) {
+      if (series[s].points.empty()) continue;
+      gp << (any ? ", " : "plot ") << "NaN" << (series[s].joined ? " with linespoints" : " with points")
+         << " pt " << (s % 12) + 1 << " ps 1.2 title " << quote_gnuplot(series[s].name);
+      any = true;
+    }
+    gp << (any ? "\n" : "plot NaN notitle\n");
     gp << "unset multiplot\n";
   }
   gp << "set output\n";

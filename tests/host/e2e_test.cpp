@@ -118,6 +118,30 @@ class E2E : public ::testing::Test {
       EXPECT_NE(e.path().filename(), "report.json") << e.path();
   }
 
+  // Runs test_pretrained (the pretrained model, saved) on the built-in `safetensors` pool whose
+  // pretrained file holds `base`, with `models_table` appended to the config; checks that the saved
+  // model is `base` and returns the report.
+  json run_builtin_pool(const fusion::StateDict& base, const std::string& models_table) {
+    fusion::save_safetensors(dir_ / "base.safetensors", base);
+    write("st.toml", std::string(R"(out_dir = "st"
+  progress = false
+  [method]
+  name = "test_pretrained"
+  [modelpool]
+  name = "safetensors"
+  pretrained = "base.safetensors"
+  )") + models_table);
+    Outcome o = fusion({"run", "st.toml"});
+    EXPECT_EQ(o.code, 0) << o.err;
+    json r = json::parse(read(dir_ / "st" / "report.json"));
+    EXPECT_EQ(r["models"].size(), 1u);
+    EXPECT_EQ(r["sweep"], false);  // one model, not a curve
+    const fusion::StateDict back =
+        fusion::load_safetensors(dir_ / "st" / r["models"][0]["path"].get<std::string>());
+    EXPECT_TRUE(back.contains("layer.weight") && at::equal(back.at("layer.weight"), base.at("layer.weight")));
+    return r;
+  }
+
   fs::path dir_;
   bool unset_omp_ = false;  ///< run without OMP_WAIT_POLICY (then `fusion run` re-executes itself)
 };
@@ -424,50 +448,16 @@ TEST_F(E2E, BuiltinSafetensorsPool) {
   fusion::StateDict base, expert;
   base.set("layer.weight", at::tensor({1.0f, 2.0f, 3.0f}));
   expert.set("layer.weight", at::tensor({2.0f, 2.0f, 2.0f}));
-  fusion::save_safetensors(dir_ / "base.safetensors", base);
   fusion::save_safetensors(dir_ / "expert.safetensors", expert);
-  write("st.toml", R"(out_dir = "st"
-progress = false
-[method]
-name = "test_pretrained"
-[modelpool]
-name = "safetensors"
-pretrained = "base.safetensors"
-[modelpool.models]
-e = "expert.safetensors"
-)");
-  Outcome o = fusion({"run", "st.toml"});
-  ASSERT_EQ(o.code, 0) << o.err;
-  json r = json::parse(read(dir_ / "st" / "report.json"));
-  ASSERT_EQ(r["models"].size(), 1u);
-  EXPECT_EQ(r["sweep"], false);  // one model, not a curve
-  fs::path saved = dir_ / "st" / r["models"][0]["path"].get<std::string>();
-  fusion::StateDict back = fusion::load_safetensors(saved);
-  ASSERT_TRUE(back.contains("layer.weight"));
-  EXPECT_TRUE(at::equal(back.at("layer.weight"), base.at("layer.weight")));
+  run_builtin_pool(base, "[modelpool.models]\ne = \"expert.safetensors\"\n");
 }
 
 TEST_F(E2E, SafetensorsPoolWithoutExperts) {
-  // `models` may be left out: a method that needs only the pretrained model runs; the pool lists
-  // no experts.
+  // `models` may be left out: a method that needs only the pretrained model runs.
   fusion::StateDict base;
   base.set("layer.weight", at::tensor({1.0f, -1.0f}));
-  fusion::save_safetensors(dir_ / "base.safetensors", base);
-  write("st.toml", R"(out_dir = "st"
-progress = false
-[method]
-name = "test_pretrained"
-[modelpool]
-name = "safetensors"
-pretrained = "base.safetensors"
-)");
-  Outcome o = fusion({"run", "st.toml"});
-  ASSERT_EQ(o.code, 0) << o.err;
-  json r = json::parse(read(dir_ / "st" / "report.json"));
-  ASSERT_EQ(r["models"].size(), 1u);
-  fusion::StateDict back =
-      fusion::load_safetensors(dir_ / "st" / r["models"][0]["path"].get<std::string>());
-  EXPECT_TRUE(at::equal(back.at("layer.weight"), base.at("layer.weight")));
+  const json r = run_builtin_pool(base, "");
+  EXPECT_EQ(r["config"]["modelpool"]["models"], json::object());
 }
 
 }  // namespace

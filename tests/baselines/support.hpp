@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "error_of.hpp"
 #include "fusion/algorithm.hpp"
 #include "fusion/context.hpp"
 #include "fusion/error.hpp"
@@ -118,18 +119,6 @@ inline ::testing::AssertionResult state_dicts_close(const StateDict& actual, con
 
 inline ::testing::AssertionResult state_dicts_equal(const StateDict& actual, const StateDict& expected) {
   return state_dicts_close(actual, expected, 0.0, 0.0);
-}
-
-/// Runs `f` and returns the fusion::Error's message ("" and a test failure when none is thrown).
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const fusion::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no fusion::Error thrown";
-  return "";
 }
 
 }  // namespace fusion::testing

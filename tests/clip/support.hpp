@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "error_of.hpp"
+
 namespace fusion::clip::testing {
 
 inline std::filesystem::path data_dir() { return FUSION_CLIP_TEST_DATA; }
@@ -53,16 +55,6 @@ inline ::testing::AssertionResult all_close(const at::Tensor& a, const at::Tenso
                                        << " (atol " << atol << ", rtol " << rtol << ")";
 }
 
-/// Runs `f` and returns the fusion::Error message it throws ("" and a test failure if none).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an exception";
-  return "";
-}
+using fusion::testing::error_of;
 
 }  // namespace fusion::clip::testing

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "error_of.hpp"
+
 namespace fusion::image_classification::testing {
 
 inline std::filesystem::path data_dir() { return FUSION_IC_TEST_DATA; }
@@ -41,16 +43,6 @@ std::filesystem::path write_idx(const std::filesystem::path& dir, const std::str
                                 int64_t rows, int64_t cols, bool gzip);
 void write_text(const std::filesystem::path& path, const std::string& text);
 
-/// Runs `f` and returns the message it throws ("" and a test failure if none).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an exception";
-  return "";
-}
+using fusion::testing::error_of;
 
 }  // namespace fusion::image_classification::testing

@@ -39,6 +39,16 @@ std::pair<at::Device, at::ScalarType> model_placement(const Model& model, const 
   return {ctx.device(), ctx.dtype()};
 }
 
+// The loader's next batch; an undecodable image (with on_bad_image = "error") becomes a
+// fusion::Error naming `where` (the task and split) and the option that would skip it.
+std::optional<LoadedBatch> next_batch(BatchLoader& loader, const std::string& where) {
+  try {
+    return loader.next();
+  } catch (const BadImage& e) {
+    FUSION_FAIL(where, ": ", e.what(), " (taskpool.on_bad_image = \"skip\" leaves such images out)");
+  }
+}
+
 class ClassificationStream : public BatchStream {
  public:
   ClassificationStream(std::shared_ptr<const SampleSource> source, int64_t batch_size, uint64_t seed,
@@ -56,12 +66,7 @@ class ClassificationStream : public BatchStream {
         where_(std::move(where)) {}
 
   Batch next() override {
-    std::optional<LoadedBatch> b;
-    try {
-      b = loader_.next();
-    } catch (const BadImage& e) {
-      FUSION_FAIL(where_, ": ", e.what(), " (taskpool.on_bad_image = \"skip\" leaves such images out)");
-    }
+    std::optional<LoadedBatch> b = next_batch(loader_, where_);
     FUSION_ENSURE(b && b->inputs.size(0) > 0, where_, ": every image of a training batch was undecodable");
     return {b->inputs.to(device_, dtype_), b->labels.to(device_)};
   }
@@ -83,18 +88,16 @@ ImageClassificationTask::ImageClassificationTask(TaskSpec spec, const ImageClass
                                                  Context ctx)
     : spec_(std::move(spec)), options_(options), ctx_(std::move(ctx)) {
   const std::string where = "task '" + spec_.name + "'";
-  std::string classes_from;
   if (auto builtin = builtin_task_info(spec_.name)) {
     classnames_ = builtin->classnames;
     templates_ = builtin->templates;
-    classes_from = builtin->source;
+    classes_from_ = builtin->source;
   }
-  classes_from_ = classes_from;
   if (spec_.info) {
     TaskInfo info = read_task_info(*spec_.info);
     if (!info.classnames.empty()) {
       classnames_ = info.classnames;
-      classes_from = classes_from_ = info.source;
+      classes_from_ = info.source;
     }
     if (!info.templates.empty()) templates_ = info.templates;
   }
@@ -105,7 +108,7 @@ ImageClassificationTask::ImageClassificationTask(TaskSpec spec, const ImageClass
   if (spec_.head) {
     const int64_t head_classes = head_file_classes(*spec_.head);
     FUSION_ENSURE(!n || *n == head_classes, where, ": head file '", spec_.head->string(), "' has ",
-                  head_classes, " classes but the task has ", *n, " class names (from ", classes_from, ")");
+                  head_classes, " classes but the task has ", *n, " class names (from ", classes_from_, ")");
     n = head_classes;
   }
 
@@ -267,15 +270,8 @@ nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
   auto bar = ctx_.progress("evaluate " + spec_.name, count);
   double loss_sum = 0.0;
   int64_t correct = 0, seen = 0, skipped = 0;
-  for (;;) {
-    std::optional<LoadedBatch> batch;
-    try {
-      batch = loader.next();
-    } catch (const BadImage& e) {
-      FUSION_FAIL("task '", spec_.name, "' test split: ", e.what(),
-                  " (taskpool.on_bad_image = \"skip\" leaves such images out)");
-    }
-    if (!batch) break;
+  const std::string where = "task '" + spec_.name + "' test split";
+  while (std::optional<LoadedBatch> batch = next_batch(loader, where)) {
     skipped += batch->skipped;
     const int64_t n = batch->inputs.size(0);
     if (n > 0) {

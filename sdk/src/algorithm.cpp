@@ -4,12 +4,12 @@ namespace fusion {
 
 Algorithm::~Algorithm() = default;
 
-void Result::add(std::string label, ModelPtr model, nlohmann::json metadata) {
+void Result::add(std::string label, ConstModelPtr model, nlohmann::json metadata) {
   models.push_back(ResultModel{std::move(label), std::move(metadata),
                                [model = std::move(model)]() { return model; }});
 }
 
-void Result::add_lazy(std::string label, std::function<ModelPtr()> make, nlohmann::json metadata) {
+void Result::add_lazy(std::string label, std::function<ConstModelPtr()> make, nlohmann::json metadata) {
   models.push_back(ResultModel{std::move(label), std::move(metadata), std::move(make)});
 }
 

@@ -14,6 +14,7 @@
 #include <unordered_map>
 
 #include "fusion/error.hpp"
+#include "fusion/files.hpp"
 #include "fusion/safetensors.hpp"
 
 namespace fusion {
@@ -45,26 +46,34 @@ std::string read_text(const fs::path& path) {
   return buf.str();
 }
 
-std::string random_suffix() {
-  static std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(::getpid()));
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "%08llx", static_cast<unsigned long long>(rng() & 0xffffffffULL));
-  return buf;
-}
-
 }  // namespace
 
-CheckpointModelPool::CheckpointModelPool(const Context& ctx) : ctx_(ctx) {
-  const Config& config = ctx_.config();
-  const std::string section = config.section().empty() ? "modelpool" : config.section();
-  pretrained_path_ = config.get<std::string>("pretrained");
-  FUSION_ENSURE(!pretrained_path_.empty(), section, ".pretrained: the path is empty");
-  const StringMap models = config.get<StringMap>("models");
-  for (const auto& [name, path] : models) {
-    FUSION_ENSURE(name != "pretrained", section, ".models.pretrained: 'pretrained' is reserved for the "
-                  "pretrained model; name the expert otherwise");
-    experts_.emplace_back(name, fs::path(path));
-  }
+void CheckpointPoolOptions::bind(Options<CheckpointPoolOptions>& o) {
+  o("pretrained", &CheckpointPoolOptions::pretrained,
+    "the pretrained model: a Hugging Face model folder (config.json + model.safetensors "
+    "or sharded model.safetensors.index.json) or a single .safetensors file")
+      .required()
+      .check([](const std::string& p) { return std::string(p.empty() ? ": the path is empty" : ""); });
+  o("models", &CheckpointPoolOptions::models,
+    "the experts fine-tuned from it, as a table name = \"path\" (same forms as pretrained); "
+    "may be left out for methods that start from the pretrained model alone (pretrained, "
+    "finetune, multitask_pretrain): every method that needs experts says so when there are none")
+      .check([](const StringMap& m) {
+        for (const auto& [name, path] : m)
+          if (name == "pretrained")
+            return std::string(".pretrained: 'pretrained' is reserved for the pretrained model; name the "
+                               "expert otherwise");
+        return std::string();
+      });
+}
+
+CheckpointModelPool::CheckpointModelPool(const Context& ctx)
+    : CheckpointModelPool(read_options<CheckpointPoolOptions>(ctx.config()), ctx) {}
+
+CheckpointModelPool::CheckpointModelPool(const CheckpointPoolOptions& options, const Context& ctx) : ctx_(ctx) {
+  const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
+  pretrained_path_ = options.pretrained;
+  for (const auto& [name, path] : options.models) experts_.emplace_back(name, fs::path(path));
   // Fail before any work when a path is wrong; nothing is read here (loading stays lazy).
   auto check = [&](const std::string& option, const fs::path& path) {
     std::error_code ec;
@@ -77,25 +86,12 @@ CheckpointModelPool::CheckpointModelPool(const Context& ctx) : ctx_(ctx) {
 
 CheckpointModelPool::~CheckpointModelPool() = default;
 
-Schema CheckpointModelPool::schema() {
-  Schema s;
-  s.add_required("pretrained", ValueType::String,
-                 "the pretrained model: a Hugging Face model folder (config.json + model.safetensors "
-                 "or sharded model.safetensors.index.json) or a single .safetensors file");
-  s.add("models", StringMap{},
-        "the experts fine-tuned from it, as a table name = \"path\" (same forms as pretrained); "
-        "may be left out for methods that start from the pretrained model alone (pretrained, "
-        "finetune, multitask_pretrain): every method that needs experts says so when there are none");
-  return s;
-}
-
 ComponentInfo CheckpointModelPool::info() {
   ComponentInfo info;
   info.name = "safetensors";
   info.summary = "a pretrained checkpoint and named experts in safetensors files or Hugging Face "
                  "folders, loaded lazily; merged models saved as Hugging Face folders";
   info.reference = "https://huggingface.co/docs/safetensors";
-  info.schema = schema();
   return info;
 }
 
@@ -120,7 +116,7 @@ const fs::path& CheckpointModelPool::path_of(const std::string& name) const {
   FUSION_FAIL(section, ": unknown expert '", name, "'; known experts: ", known);
 }
 
-ModelPtr CheckpointModelPool::pretrained() {
+ConstModelPtr CheckpointModelPool::pretrained() {
   if (!pretrained_) pretrained_ = load_path(pretrained_path_);
   return pretrained_;
 }
@@ -182,27 +178,8 @@ void CheckpointModelPool::save(const Model& model, const fs::path& dir_in) const
   if (!dir.has_filename()) dir = dir.parent_path();
   FUSION_ENSURE(!dir.empty() && dir != "." && dir != "..", "cannot save a model to '", dir_in.string(),
                 "': not a folder name");
-  const fs::path parent = dir.parent_path().empty() ? fs::path(".") : dir.parent_path();
-  std::error_code ec;
-  fs::create_directories(parent, ec);
-  if (ec || !fs::is_directory(parent)) {
-    FUSION_FAIL("cannot write the output folder ", dir.string(), ": cannot create ", parent.string(), ": ",
-                ec ? ec.message() : std::string("not a folder"));
-  }
-  const bool replace = fs::exists(dir, ec);
-  FUSION_ENSURE(!replace || fs::is_directory(dir, ec), "cannot write the output folder ", dir.string(),
-                ": a file of that name exists");
-
-  // Everything goes into a sibling temporary folder, renamed into place at the end.
-  fs::path tmp;
-  for (int attempt = 0;; ++attempt) {
-    tmp = parent / (dir.filename().string() + ".tmp-" + random_suffix());
-    if (::mkdir(tmp.c_str(), 0777) == 0) break;
-    const int err = errno;
-    FUSION_ENSURE(err == EEXIST && attempt < 100, "cannot write the output folder ", dir.string(), ": ",
-                  std::strerror(err));
-  }
-  try {
+  write_directory_atomic(dir, [&](const fs::path& tmp) {
+    std::error_code ec;
     save_safetensors(tmp / "model.safetensors", model.parameters(), {{"format", "pt"}});
     const fs::path pretrained_config = config_json_of(pretrained_path_);
     if (fs::is_regular_file(pretrained_config, ec)) {
@@ -210,30 +187,7 @@ void CheckpointModelPool::save(const Model& model, const fs::path& dir_in) const
     } else if (model.config().is_object() && !model.config().empty()) {
       write_file_atomic(tmp / "config.json", model.config().dump(2) + "\n");
     }
-    if (!replace) {
-      if (::rename(tmp.c_str(), dir.c_str()) != 0) {
-        FUSION_FAIL("cannot write the output folder ", dir.string(), ": rename: ", std::strerror(errno));
-      }
-    } else if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
-      // tmp now holds the previous contents.
-      fs::remove_all(tmp, ec);
-    } else {
-      // No atomic exchange on this file system: move the old folder aside, then the new one in.
-      const fs::path old = parent / (dir.filename().string() + ".old-" + random_suffix());
-      if (::rename(dir.c_str(), old.c_str()) != 0) {
-        FUSION_FAIL("cannot replace the output folder ", dir.string(), ": ", std::strerror(errno));
-      }
-      if (::rename(tmp.c_str(), dir.c_str()) != 0) {
-        const int err = errno;
-        ::rename(old.c_str(), dir.c_str());
-        FUSION_FAIL("cannot replace the output folder ", dir.string(), ": ", std::strerror(err));
-      }
-      fs::remove_all(old, ec);
-    }
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+  });
 }
 
 }  // namespace fusion

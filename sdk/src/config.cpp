@@ -176,6 +176,8 @@ OptionSpec& Schema::add_optional(const std::string& name, ValueType type, const 
   return add_spec(options_, std::move(spec));
 }
 
+OptionSpec& Schema::push(OptionSpec spec) { return add_spec(options_, std::move(spec)); }
+
 const OptionSpec* Schema::find(const std::string& name) const {
   for (const auto& o : options_)
     if (o.name == name) return &o;
@@ -239,6 +241,7 @@ std::string bounds_text(const OptionSpec& spec) {
 
 void check_number(const std::string& where, const OptionSpec& spec, double x,
                   const std::string& shown) {
+  FUSION_ENSURE(!spec.finite || std::isfinite(x), where, ": expected a finite number, got ", shown);
   bool ok = !std::isnan(x) && (!spec.min || x >= *spec.min) && (!spec.max || x <= *spec.max);
   FUSION_ENSURE(ok, where, ": expected a value in ", bounds_text(spec), ", got ", shown);
 }
@@ -321,6 +324,11 @@ Config Config::validate(const std::string& section, const std::map<std::string, 
     }
     Value v = coerce(where, it->second, spec.type);
     check_bounds(where, spec, v);
+    if (spec.check) {
+      const std::string problem = spec.check(v);
+      const bool joined = !problem.empty() && (problem[0] == ':' || problem[0] == '.' || problem[0] == '[');
+      FUSION_ENSURE(problem.empty(), where, joined ? "" : " ", problem);
+    }
     impl->values.emplace_back(spec.name, std::move(v));
   }
   Config config;

@@ -203,15 +203,17 @@ void Progress::draw(bool final) {
 // ---------------------------------------------------------------------------------------------
 // Context
 
-Context::Context()
-    : generator_(std::make_shared<at::Generator>(at::make_generator<at::CPUGeneratorImpl>(42))),
-      logger_(std::make_shared<Logger>()) {}
+Context::Context() : Context(Settings{}) {}
 
-void Context::set_seed(uint64_t s) {
-  seed_ = s;
-  std::lock_guard<std::mutex> lock(generator_->mutex());
-  generator_->set_current_seed(s);
-}
+Context::Context(Settings s)
+    : device_(s.device),
+      dtype_(s.dtype),
+      seed_(s.seed),
+      threads_(s.threads),
+      progress_enabled_(s.progress),
+      generator_(std::make_shared<at::Generator>(at::make_generator<at::CPUGeneratorImpl>(s.seed))),
+      logger_(s.logger ? std::move(s.logger) : std::make_shared<Logger>()),
+      run_dir_(std::move(s.run_dir)) {}
 
 std::unique_ptr<Progress> Context::progress(const std::string& label, int64_t total) const {
   return std::make_unique<Progress>(label, total, progress_enabled_);

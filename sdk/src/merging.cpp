@@ -20,10 +20,10 @@ std::vector<std::string> expert_names_checked(const ModelPool& pool, const std::
   return names;
 }
 
-ModelPtr pretrained_checked(ModelPool& pool, const std::string& method) {
+ConstModelPtr pretrained_checked(ModelPool& pool, const std::string& method) {
   FUSION_ENSURE(pool.has_pretrained(), method,
                 " needs a pretrained model: set modelpool.pretrained");
-  ModelPtr model = pool.pretrained();
+  ConstModelPtr model = pool.pretrained();
   FUSION_ENSURE(model != nullptr, method, ": the model pool returned no pretrained model");
   return model;
 }
@@ -123,7 +123,7 @@ StateDict sum_task_vectors(ModelPool& pool, const Context& ctx) {
   }
   progress->finish();
 
-  ModelPtr pretrained = pool.pretrained();
+  ConstModelPtr pretrained = pool.pretrained();
   FUSION_ENSURE(pretrained != nullptr, "the model pool returned no pretrained model");
   check_same_layout(pretrained->parameters(), sum, "pretrained", first_name);
   const double t = static_cast<double>(names.size());
@@ -175,7 +175,7 @@ std::vector<double> scaling_factors_of(double scaling_factor,
   return out;
 }
 
-void add_scaled_results(Result& result, ModelPtr pretrained, StateDict delta,
+void add_scaled_results(Result& result, ConstModelPtr pretrained, StateDict delta,
                         const std::vector<double>& scaling_factors, const std::string& option) {
   FUSION_ENSURE(!scaling_factors.empty(), option, " is empty: give at least one scaling factor");
   FUSION_ENSURE(pretrained != nullptr, "no pretrained model to add the task vector to");

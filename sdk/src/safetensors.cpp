@@ -587,16 +587,6 @@ class FileWriter {
   const fs::path& path_;
 };
 
-std::string random_suffix() {
-  static std::atomic<uint64_t> counter{0};
-  static const uint64_t seed = std::random_device{}();
-  std::mt19937_64 rng(seed ^ (counter.fetch_add(1) * 0x9E3779B97F4A7C15ULL) ^
-                      static_cast<uint64_t>(::getpid()));
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "%08llx", static_cast<unsigned long long>(rng() & 0xffffffffULL));
-  return buf;
-}
-
 /// Creates a temporary file beside `path`, lets `body` fill it, fsyncs and renames it over `path`.
 /// On any failure the temporary file is removed and the error rethrown; `path` is untouched.
 void write_atomic_with(const fs::path& path, const std::function<void(FileWriter&)>& body) {

@@ -32,7 +32,8 @@ TEST_F(Loader, GoodPluginRegistersItsComponents) {
   const LoadedPlugin& p = host_.loaded()[0];
   EXPECT_EQ(p.name, "host_test_good");
   EXPECT_EQ(p.version, "1.2.3");
-  EXPECT_EQ(p.abi_version, 1u);
+  EXPECT_EQ(p.abi_version, static_cast<uint32_t>(FUSION_ABI_VERSION));
+  EXPECT_EQ(p.api_level, static_cast<uint32_t>(FUSION_API_LEVEL));
   EXPECT_EQ(p.components,
             (std::vector<std::string>{"test_pretrained", "test_sweep", "test_pool", "test_tasks"}));
   const Component* c = host_.find("test_sweep");
@@ -61,7 +62,7 @@ TEST_F(Loader, GoodPluginFactoriesWork) {
 
 TEST_F(Loader, WrongAbiIsRefusedWithTheExactReason) {
   EXPECT_FALSE(host_.load_file(bad("wrong_abi")));
-  EXPECT_EQ(only_refusal_reason(), "built for ABI 999, host has ABI 1");
+  EXPECT_EQ(only_refusal_reason(), "built for ABI 999, host has ABI " + std::to_string(FUSION_ABI_VERSION));
   EXPECT_TRUE(host_.loaded().empty());
   EXPECT_TRUE(host_.components().empty());
 }
@@ -70,6 +71,39 @@ TEST_F(Loader, WrongTorchIsRefused) {
   EXPECT_FALSE(host_.load_file(bad("wrong_torch")));
   EXPECT_EQ(only_refusal_reason(),
             std::string("built against LibTorch 0.0.1, host has LibTorch ") + TORCH_VERSION);
+}
+
+// A plugin built against an older 1.x (here: this SDK) loads in a newer 1.y host.
+TEST_F(Loader, OlderApiLevelLoadsInNewerHost) {
+  PluginHost newer(log_, FUSION_API_LEVEL + 2);
+  ASSERT_TRUE(newer.load_file(kGood));
+  EXPECT_TRUE(newer.refused().empty());
+  EXPECT_NE(newer.find("test_sweep"), nullptr);
+}
+
+TEST_F(Loader, NewerApiLevelIsRefusedWithTheReason) {
+  EXPECT_FALSE(host_.load_file(bad("newer_api")));
+  const std::string v = FUSION_VERSION_STRING;
+  EXPECT_EQ(only_refusal_reason(), "built with fusion SDK " + v + " (API level " +
+                                       std::to_string(FUSION_API_LEVEL + 1) + "), newer than this host's SDK " +
+                                       v + " (API level " + std::to_string(FUSION_API_LEVEL) + "): update fusion");
+  EXPECT_TRUE(host_.components().empty());
+}
+
+TEST_F(Loader, OtherMajorVersionIsRefused) {
+  EXPECT_FALSE(host_.load_file(bad("other_major")));
+  const std::string v = FUSION_VERSION_STRING;
+  EXPECT_EQ(only_refusal_reason(), "built with fusion SDK " + v + " (major version " +
+                                       std::to_string(FUSION_VERSION_MAJOR + 1) + "), host has SDK " + v +
+                                       " (major version " + std::to_string(FUSION_VERSION_MAJOR) + ")");
+}
+
+TEST_F(Loader, Cxx11AbiMismatchIsRefused) {
+  EXPECT_FALSE(host_.load_file(bad("cxx11_abi")));
+  EXPECT_EQ(only_refusal_reason(), "built with _GLIBCXX_USE_CXX11_ABI=" +
+                                       std::to_string(_GLIBCXX_USE_CXX11_ABI ? 0 : 1) +
+                                       ", host has _GLIBCXX_USE_CXX11_ABI=" +
+                                       std::to_string(_GLIBCXX_USE_CXX11_ABI));
 }
 
 TEST_F(Loader, InitThatThrowsIsRefused) {
@@ -111,11 +145,11 @@ TEST_F(Loader, FileThatIsNotALibrary) {
 
 TEST_F(Loader, FolderLoadsEveryLibraryAndRecordsRefusals) {
   ASSERT_TRUE(host_.load_file(kGood));
-  EXPECT_EQ(host_.load_path(kPlugins / "bad"), 5u);
-  ASSERT_EQ(host_.refused().size(), 5u);
+  EXPECT_EQ(host_.load_path(kPlugins / "bad"), 8u);
+  ASSERT_EQ(host_.refused().size(), 8u);
   EXPECT_EQ(host_.loaded().size(), 1u);
   // Sorted by file name.
-  EXPECT_EQ(host_.refused()[0].file.filename(), "fusion_host_test_duplicate.so");
+  EXPECT_EQ(host_.refused()[0].file.filename(), "fusion_host_test_cxx11_abi.so");
   EXPECT_THROW(host_.load_path(kPlugins / "does_not_exist"), Error);
 }
 
@@ -129,7 +163,7 @@ TEST_F(Loader, RequireNamesTheComponentAndTheRefusedPlugins) {
     std::string msg = e.what();
     EXPECT_EQ(msg.rfind("method.name: unknown algorithm 'task_arithmetic'; known: test_pretrained, "
                         "test_sweep; refused plugins: fusion_host_test_wrong_abi.so (built for ABI "
-                        "999, host has ABI 1)",
+                        "999, host has ABI " + std::to_string(FUSION_ABI_VERSION) + ")",
                         0),
               0u)
         << msg;

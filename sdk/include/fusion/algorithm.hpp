@@ -19,7 +19,7 @@ namespace fusion {
 struct FUSION_SDK_API ResultModel {
   std::string label;           ///< unique within a result: "merged", "lambda=0.3", "r=[0.5,0.5]"
   nlohmann::json metadata;     ///< what produced it: {"scaling_factor": 0.3}, {"preference": [...]}
-  std::function<ModelPtr()> make;
+  std::function<ConstModelPtr()> make;
 };
 
 /// What Algorithm::run returns: one or more models, and method-level information for the report
@@ -33,9 +33,9 @@ struct FUSION_SDK_API Result {
   bool sweep = false;
 
   /// Adds an already built model.
-  void add(std::string label, ModelPtr model, nlohmann::json metadata = nlohmann::json::object());
+  void add(std::string label, ConstModelPtr model, nlohmann::json metadata = nlohmann::json::object());
   /// Adds a model built on demand.
-  void add_lazy(std::string label, std::function<ModelPtr()> make,
+  void add_lazy(std::string label, std::function<ConstModelPtr()> make,
                 nlohmann::json metadata = nlohmann::json::object());
 };
 

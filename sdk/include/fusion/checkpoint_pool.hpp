@@ -8,30 +8,41 @@
 #include "fusion/config.hpp"
 #include "fusion/context.hpp"
 #include "fusion/export.hpp"
+#include "fusion/component.hpp"
 #include "fusion/model_pool.hpp"
-#include "fusion/plugin.hpp"
+#include "fusion/options.hpp"
 
 namespace fusion {
+
+/// The options of the `safetensors` pool (and of pools derived from it).
+struct FUSION_SDK_API CheckpointPoolOptions {
+  /// The pretrained model's folder or file. Required.
+  std::string pretrained;
+  /// The experts: name = path, in config order. Default none.
+  StringMap models;
+  static void bind(Options<CheckpointPoolOptions>& o);
+};
 
 /// The generic checkpoint model pool (`name = "safetensors"`): a pretrained checkpoint and named
 /// experts, each a Hugging Face model folder (config.json + model.safetensors or shards) or a
 /// single .safetensors file; loaded lazily onto the run's device and dtype. Saving writes a folder
 /// with model.safetensors and the pretrained model's config.json, so transformers loads it.
 ///
-/// Options: `pretrained` (path, required), `models` (table name → path; default none).
-/// Architecture-specific pools (clip_vision) derive and override `make_model`.
+/// Options: CheckpointPoolOptions. Architecture-specific pools (clip_vision) derive and override
+/// `make_model`.
 class FUSION_SDK_API CheckpointModelPool : public ModelPool {
  public:
+  using Options = CheckpointPoolOptions;
+  /// Reads the options from ctx.config() (checked against schema_of<CheckpointPoolOptions>()).
   explicit CheckpointModelPool(const Context& ctx);
+  CheckpointModelPool(const CheckpointPoolOptions& options, const Context& ctx);
   ~CheckpointModelPool() override;
 
   static ComponentInfo info();
-  /// The schema of this pool's options, for derived pools to extend.
-  static Schema schema();
 
   std::vector<std::string> expert_names() const override;
   bool has_pretrained() const override;
-  ModelPtr pretrained() override;
+  ConstModelPtr pretrained() override;
   ModelPtr load(const std::string& name) override;
   void save(const Model& model, const std::filesystem::path& dir) const override;
 
@@ -48,7 +59,7 @@ class FUSION_SDK_API CheckpointModelPool : public ModelPool {
   Context ctx_;
   std::filesystem::path pretrained_path_;
   std::vector<std::pair<std::string, std::filesystem::path>> experts_;
-  ModelPtr pretrained_;
+  ConstModelPtr pretrained_;
 };
 
 }  // namespace fusion

@@ -1,6 +1,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -39,6 +40,9 @@ struct FUSION_SDK_API OptionSpec {
   std::optional<double> max;            ///< inclusive bound for numbers (and list entries)
   std::vector<std::string> choices;     ///< allowed values for a string option (empty: any)
   bool optional_no_default = false;     ///< may be absent, with no default (Config::has tells)
+  bool finite = true;                   ///< numbers must be finite (inf and nan are refused)
+  /// A check of its own: "" when the value is fine, else what is wrong (after "section.key ").
+  std::function<std::string(const Value&)> check;
 
   /// Sets inclusive bounds (std::nullopt: unbounded on that side); returns *this.
   OptionSpec& range(std::optional<double> lo, std::optional<double> hi);
@@ -62,6 +66,13 @@ class FUSION_SDK_API Schema {
 
   const std::vector<OptionSpec>& options() const { return options_; }
   const OptionSpec* find(const std::string& name) const;
+  bool empty() const { return options_.empty(); }
+
+  /// Appends a complete spec (its name must be new); for bindings that compose schemas.
+  OptionSpec& push(OptionSpec spec);
+  /// The position of `spec` (a reference returned by add*) and the spec at a position.
+  size_t index_of(const OptionSpec& spec) const { return static_cast<size_t>(&spec - options_.data()); }
+  OptionSpec& spec_at(size_t index) { return options_.at(index); }
 
  private:
   std::vector<OptionSpec> options_;

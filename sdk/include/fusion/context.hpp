@@ -66,11 +66,25 @@ class FUSION_SDK_API Progress {
 
 /// What the host lends a component: the device and dtype tensors live on, the run's seed and a
 /// generator seeded from it, a logger, progress bars, the run directory and this component's
-/// checked config. Copies share the logger and generator. Valid for the whole run; a component
-/// may keep a copy. Not thread-safe for concurrent use of the generator.
+/// checked config. Immutable once made (the host makes it from Settings; tests and tools may make
+/// their own); copies share the logger and generator. Valid for the whole run; a component may keep
+/// a copy. Not thread-safe for concurrent use of the generator.
 class FUSION_SDK_API Context {
  public:
+  /// What a context is made of. Defaults: CPU, float32, seed 42, 1 thread, progress on, a logger
+  /// at Info on stderr, no run directory.
+  struct Settings {
+    at::Device device{at::kCPU};
+    at::ScalarType dtype = at::kFloat;
+    uint64_t seed = 42;
+    int threads = 1;
+    bool progress = true;
+    std::filesystem::path run_dir;
+    std::shared_ptr<Logger> logger;  ///< null: a new one
+  };
+
   Context();
+  explicit Context(Settings settings);
 
   at::Device device() const { return device_; }
   at::ScalarType dtype() const { return dtype_; }
@@ -88,15 +102,6 @@ class FUSION_SDK_API Context {
 
   /// A copy of this context with another component's config.
   Context with_config(Config config) const;
-
-  // Set by the host.
-  void set_device(at::Device d) { device_ = d; }
-  void set_dtype(at::ScalarType t) { dtype_ = t; }
-  void set_seed(uint64_t s);
-  void set_threads(int n) { threads_ = n; }
-  void set_run_dir(std::filesystem::path p) { run_dir_ = std::move(p); }
-  void set_progress_enabled(bool on) { progress_enabled_ = on; }
-  void set_logger(std::shared_ptr<Logger> logger) { logger_ = std::move(logger); }
 
  private:
   at::Device device_{at::kCPU};

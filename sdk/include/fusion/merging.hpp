@@ -32,7 +32,7 @@ FUSION_SDK_API std::vector<std::string> expert_names_checked(const ModelPool& po
 
 /// The pretrained model, or fusion::Error ("<method> needs a pretrained model: set
 /// modelpool.pretrained") when the pool has none.
-FUSION_SDK_API ModelPtr pretrained_checked(ModelPool& pool, const std::string& method);
+FUSION_SDK_API ConstModelPtr pretrained_checked(ModelPool& pool, const std::string& method);
 
 /// Σₜ wₜ θₜ over the pool's experts in config order (`weights` empty: every wₜ = 1; otherwise one
 /// weight per expert, else fusion::Error naming `option` — a dotted name such as "method.weights" —
@@ -64,7 +64,7 @@ FUSION_SDK_API StateDict add_scaled(const StateDict& base, const StateDict& delt
 /// with_parameters and carrying metadata {"scaling_factor": λ}. One λ: labelled "merged", computed
 /// eagerly and in place in Δ's storage (peak: θ₀ and Δ). Several λ (a sweep): labelled
 /// "scaling_factor=<λ>", each built lazily when the host asks for it, from the Δ kept once.
-FUSION_SDK_API void add_scaled_results(Result& result, ModelPtr pretrained, StateDict delta,
+FUSION_SDK_API void add_scaled_results(Result& result, ConstModelPtr pretrained, StateDict delta,
                                        const std::vector<double>& scaling_factors,
                                        const std::string& option = "method.scaling_factors");
 

@@ -45,6 +45,9 @@ class FUSION_SDK_API Model {
   nlohmann::json config_;
 };
 
+/// A model its holder owns and may modify (a fresh load, a model being built).
 using ModelPtr = std::shared_ptr<Model>;
+/// A model shared read-only (the pool's cached pretrained model, a result).
+using ConstModelPtr = std::shared_ptr<const Model>;
 
 }  // namespace fusion

@@ -21,8 +21,9 @@ class FUSION_SDK_API ModelPool {
   /// The experts' names, in the order of the config.
   virtual std::vector<std::string> expert_names() const = 0;
   virtual bool has_pretrained() const = 0;
-  /// The pretrained model (θ₀). May be cached by the pool; callers must not modify its parameters.
-  virtual ModelPtr pretrained() = 0;
+  /// The pretrained model (θ₀), read-only: the pool may cache it and hand the same object to every
+  /// caller. Build a changed model with Model::with_parameters.
+  virtual ConstModelPtr pretrained() = 0;
   /// Loads expert `name` (a fresh copy each call; the caller owns it). Throws fusion::Error for an
   /// unknown name, and when its keys or shapes differ from the pretrained model's (naming the key
   /// and both shapes).

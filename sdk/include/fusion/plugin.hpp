@@ -9,20 +9,26 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "fusion/algorithm.hpp"
+#include "fusion/component.hpp"
 #include "fusion/config.hpp"
 #include "fusion/context.hpp"
 #include "fusion/export.hpp"
 #include "fusion/model_pool.hpp"
+#include "fusion/options.hpp"
 #include "fusion/task_pool.hpp"
 #include "fusion/version.hpp"
 
 /// The plain handshake a plugin fills before anything else. Plain C data, fixed layout: its first
 /// member never changes, so a host can read `abi_version` of any plugin and refuse it cleanly.
 extern "C" struct fusion_handshake {
-  uint32_t abi_version;       ///< FUSION_ABI_VERSION the plugin was built with
-  char sdk_version[32];       ///< FUSION_VERSION_STRING
+  uint32_t abi_version;       ///< FUSION_ABI_VERSION the plugin was built with (must match exactly)
+  uint32_t sdk_major;         ///< FUSION_VERSION_MAJOR (must match exactly)
+  uint32_t api_level;         ///< FUSION_API_LEVEL (at most the host's)
+  char sdk_version[32];       ///< FUSION_VERSION_STRING (informational)
   char torch_version[32];     ///< TORCH_VERSION ("1.13.0")
   int32_t cxx11_abi;          ///< _GLIBCXX_USE_CXX11_ABI
   char compiler[64];          ///< __VERSION__ of the compiler
@@ -41,20 +47,35 @@ using fusion_plugin_init_fn = int (*)(fusion_handshake* hs, void* registrar, cha
 
 namespace fusion {
 
-enum class ComponentKind { Algorithm, ModelPool, TaskPool };
-FUSION_SDK_API const char* kind_name(ComponentKind kind);  ///< "algorithm", "modelpool", "taskpool"
-
-/// What `fusion plugins` and `fusion describe` show about a component.
-struct FUSION_SDK_API ComponentInfo {
-  std::string name;         ///< registry key, snake_case as in FusionBench: "task_arithmetic"
-  std::string summary;      ///< one line
-  std::string reference;    ///< paper or doc link ("" if none)
-  Schema schema;            ///< the options of its config table
-};
-
 using AlgorithmFactory = std::function<std::unique_ptr<Algorithm>(const Context&)>;
 using ModelPoolFactory = std::function<std::unique_ptr<ModelPool>(const Context&)>;
 using TaskPoolFactory = std::function<std::unique_ptr<TaskPool>(const Context&)>;
+
+namespace detail {
+template <class T, class = void>
+struct HasOptions : std::false_type {};
+template <class T>
+struct HasOptions<T, std::void_t<typename T::Options>> : std::true_type {};
+
+/// Makes component T from its context: T(Options, const Context&), T(Options), T(const Context&)
+/// or T(), the first that exists; Options are read from ctx.config() through T::Options's binding.
+template <class T, class Base>
+std::unique_ptr<Base> construct(const Context& ctx) {
+  if constexpr (HasOptions<T>::value) {
+    using O = typename T::Options;
+    if constexpr (std::is_constructible_v<T, O, const Context&>)
+      return std::make_unique<T>(read_options<O>(ctx.config()), ctx);
+    else if constexpr (std::is_constructible_v<T, O>)
+      return std::make_unique<T>(read_options<O>(ctx.config()));
+    else
+      return std::make_unique<T>(ctx);  // reads its options itself (read_options<O>(ctx.config()))
+  } else if constexpr (std::is_constructible_v<T, const Context&>) {
+    return std::make_unique<T>(ctx);
+  } else {
+    return std::make_unique<T>();
+  }
+}
+}  // namespace detail
 
 /// Where a plugin registers its components; owned by the host. A name already registered (by any
 /// plugin) is refused with fusion::Error. The factories receive a Context whose config() has been
@@ -65,6 +86,25 @@ class FUSION_SDK_API Registrar {
   virtual void add_algorithm(ComponentInfo info, AlgorithmFactory factory) = 0;
   virtual void add_model_pool(ComponentInfo info, ModelPoolFactory factory) = 0;
   virtual void add_task_pool(ComponentInfo info, TaskPoolFactory factory) = 0;
+
+  /// Registers component T, an Algorithm, ModelPool or TaskPool:
+  /// - `static ComponentInfo T::info()` gives its name, summary, reference and requirements;
+  /// - when T has `using Options = ...;`, the schema is that struct's binding (options.hpp) and the
+  ///   options are read for the factory;
+  /// - T is made by detail::construct (see there).
+  template <class T>
+  void add() {
+    ComponentInfo info = T::info();
+    if constexpr (detail::HasOptions<T>::value) info.schema = schema_of<typename T::Options>();
+    if constexpr (std::is_base_of_v<Algorithm, T>) {
+      add_algorithm(std::move(info), &detail::construct<T, Algorithm>);
+    } else if constexpr (std::is_base_of_v<ModelPool, T>) {
+      add_model_pool(std::move(info), &detail::construct<T, ModelPool>);
+    } else {
+      static_assert(std::is_base_of_v<TaskPool, T>, "add<T>: T is not an Algorithm, ModelPool or TaskPool");
+      add_task_pool(std::move(info), &detail::construct<T, TaskPool>);
+    }
+  }
 };
 
 namespace detail {
@@ -72,6 +112,8 @@ namespace detail {
 inline void fill_handshake(fusion_handshake* hs, const char* name, const char* version) {
   std::memset(hs, 0, sizeof(*hs));
   hs->abi_version = FUSION_ABI_VERSION;
+  hs->sdk_major = FUSION_VERSION_MAJOR;
+  hs->api_level = FUSION_API_LEVEL;
   std::snprintf(hs->sdk_version, sizeof(hs->sdk_version), "%s", FUSION_VERSION_STRING);
   std::snprintf(hs->torch_version, sizeof(hs->torch_version), "%s", TORCH_VERSION);
   hs->cxx11_abi = _GLIBCXX_USE_CXX11_ABI;
@@ -87,8 +129,8 @@ inline void copy_error(char* dst, size_t n, const char* msg) {
 
 /// Defines a plugin's entry. The body registers components into `REG` (a fusion::Registrar&):
 ///
-///   FUSION_PLUGIN("task_arithmetic", "0.1.0", reg) {
-///     reg.add_algorithm(TaskArithmetic::info(), TaskArithmetic::create);
+///   FUSION_PLUGIN("task_arithmetic", "1.0.0", reg) {
+///     reg.add<TaskArithmetic>();
 ///   }
 ///
 /// No exception leaves the entry: a throwing body is reported to the host as an error string.

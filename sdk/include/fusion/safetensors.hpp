@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "fusion/export.hpp"
+#include "fusion/files.hpp"
 #include "fusion/state_dict.hpp"
 
 namespace fusion {
@@ -81,7 +82,5 @@ FUSION_SDK_API std::string safetensors_dtype(at::ScalarType t);
 /// The torch dtype of a safetensors dtype string; throws fusion::Error for unknown ones.
 FUSION_SDK_API at::ScalarType torch_dtype(const std::string& safetensors_dtype);
 
-/// Writes `contents` to `path` atomically (temporary file in the same folder, fsync, rename).
-FUSION_SDK_API void write_file_atomic(const std::filesystem::path& path, const std::string& contents);
 
 }  // namespace fusion

@@ -204,13 +204,21 @@ FUSION_PLUGIN("host_test_init_throws", "0.0.1", reg) {
   (void)reg;
   FUSION_FAIL("init failed on purpose");
 }
-#elif defined(FUSION_TEST_VARIANT_WRONG_ABI) || defined(FUSION_TEST_VARIANT_WRONG_TORCH)
+#elif defined(FUSION_TEST_VARIANT_WRONG_ABI) || defined(FUSION_TEST_VARIANT_WRONG_TORCH) || \
+    defined(FUSION_TEST_VARIANT_NEWER_API) || defined(FUSION_TEST_VARIANT_OTHER_MAJOR) ||    \
+    defined(FUSION_TEST_VARIANT_CXX11_ABI)
 // A hand-written entry whose handshake differs from the host's.
 extern "C" FUSION_PLUGIN_EXPORT int fusion_plugin_init(fusion_handshake* hs, void* registrar,
                                                        char* error, size_t error_size) noexcept {
   fusion::detail::fill_handshake(hs, "host_test_wrong", "0.0.1");
 #if defined(FUSION_TEST_VARIANT_WRONG_ABI)
   hs->abi_version = 999;
+#elif defined(FUSION_TEST_VARIANT_NEWER_API)
+  hs->api_level = FUSION_API_LEVEL + 1;
+#elif defined(FUSION_TEST_VARIANT_OTHER_MAJOR)
+  hs->sdk_major = FUSION_VERSION_MAJOR + 1;
+#elif defined(FUSION_TEST_VARIANT_CXX11_ABI)
+  hs->cxx11_abi = _GLIBCXX_USE_CXX11_ABI ? 0 : 1;
 #else
   std::snprintf(hs->torch_version, sizeof(hs->torch_version), "%s", "0.0.1");
 #endif

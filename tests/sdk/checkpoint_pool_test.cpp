@@ -41,9 +41,10 @@ class CheckpointPool : public fusion::testing::TempDirTest {
   fusion::Context context(const fs::path& pretrained, const fusion::StringMap& models,
                           at::ScalarType dtype = at::kFloat) {
     std::map<std::string, fusion::Value> values{{"pretrained", pretrained.string()}, {"models", models}};
-    fusion::Context ctx;
-    ctx.set_dtype(dtype);
-    return ctx.with_config(fusion::Config::validate("modelpool", values, CheckpointModelPool::schema()));
+    fusion::Context::Settings settings;
+    settings.dtype = dtype;
+    return fusion::Context(settings).with_config(
+        fusion::Config::validate("modelpool", values, fusion::schema_of<fusion::CheckpointPoolOptions>()));
   }
   std::unique_ptr<CheckpointModelPool> pool(const fusion::StringMap& models, at::ScalarType dtype = at::kFloat) {
     return std::make_unique<CheckpointModelPool>(context(folder("pre", toy(1.0)), models, dtype));
@@ -53,8 +54,9 @@ class CheckpointPool : public fusion::testing::TempDirTest {
 TEST_F(CheckpointPool, InfoAndSchema) {
   const fusion::ComponentInfo info = CheckpointModelPool::info();
   EXPECT_EQ(info.name, "safetensors");
-  const fusion::OptionSpec* pre = info.schema.find("pretrained");
-  const fusion::OptionSpec* models = info.schema.find("models");
+  const fusion::Schema& schema = fusion::schema_of<CheckpointModelPool::Options>();
+  const fusion::OptionSpec* pre = schema.find("pretrained");
+  const fusion::OptionSpec* models = schema.find("models");
   ASSERT_NE(pre, nullptr);
   ASSERT_NE(models, nullptr);
   EXPECT_EQ(pre->type, fusion::ValueType::String);

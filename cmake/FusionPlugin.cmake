@@ -1,14 +1,17 @@
-# fusion_add_plugin(NAME SOURCES src... [ENTRY plugin.cpp] [LIBRARIES lib...])
+# fusion_add_plugin(NAME SOURCES src... [ENTRY plugin.cpp] [LIBRARIES lib...] [TARGET target])
 #
 # Builds the plugin NAME as a shared module `fusion_<NAME>.so` that the `fusion` host loads.
 # With ENTRY (the file holding FUSION_PLUGIN(...)), SOURCES also build into a static library
 # `fusion_<NAME>_lib` that tests link directly, without dlopen; the module is ENTRY plus that
 # library. Without ENTRY, every source goes into the module. The module is built with hidden
-# visibility, so only the entry symbol is exported.
+# visibility, so only the entry symbol is exported. LIBRARIES are what the plugin links besides the
+# SDK, e.g. a model family: `LIBRARIES fusion::clip` (find_package(Fusion COMPONENTS clip)).
+# TARGET names the module's CMake target when `fusion_<NAME>` is taken (the clip plugin beside the
+# fusion_clip library); the file is `fusion_<NAME>.so` either way.
 include_guard(GLOBAL)
 
 function(fusion_add_plugin NAME)
-  cmake_parse_arguments(ARG "" "ENTRY" "SOURCES;LIBRARIES" ${ARGN})
+  cmake_parse_arguments(ARG "" "ENTRY;TARGET" "SOURCES;LIBRARIES" ${ARGN})
   if(NOT ARG_SOURCES AND NOT ARG_ENTRY)
     message(FATAL_ERROR "fusion_add_plugin(${NAME}): no SOURCES")
   endif()
@@ -18,6 +21,9 @@ function(fusion_add_plugin NAME)
     set(_sdk fusion::sdk)
   endif()
   set(_module fusion_${NAME})
+  if(ARG_TARGET)
+    set(_module ${ARG_TARGET})
+  endif()
   if(ARG_ENTRY)
     set(_lib fusion_${NAME}_lib)
     add_library(${_lib} STATIC ${ARG_SOURCES})

@@ -6,14 +6,14 @@
 
 #include <fstream>
 
-#include "clip_text.hpp"
-#include "clip_vision.hpp"
-#include "clip_vision_pool.hpp"
+#include "fusion/clip/text.hpp"
+#include "fusion/clip/tokenizer.hpp"
+#include "fusion/clip/vision.hpp"
+#include "fusion/clip/vision_pool.hpp"
+#include "fusion/clip/zero_shot.hpp"
 #include "fusion/error.hpp"
 #include "fusion/safetensors.hpp"
 #include "support.hpp"
-#include "tokenizer.hpp"
-#include "zero_shot.hpp"
 
 namespace fusion::clip {
 namespace {

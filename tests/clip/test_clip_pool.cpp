@@ -4,13 +4,13 @@
 
 #include <fstream>
 
-#include "clip_vision.hpp"
-#include "clip_vision_pool.hpp"
+#include "fusion/clip/vision.hpp"
+#include "fusion/clip/vision_pool.hpp"
+#include "fusion/clip/zero_shot.hpp"
 #include "fusion/context.hpp"
 #include "fusion/error.hpp"
 #include "fusion/safetensors.hpp"
 #include "support.hpp"
-#include "zero_shot.hpp"
 
 namespace fusion::clip {
 namespace {
@@ -141,8 +141,20 @@ TEST(ZeroShotHeadErrors, NeedsACLIPModelWithTokenizerFiles) {
 // The pool as the host builds it, from a checked [modelpool] table.
 std::unique_ptr<ModelPool> make_pool(const std::string& pretrained, const StringMap& models) {
   std::map<std::string, Value> values{{"pretrained", pretrained}, {"models", models}};
-  Context ctx;
-  return ClipVisionPool::create(ctx.with_config(Config::validate("modelpool", values, ClipVisionPool::info().schema)));
+  const Config config = Config::validate("modelpool", values, schema_of<ClipVisionPoolOptions>());
+  return std::make_unique<ClipVisionPool>(read_options<ClipVisionPoolOptions>(config), Context().with_config(config));
+}
+
+TEST(ClipVisionPool, OptionsAreTheCheckpointPools) {
+  const auto& mine = schema_of<ClipVisionPoolOptions>().options();
+  const auto& base = schema_of<CheckpointPoolOptions>().options();
+  ASSERT_EQ(mine.size(), base.size());
+  for (size_t i = 0; i < mine.size(); ++i) {
+    EXPECT_EQ(mine[i].name, base[i].name);
+    EXPECT_EQ(mine[i].doc, base[i].doc);
+  }
+  std::map<std::string, Value> values{{"models", StringMap{{"a", "x"}}}};
+  EXPECT_THROW(Config::validate("modelpool", values, schema_of<ClipVisionPoolOptions>()), Error);  // pretrained
 }
 
 TEST(ClipVisionPool, LoadsCLIPModelAndCLIPVisionModelFoldersAndSaves) {
@@ -150,8 +162,8 @@ TEST(ClipVisionPool, LoadsCLIPModelAndCLIPVisionModelFoldersAndSaves) {
   TempDir dir("pool");
   save_clip_vision(*load_clip_vision(data_dir() / "clip_model"), dir.path() / "expert");
   auto pool = make_pool((data_dir() / "clip_model").string(), {{"expert", (dir.path() / "expert").string()}});
-  ModelPtr pre = pool->pretrained();
-  ASSERT_NE(dynamic_cast<ClipVisionModel*>(pre.get()), nullptr);
+  ConstModelPtr pre = pool->pretrained();
+  ASSERT_NE(dynamic_cast<const ClipVisionModel*>(pre.get()), nullptr);
   EXPECT_FALSE(pre->parameters().contains("visual_projection.weight"));
   EXPECT_FALSE(pre->parameters().contains("text_projection.weight"));
   ModelPtr expert = pool->load("expert");
@@ -171,7 +183,7 @@ TEST(ClipVisionPool, ExpertBeforePretrainedAndWithoutPositionIds) {
   save_clip_vision(*m, dir.path() / "expert");
   auto pool = make_pool((data_dir() / "clip_model").string(), {{"expert", (dir.path() / "expert").string()}});
   ModelPtr expert = pool->load("expert");
-  ModelPtr pre = pool->pretrained();
+  ConstModelPtr pre = pool->pretrained();
   EXPECT_EQ(expert->parameters().keys(), pre->parameters().keys());
 }
 

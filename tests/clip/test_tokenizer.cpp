@@ -3,9 +3,9 @@
 
 #include <fstream>
 
+#include "fusion/clip/tokenizer.hpp"
 #include "fusion/error.hpp"
 #include "support.hpp"
-#include "tokenizer.hpp"
 
 namespace fusion::clip {
 namespace {

@@ -1,9 +1,12 @@
 #pragma once
+// Zero-shot classification heads built from a CLIPModel's text tower.
 #include <ATen/ATen.h>
 
 #include <filesystem>
 #include <string>
 #include <vector>
+
+#include "fusion/clip/export.hpp"
 
 namespace fusion::clip {
 
@@ -19,13 +22,13 @@ struct ZeroShotHead {
 /// Builds the head from the CLIPModel folder `clip_dir` (config.json, model.safetensors or shards,
 /// vocab.json, merges.txt): each template has one "{}" replaced by the class name. Tensors on
 /// `device` in `dtype`. Throws fusion::Error naming the missing/invalid file.
-ZeroShotHead build_zero_shot_head(const std::filesystem::path& clip_dir,
-                                  const std::vector<std::string>& classnames,
-                                  const std::vector<std::string>& templates,
-                                  const at::Device& device, at::ScalarType dtype);
+FUSION_CLIP_API ZeroShotHead build_zero_shot_head(const std::filesystem::path& clip_dir,
+                                                  const std::vector<std::string>& classnames,
+                                                  const std::vector<std::string>& templates,
+                                                  const at::Device& device, at::ScalarType dtype);
 
 /// Class logits [batch, num_classes] from the vision tower's pooled output [batch, hidden].
 /// Differentiable in `pooled`; the head's tensors are constants.
-at::Tensor apply_head(const ZeroShotHead& head, const at::Tensor& pooled);
+FUSION_CLIP_API at::Tensor apply_head(const ZeroShotHead& head, const at::Tensor& pooled);
 
 }  // namespace fusion::clip

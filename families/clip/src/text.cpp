@@ -1,4 +1,4 @@
-#include "clip_text.hpp"
+#include "fusion/clip/text.hpp"
 
 #include "fusion/error.hpp"
 
@@ -36,6 +36,8 @@ ClipTextModel::ClipTextModel(StateDict params, const nlohmann::json& config)
       keys_(encoder_keys(kPrefix + "encoder.", tcfg_)) {
   check_params(parameters_, expected_parameters(tcfg_, projection_dim_), kPrefix);
 }
+
+ClipTextModel::~ClipTextModel() = default;
 
 std::shared_ptr<Model> ClipTextModel::with_parameters(StateDict parameters) const {
   check_same_layout(parameters_, parameters, "model", "new parameters");

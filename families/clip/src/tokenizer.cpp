@@ -1,4 +1,4 @@
-#include "tokenizer.hpp"
+#include "fusion/clip/tokenizer.hpp"
 
 #include <nlohmann/json.hpp>
 

@@ -1,4 +1,5 @@
 #pragma once
+// CLIP's byte-level BPE tokenizer (Hugging Face's CLIPTokenizer).
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -7,6 +8,8 @@
 #include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include "fusion/clip/export.hpp"
 
 namespace fusion::clip {
 
@@ -28,7 +31,7 @@ namespace fusion::clip {
 ///  4. `<|startoftext|>` + ids + `<|endoftext|>`, truncated as Hugging Face's truncation does: at
 ///     most max_length − 2 text tokens, so the end-of-text token stays last.
 /// Immutable after construction; thread-safe.
-class ClipTokenizer {
+class FUSION_CLIP_API ClipTokenizer {
  public:
   /// Reads vocab.json ({token: id}) and merges.txt (a `#version` first line is skipped; then one
   /// "first second" pair per line, by rank). Throws fusion::Error naming a missing or malformed file.

@@ -1,4 +1,7 @@
-#include "clip_config.hpp"
+#include "fusion/clip/config.hpp"
+
+#include <fstream>
+#include <sstream>
 
 #include "fusion/error.hpp"
 
@@ -54,6 +57,23 @@ nlohmann::json section(const nlohmann::json& config, const std::string& key, con
 
 bool is_clip_model_config(const nlohmann::json& config) {
   return config.is_object() && (config.contains("vision_config") || config.contains("text_config"));
+}
+
+nlohmann::json read_config_json(const std::filesystem::path& dir) {
+  const std::filesystem::path file =
+      std::filesystem::is_directory(dir) ? dir / "config.json" : dir.parent_path() / "config.json";
+  FUSION_ENSURE(std::filesystem::is_regular_file(file), file.string(),
+                " is missing: a CLIP model folder needs its config.json to build the architecture");
+  std::ifstream in(file);
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  try {
+    nlohmann::json j = nlohmann::json::parse(buf.str());
+    FUSION_ENSURE(j.is_object(), file.string(), " must hold a JSON object");
+    return j;
+  } catch (const nlohmann::json::exception& e) {
+    FUSION_FAIL(file.string(), " is not valid JSON: ", e.what());
+  }
 }
 
 VisionConfig VisionConfig::from_json(const nlohmann::json& config, const std::string& origin) {

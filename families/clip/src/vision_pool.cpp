@@ -1,13 +1,9 @@
-#include "clip_vision_pool.hpp"
+#include "fusion/clip/vision_pool.hpp"
 
-#include <unistd.h>
-
-#include <atomic>
-#include <fstream>
-#include <sstream>
-
-#include "clip_vision.hpp"
+#include "fusion/clip/vision.hpp"
+#include "fusion/dtype.hpp"
 #include "fusion/error.hpp"
+#include "fusion/files.hpp"
 #include "fusion/safetensors.hpp"
 
 namespace fusion::clip {
@@ -29,38 +25,13 @@ auto with_origin(const std::string& label, const std::filesystem::path& dir, F&&
   }
 }
 
-std::string section_of(const Context& ctx) {
-  return ctx.config().section().empty() ? "modelpool" : ctx.config().section();
-}
-
-std::string dtype_name(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "float32";
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    case at::kDouble: return "float64";
-    default: return "float32";
-  }
+// The name the base pool gives the pretrained model, which is also its option's.
+const std::string& pretrained_name() {
+  static const std::string name = option_name(&CheckpointPoolOptions::pretrained);
+  return name;
 }
 
 }  // namespace
-
-nlohmann::json read_config_json(const std::filesystem::path& dir) {
-  const std::filesystem::path file =
-      std::filesystem::is_directory(dir) ? dir / "config.json" : dir.parent_path() / "config.json";
-  FUSION_ENSURE(std::filesystem::is_regular_file(file), file.string(),
-                " is missing: a CLIP model folder needs its config.json to build the architecture");
-  std::ifstream in(file);
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  try {
-    nlohmann::json j = nlohmann::json::parse(buf.str());
-    FUSION_ENSURE(j.is_object(), file.string(), " must hold a JSON object");
-    return j;
-  } catch (const nlohmann::json::exception& e) {
-    FUSION_FAIL(file.string(), " is not valid JSON: ", e.what());
-  }
-}
 
 ModelPtr make_clip_vision(const StateDict& params, const nlohmann::json& config) {
   FUSION_ENSURE(config.is_object() && !config.empty(),
@@ -102,58 +73,40 @@ void save_clip_vision(const Model& model, const std::filesystem::path& dir_in) {
       break;
     }
   }
-  // Written into a sibling folder, then renamed into place: `dir` is never half-written.
-  static std::atomic<int> counter{0};
-  const fs::path parent = dir.parent_path().empty() ? fs::path(".") : dir.parent_path();
-  const std::string stem = "." + dir.filename().string() + "." + std::to_string(::getpid()) + "." +
-                           std::to_string(counter++);
-  const fs::path tmp = parent / (stem + ".tmp"), old = parent / (stem + ".old");
-  std::error_code ec;
   try {
-    fs::create_directories(parent);
-    fs::remove_all(tmp, ec);
-    fs::create_directory(tmp);
-    save_safetensors(tmp / "model.safetensors", model.parameters());
-    write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
-    if (fs::exists(dir)) {
-      fs::rename(dir, old);
-      try {
-        fs::rename(tmp, dir);
-      } catch (...) {
-        fs::rename(old, dir, ec);
-        throw;
-      }
-      fs::remove_all(old, ec);
-    } else {
-      fs::rename(tmp, dir);
-    }
+    write_directory_atomic(dir, [&](const fs::path& tmp) {
+      save_safetensors(tmp / "model.safetensors", model.parameters());
+      write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
+    });
   } catch (const fs::filesystem_error& e) {
-    fs::remove_all(tmp, ec);
     FUSION_FAIL("clip_vision: cannot write the model folder ", dir.string(), ": ", e.code().message());
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
   }
 }
 
-ClipVisionPool::ClipVisionPool(const Context& ctx) : CheckpointModelPool(ctx) {}
+void ClipVisionPoolOptions::bind(fusion::Options<ClipVisionPoolOptions>& o) { o.include(&ClipVisionPoolOptions::base); }
+
+ClipVisionPool::ClipVisionPool(const ClipVisionPoolOptions& options, const Context& ctx)
+    : CheckpointModelPool(options.base, ctx) {}
+
+ClipVisionPool::~ClipVisionPool() = default;
 
 ComponentInfo ClipVisionPool::info() {
   ComponentInfo info;
   info.name = "clip_vision";
   info.summary = "CLIP vision towers from Hugging Face CLIPModel / CLIPVisionModel folders";
   info.reference = "https://huggingface.co/docs/transformers/model_doc/clip";
-  info.schema = CheckpointModelPool::schema();
   return info;
 }
 
-std::unique_ptr<ModelPool> ClipVisionPool::create(const Context& ctx) {
-  return std::make_unique<ClipVisionPool>(ctx);
+std::string ClipVisionPool::option_of(const std::string& expert) const {
+  const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
+  if (expert.empty()) return section + "." + pretrained_name();
+  return section + "." + option_name(&CheckpointPoolOptions::models) + "." + expert;
 }
 
-ModelPtr ClipVisionPool::pretrained() {
-  const std::filesystem::path& dir = path_of("pretrained");
-  return with_origin(section_of(ctx_) + ".pretrained", dir, [&] {
+ConstModelPtr ClipVisionPool::pretrained() {
+  const std::filesystem::path& dir = path_of(pretrained_name());
+  return with_origin(option_of(""), dir, [&] {
     read_config_json(dir);  // a clear error before any weight is read
     return CheckpointModelPool::pretrained();
   });
@@ -161,7 +114,7 @@ ModelPtr ClipVisionPool::pretrained() {
 
 ModelPtr ClipVisionPool::load(const std::string& name) {
   const std::filesystem::path& dir = path_of(name);
-  const std::string label = section_of(ctx_) + ".models." + name;
+  const std::string label = option_of(name);
   const std::string option = label + " (" + dir.string() + ")";
   // The expert must have the pretrained model's architecture. Both configs are compared before any
   // weight is read; each model's weights are then checked against its own config. (The generic
@@ -169,8 +122,8 @@ ModelPtr ClipVisionPool::load(const std::string& name) {
   const VisionConfig expert_cfg = with_origin(label, dir, [&] {
     return VisionConfig::from_json(read_config_json(dir), (dir / "config.json").string());
   });
-  const std::filesystem::path& pre_dir = path_of("pretrained");
-  const VisionConfig pre_cfg = with_origin(section_of(ctx_) + ".pretrained", pre_dir, [&] {
+  const std::filesystem::path& pre_dir = path_of(pretrained_name());
+  const VisionConfig pre_cfg = with_origin(option_of(""), pre_dir, [&] {
     return VisionConfig::from_json(read_config_json(pre_dir), (pre_dir / "config.json").string());
   });
   const auto want = ClipVisionModel::expected_parameters(pre_cfg);

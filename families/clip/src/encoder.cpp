@@ -1,4 +1,4 @@
-#include "encoder.hpp"
+#include "fusion/clip/encoder.hpp"
 
 #include <ATen/core/grad_mode.h>
 

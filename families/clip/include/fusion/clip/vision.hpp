@@ -1,4 +1,5 @@
 #pragma once
+// CLIP's vision tower (architecture "clip_vision"), a functional fusion::Model.
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
@@ -6,8 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "clip_config.hpp"
-#include "encoder.hpp"
+#include "fusion/clip/config.hpp"
+#include "fusion/clip/encoder.hpp"
+#include "fusion/clip/export.hpp"
 #include "fusion/model.hpp"
 
 namespace fusion::clip {
@@ -20,7 +22,7 @@ namespace fusion::clip {
 /// output [B, hidden]: post_layernorm of token 0, with no projection (visual_projection belongs
 /// to the zero-shot head). Every weight is read from `params`, so autograd flows into them.
 /// Immutable after construction; forward is thread-safe.
-class ClipVisionModel : public Model {
+class FUSION_CLIP_API ClipVisionModel : public Model {
  public:
   /// Checks `params` against `config` (every key and shape; see check_params) and throws
   /// fusion::Error naming the first disagreeing key and both shapes. `config` is the model's
@@ -28,6 +30,7 @@ class ClipVisionModel : public Model {
   /// parameters() are kept in Hugging Face's module order, whatever the order of `params`.
   ClipVisionModel(StateDict params, const nlohmann::json& config);
   ClipVisionModel(StateDict params, VisionConfig config);
+  ~ClipVisionModel() override;  ///< defined in the library: its key function (one vtable, one typeinfo)
 
   at::Tensor forward(const StateDict& params, const at::Tensor& pixel_values) const override;
   using Model::forward;
@@ -47,7 +50,8 @@ class ClipVisionModel : public Model {
 
 /// The functional vision tower on its own: the pooled output of `pixel_values` with the weights of
 /// `params`, for a caller that holds a config but no model.
-at::Tensor clip_vision_forward(const StateDict& params, const VisionConfig& cfg,
-                               const std::vector<LayerKeys>& keys, const at::Tensor& pixel_values);
+FUSION_CLIP_API at::Tensor clip_vision_forward(const StateDict& params, const VisionConfig& cfg,
+                                               const std::vector<LayerKeys>& keys,
+                                               const at::Tensor& pixel_values);
 
 }  // namespace fusion::clip

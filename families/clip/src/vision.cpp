@@ -1,4 +1,4 @@
-#include "clip_vision.hpp"
+#include "fusion/clip/vision.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
@@ -72,6 +72,8 @@ ClipVisionModel::ClipVisionModel(StateDict params, VisionConfig config)
   }
   parameters_ = std::move(ordered);
 }
+
+ClipVisionModel::~ClipVisionModel() = default;
 
 at::Tensor ClipVisionModel::forward(const StateDict& params, const at::Tensor& pixel_values) const {
   return clip_vision_forward(params, vcfg_, keys_, pixel_values);

@@ -1,14 +1,14 @@
-#include "zero_shot.hpp"
+#include "fusion/clip/zero_shot.hpp"
 
 #include <ATen/core/grad_mode.h>
 
 #include <cmath>
 
-#include "clip_text.hpp"
-#include "clip_vision_pool.hpp"
+#include "fusion/clip/config.hpp"
+#include "fusion/clip/text.hpp"
+#include "fusion/clip/tokenizer.hpp"
 #include "fusion/error.hpp"
 #include "fusion/safetensors.hpp"
-#include "tokenizer.hpp"
 
 namespace fusion::clip {
 namespace {

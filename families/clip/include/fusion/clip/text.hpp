@@ -1,4 +1,5 @@
 #pragma once
+// CLIP's text tower with its projection (architecture "clip_text"), a functional fusion::Model.
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
@@ -6,8 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "clip_config.hpp"
-#include "encoder.hpp"
+#include "fusion/clip/config.hpp"
+#include "fusion/clip/encoder.hpp"
+#include "fusion/clip/export.hpp"
 #include "fusion/model.hpp"
 
 namespace fusion::clip {
@@ -22,10 +24,11 @@ namespace fusion::clip {
 /// position is the argmax of the ids when every row's largest id is 49407 or the config's
 /// eos_token_id is the legacy 2 (OpenAI's vocabulary: the end-of-text id is the largest), else the
 /// first position holding eos_token_id, as transformers does. Immutable; forward is thread-safe.
-class ClipTextModel : public Model {
+class FUSION_CLIP_API ClipTextModel : public Model {
  public:
   /// `config`: a CLIPModel's config.json (text_config, projection_dim). Checks every key and shape.
   ClipTextModel(StateDict params, const nlohmann::json& config);
+  ~ClipTextModel() override;  ///< defined in the library: its key function
 
   at::Tensor forward(const StateDict& params, const at::Tensor& input_ids) const override;
   using Model::forward;

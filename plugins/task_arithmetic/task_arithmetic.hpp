@@ -1,22 +1,22 @@
 #pragma once
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "fusion/algorithm.hpp"
-#include "fusion/config.hpp"
-#include "fusion/plugin.hpp"
+#include "fusion/component.hpp"
+#include "fusion/options.hpp"
 
 namespace fusion::methods {
 
 struct TaskArithmeticOptions {
   /// λ in θ = θ₀ + λ Σₜ τₜ. Default 0.3.
   double scaling_factor = 0.3;
-  /// A λ sweep: when non-empty, one merged model per value (and `scaling_factor` is not used);
-  /// Σₜ τₜ is computed once for all of them. Default: empty.
-  std::vector<double> scaling_factors;
+  /// A λ sweep: one merged model per value (and `scaling_factor` is not used); Σₜ τₜ is computed
+  /// once for all of them. Default: absent.
+  std::optional<std::vector<double>> scaling_factors;
 
-  /// Reads the options from a config checked against TaskArithmetic::info().schema.
-  static TaskArithmeticOptions from_config(const Config& config);
+  static void bind(Options<TaskArithmeticOptions>& o);
 };
 
 /// Task arithmetic (Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023):
@@ -24,15 +24,15 @@ struct TaskArithmeticOptions {
 /// at the end, the pretrained model. Integer tensors are the pretrained model's.
 class TaskArithmetic : public Algorithm {
  public:
-  explicit TaskArithmetic(TaskArithmeticOptions options = {});
+  using Options = TaskArithmeticOptions;
+  explicit TaskArithmetic(Options options = {}) : options_(std::move(options)) {}
   static ComponentInfo info();
-  static std::unique_ptr<Algorithm> create(const Context& ctx);
 
   Result run(ModelPool& models, TaskPool* tasks, const Context& ctx) override;
-  const TaskArithmeticOptions& options() const { return options_; }
+  const Options& options() const { return options_; }
 
  private:
-  TaskArithmeticOptions options_;
+  Options options_;
 };
 
 }  // namespace fusion::methods

@@ -8,6 +8,10 @@ BatchStream::~BatchStream() = default;
 Task::~Task() = default;
 TaskPool::~TaskPool() = default;
 
+std::unique_ptr<BatchStream> Task::test_stream(int64_t /*batch_size*/, uint64_t /*seed*/) {
+  FUSION_FAIL("task '", name(), "' offers no test batches (its task pool does not implement test_stream)");
+}
+
 at::Tensor Task::loss(const Model& model, const StateDict& params, const Batch& batch) const {
   at::Tensor logits = this->logits(model, params, batch.inputs);
   return at::cross_entropy_loss(logits, batch.labels);

@@ -36,6 +36,10 @@ class FUSION_SDK_API Task {
   virtual bool has_train_split() const = 0;
   /// Endless shuffled batches of the train split. Throws fusion::Error when the task has none.
   virtual std::unique_ptr<BatchStream> train_stream(int64_t batch_size, uint64_t seed) = 0;
+  /// Endless batches of the test split, reshuffled every epoch from `seed`, for methods that adapt
+  /// on unlabeled test data (AdaMerging's entropy minimisation): they must not read the labels.
+  /// The base class throws fusion::Error ("task 'x' offers no test batches").
+  virtual std::unique_ptr<BatchStream> test_stream(int64_t batch_size, uint64_t seed);
   /// Class logits for `inputs`: the model's features under `params`, through this task's frozen
   /// head. Differentiable in `params`.
   virtual at::Tensor logits(const Model& model, const StateDict& params,

@@ -43,20 +43,28 @@ std::string join(const std::vector<std::string>& v) {
 
 }  // namespace
 
-void ParetoWeightEnsembling::plan(const ModelPtr& pretrained) {
-  FUSION_ENSURE(options_.router_hidden_layers == 1 || options_.router_hidden_layers == 2, "method.router_hidden_layers = ",
-                options_.router_hidden_layers, ": must be 1 or 2");
-  FUSION_ENSURE(std::isfinite(options_.init_lambda), "method.init_lambda is not finite");
-  pretrained_ = pretrained;
-  std::vector<std::string> modules;  // the patterns without their trailing ".*"
+std::string upscale_pattern_problem(const std::vector<std::string>& patterns) {
+  for (const std::string& p : patterns)
+    if (p.size() <= 2 || p.compare(p.size() - 2, 2, ".*") != 0)
+      return ": pattern '" + p + "' must end with \".*\" (it names a module, e.g. \"*.mlp.*\")";
+  return "";
+}
+
+void ParetoWeightEnsembling::plan(ConstModelPtr pretrained) {
+  // The options' own checks, for callers that build the options in code rather than from a config.
+  using O = ParetoWeightEnsemblingOptions;
+  const std::string upscale = "method." + option_name(&O::upscale);
+  FUSION_ENSURE(options_.router_hidden_layers == 1 || options_.router_hidden_layers == 2, "method.",
+                option_name(&O::router_hidden_layers), " = ", options_.router_hidden_layers, ": must be 1 or 2");
+  FUSION_ENSURE(std::isfinite(options_.init_lambda), "method.", option_name(&O::init_lambda), " is not finite");
+  pretrained_ = std::move(pretrained);
   std::vector<std::string> patterns = options_.upscale;
   if (options_.upscale_attn) patterns.push_back("*.self_attn.*");
-  FUSION_ENSURE(!patterns.empty(), "method.upscale is empty: name at least one parameter group (e.g. \"*.mlp.*\")");
-  for (const std::string& p : patterns) {
-    FUSION_ENSURE(p.size() > 2 && p.compare(p.size() - 2, 2, ".*") == 0, "method.upscale: pattern '", p,
-                  "' must end with \".*\" (it names a module, e.g. \"*.mlp.*\")");
-    modules.push_back(p.substr(0, p.size() - 2));
-  }
+  FUSION_ENSURE(!patterns.empty(), upscale, " is empty: name at least one parameter group (e.g. \"*.mlp.*\")");
+  const std::string bad = upscale_pattern_problem(patterns);
+  FUSION_ENSURE(bad.empty(), upscale, bad);
+  std::vector<std::string> modules;  // the patterns without their trailing ".*"
+  for (const std::string& p : patterns) modules.push_back(p.substr(0, p.size() - 2));
   const StateDict& theta0 = pretrained_->parameters();
   std::map<std::string, size_t> group_index;
   for (const auto& [key, tensor] : theta0) {
@@ -181,8 +189,9 @@ void ParetoWeightEnsembling::load_router_state(const StateDict& state, const std
   for (auto& g : groups_) {
     for (size_t i = 0; i < g.router.size(); ++i) {
       const at::Tensor* t = state.find(g.router_names[i]);
-      FUSION_ENSURE(t != nullptr, origin, ": router weight '", g.router_names[i],
-                    "' is missing (was it trained with other upscale patterns or router_hidden_layers?)");
+      FUSION_ENSURE(t != nullptr, origin, ": router weight '", g.router_names[i], "' is missing (was it trained with other ",
+                    option_name(&ParetoWeightEnsemblingOptions::upscale), " patterns or ",
+                    option_name(&ParetoWeightEnsemblingOptions::router_hidden_layers), "?)");
       FUSION_ENSURE(t->sizes() == g.router[i].sizes(), origin, ": router weight '", g.router_names[i], "' has shape ",
                     t->sizes(), ", expected ", g.router[i].sizes(), " (T = ", num_tasks_, ")");
       FUSION_ENSURE(at::isfinite(*t).all().item<bool>(), origin, ": router weight '", g.router_names[i],
@@ -301,11 +310,10 @@ ModelPtr ParetoWeightEnsembling::merge_and_unload(const std::vector<double>& r) 
 }
 
 std::unique_ptr<ParetoWeightEnsembling> ParetoWeightEnsembling::from_models(
-    ModelPtr pretrained, const std::vector<ModelPtr>& experts, const std::vector<std::string>& names,
+    ConstModelPtr pretrained, const std::vector<ModelPtr>& experts, const std::vector<std::string>& names,
     const ParetoWeightEnsemblingOptions& options, at::Generator generator, const std::string& method) {
-  FUSION_ENSURE(pretrained != nullptr, method, " needs a pretrained model: set modelpool.pretrained");
+  FUSION_ENSURE(pretrained != nullptr, method, ": from_models without a pretrained model");
   FUSION_ENSURE(experts.size() == names.size(), method, ": ", experts.size(), " experts for ", names.size(), " names");
-  FUSION_ENSURE(experts.size() >= 2, method, " needs at least 2 experts (tasks), the model pool has ", experts.size());
   std::unique_ptr<ParetoWeightEnsembling> pwe(new ParetoWeightEnsembling());
   pwe->options_ = options;
   pwe->method_ = method;
@@ -321,7 +329,6 @@ std::unique_ptr<ParetoWeightEnsembling> ParetoWeightEnsembling::from_pool(ModelP
                                                                            const ParetoWeightEnsemblingOptions& options,
                                                                            const std::string& method) {
   const std::vector<std::string> names = expert_names_checked(pool, method);
-  FUSION_ENSURE(names.size() >= 2, method, " needs at least 2 experts (tasks), the model pool has ", names.size());
   std::unique_ptr<ParetoWeightEnsembling> pwe(new ParetoWeightEnsembling());
   pwe->options_ = options;
   pwe->method_ = method;

@@ -9,6 +9,7 @@
 #include "fusion/context.hpp"
 #include "fusion/model.hpp"
 #include "fusion/model_pool.hpp"
+#include "fusion/options.hpp"
 #include "fusion/state_dict.hpp"
 
 namespace fusion::methods {
@@ -26,10 +27,17 @@ struct ParetoWeightEnsemblingOptions {
   std::vector<std::string> upscale = {"*.mlp.*"};
   /// Also upscale attention ("*.self_attn.*"). Default false.
   bool upscale_attn = false;
+
+  /// The options init_lambda, router_hidden_layers, upscale, upscale_attn (pwe_moe_options.cpp).
+  static void bind(Options<ParetoWeightEnsemblingOptions>& o);
 };
 
+/// What is wrong with the `upscale` patterns ("" when nothing): each must end with ".*". The text
+/// follows the option's name in the error ("method.upscale: pattern ...").
+std::string upscale_pattern_problem(const std::vector<std::string>& patterns);
+
 /// One weight-ensembling module: a group of parameters θ(r) = θ₀ + Σₜ g(r)ₜ τₜ (PWEMoE,
-/// arXiv:2406.09770; reference.md "PWEMoE") with its router g: ℝᵀ → ℝᵀ.
+/// arXiv:2406.09770; docs/pwe_moe.md, "The module") with its router g: ℝᵀ → ℝᵀ.
 struct WeightEnsemblingGroup {
   std::string prefix;                 ///< "blocks.3.mlp"
   std::vector<std::string> keys;      ///< full parameter names, in the model's order
@@ -50,14 +58,15 @@ class ParetoWeightEnsembling {
   /// Builds from a pool, streaming the experts one at a time (each `load`ed, its upscaled task
   /// vectors copied into the stacks and its other tensors added to the task-arithmetic sum, then
   /// dropped): peak ≈ pretrained + T × upscaled task vectors + the non-upscaled sum + one expert.
-  /// Throws fusion::Error for fewer than 2 experts, a missing pretrained model, experts whose keys
-  /// or shapes differ from the pretrained model, patterns that match nothing, and bad options.
+  /// Throws fusion::Error for a pool without experts or a pretrained model, experts whose keys or
+  /// shapes differ from the pretrained model, patterns that match nothing, and bad options. (Two
+  /// experts at least is the components' requirement, checked by the host: see PweMoeLs::info.)
   /// Routers are initialised from `generator` (N(0, 0.01) weights, see reset_routers).
   static std::unique_ptr<ParetoWeightEnsembling> from_pool(ModelPool& pool, const Context& ctx,
                                                            const ParetoWeightEnsemblingOptions& options,
                                                            const std::string& method = "pwe_moe");
   /// Builds from models in memory (tests): same as from_pool.
-  static std::unique_ptr<ParetoWeightEnsembling> from_models(ModelPtr pretrained,
+  static std::unique_ptr<ParetoWeightEnsembling> from_models(ConstModelPtr pretrained,
                                                              const std::vector<ModelPtr>& experts,
                                                              const std::vector<std::string>& names,
                                                              const ParetoWeightEnsemblingOptions& options,
@@ -109,7 +118,7 @@ class ParetoWeightEnsembling {
 
  private:
   ParetoWeightEnsembling() = default;
-  void plan(const ModelPtr& pretrained);
+  void plan(ConstModelPtr pretrained);
   void add_expert(size_t t, const Model& expert, const std::string& name);
   void finish(at::Generator generator);
 
@@ -117,7 +126,7 @@ class ParetoWeightEnsembling {
   std::string method_;
   int64_t num_tasks_ = 0;
   std::vector<std::string> expert_names_;
-  ModelPtr pretrained_;
+  ConstModelPtr pretrained_;
   StateDict rest_;                         ///< every non-upscaled tensor (merged or copied)
   std::vector<std::string> merged_keys_;   ///< floating non-upscaled keys (in rest_)
   std::vector<WeightEnsemblingGroup> groups_;

@@ -1,12 +1,9 @@
-// fusion/pareto.hpp: the simplex grid against the reference generator, the Pareto front, the exact
-// hypervolume (hand cases and inclusion–exclusion), and the gnuplot SVG plot.
+// fusion/pareto.hpp: the simplex grid against the reference generator, the Pareto front and the exact
+// hypervolume (hand cases and inclusion–exclusion). (The plot is the host's: host/pareto_plot.hpp.)
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <filesystem>
-#include <fstream>
 #include <random>
-#include <sstream>
 
 #include "fusion/error.hpp"
 #include "fusion/pareto.hpp"
@@ -122,30 +119,6 @@ TEST(Hypervolume, ManyPointsOnAFront8D) {
 TEST(Hypervolume, RejectsMismatchedDimensions) {
   EXPECT_THROW(fusion::hypervolume({{1, 2, 3}}, {0, 0}), fusion::Error);
   EXPECT_THROW(fusion::hypervolume({{1, NAN}}, {0, 0}), fusion::Error);
-}
-
-TEST(ParetoPlot, WritesSvgFor2And3Axes) {
-  const auto dir = std::filesystem::temp_directory_path() / ("pwe_plot_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  fusion::PlotSeries grid{"pwe_moe_ls", {{0.9, 0.2}, {0.8, 0.5}, {0.3, 0.95}}, true};
-  fusion::PlotSeries base{"task_arithmetic", {{0.6, 0.6}}, false};
-  fusion::write_pareto_plot(dir / "p2.svg", {"sun_397", "dtd"}, {grid, base}, "T = 2");
-  std::ifstream in(dir / "p2.svg");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  EXPECT_NE(ss.str().find("<svg"), std::string::npos);
-  EXPECT_NE(ss.str().find("sun_397"), std::string::npos);
-  EXPECT_NE(ss.str().find("task_arithmetic"), std::string::npos);
-  fusion::PlotSeries g3{"pwe", {{0.9, 0.2, 0.4}, {0.5, 0.5, 0.5}}, false};
-  fusion::write_pareto_plot(dir / "p3.svg", {"a", "b", "c"}, {g3});
-  EXPECT_GT(std::filesystem::file_size(dir / "p3.svg"), 1000u);
-  EXPECT_THROW(fusion::write_pareto_plot(dir / "bad.svg", {"a", "b"}, {g3}), fusion::Error);
-  EXPECT_FALSE(std::filesystem::exists(dir / "bad.svg"));
-  // no temporary files left behind
-  int files = 0;
-  for (auto& e : std::filesystem::directory_iterator(dir)) files += e.is_regular_file();
-  EXPECT_EQ(files, 2);
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -8,8 +8,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
+#include "fusion/component.hpp"
 #include "fusion/config.hpp"
+#include "fusion/options.hpp"
 #include "fusion/safetensors.hpp"
 #include "pwe_moe.hpp"
 #include "tiny_model.hpp"
@@ -27,11 +30,11 @@ fs::path fresh_dir(const std::string& name) {
 }
 
 fusion::Context context(const fs::path& dir, uint64_t seed = 42) {
-  fusion::Context ctx;
-  ctx.set_run_dir(dir);
-  ctx.set_seed(seed);
-  ctx.set_progress_enabled(false);
-  return ctx;
+  fusion::Context::Settings s;
+  s.run_dir = dir;
+  s.seed = seed;
+  s.progress = false;
+  return fusion::Context(s);
 }
 
 PweMoeOptions small_options(int64_t steps = 40, int64_t save = 20) {
@@ -142,23 +145,26 @@ TEST(PweTraining, RunReturnsTheParetoSetAndCheckpointPathSkipsTraining) {
   EXPECT_EQ(s.pool->saves, 1);
   EXPECT_TRUE(fs::exists(dir / "exports" / "r_0.2500_0.7500_" / "model.safetensors"));
   // a lazily made model is a plain model of the pool's architecture that evaluates
-  fusion::ModelPtr m = res.models[5].make();
+  fusion::ConstModelPtr m = res.models[5].make();
   EXPECT_EQ(m->architecture(), "tiny_mlp_transformer");
   EXPECT_FALSE(m->parameters().at("blocks.0.mlp.fc1.weight").requires_grad());
   const auto rep = s.tasks->task("task0").evaluate(*m);
   EXPECT_GE(rep.at("accuracy").get<double>(), 0.0);
 
-  // checkpoint_path: evaluate the trained routers without training and without a task pool
+  // checkpoint_path: evaluate the trained routers without training (and without the train splits,
+  // so run() itself needs no task pool; the host requires one for the evaluation)
   auto o2 = small_options(20, 10);
   o2.checkpoint_path = (dir / "checkpoints" / "routers_step=20.safetensors").string();
   PweMoeLs again(o2);
-  const fusion::Result res2 = again.run(*s.pool, nullptr, context(fresh_dir("eval")));
+  const fs::path eval_dir = fresh_dir("eval");
+  const fusion::Result res2 = again.run(*s.pool, nullptr, context(eval_dir));
   ASSERT_EQ(res2.models.size(), 11u);
   EXPECT_TRUE(res2.sweep);  // two tasks, grid only: r = (1 − t, t) in order
-  fusion::ModelPtr m2 = res2.models[5].make();
+  fusion::ConstModelPtr m2 = res2.models[5].make();
   for (const auto& [k, v] : m->parameters())
     if (v.is_floating_point()) EXPECT_TRUE(at::allclose(v, m2->parameters().at(k), 0, 1e-7)) << k;
-  EXPECT_FALSE(fs::exists(fs::path(fresh_dir("eval")) / "train_log.csv"));
+  EXPECT_FALSE(fs::exists(eval_dir / "train_log.csv"));
+  EXPECT_FALSE(fs::exists(eval_dir / "checkpoints"));
 }
 
 TEST(PweTraining, ManyTasksEvaluateEqualWeightAndOneHotPoints) {
@@ -228,9 +234,16 @@ TEST(PweBadInput, PoolsAndTasks) {
     }
     return std::string("<no error>");
   };
-  // T < 2
+  // The requirements, checked by the host before any weight is read (one format for every component)
   pwe_test::MemoryPool one(s.pretrained, {{"task0", s.pool->load("task0")}});
-  EXPECT_NE(msg_of([&] { PweMoeLs().run(one, s.tasks.get(), ctx); }).find("at least 2 experts"), std::string::npos);
+  EXPECT_EQ(msg_of([&] { fusion::check_requirements(PweMoeLs::info(), one, s.tasks.get()); }),
+            "pwe_moe_ls needs at least 2 experts, the model pool has 1: add them under [modelpool.models]");
+  EXPECT_EQ(msg_of([&] { fusion::check_requirements(PweMoeEpo::info(), *s.pool, nullptr); }),
+            "pwe_moe_epo needs a task pool: add a [taskpool] section");
+  pwe_test::MemoryPool no_pretrained(nullptr, {{"task0", s.pool->load("task0")}, {"task1", s.pool->load("task1")}});
+  EXPECT_EQ(msg_of([&] { fusion::check_requirements(PweMoeLs::info(), no_pretrained, s.tasks.get()); }),
+            "pwe_moe_ls needs a pretrained model: set modelpool.pretrained");
+  EXPECT_EQ(msg_of([&] { fusion::check_requirements(PweMoeLs::info(), *s.pool, s.tasks.get()); }), "<no error>");
   // an expert whose shapes differ
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(1);
   fusion::StateDict odd = s.pretrained->parameters().clone();
@@ -246,12 +259,16 @@ TEST(PweBadInput, PoolsAndTasks) {
                                           {"task1", std::make_shared<fusion::Model>("tiny", missing)}});
   const std::string m2 = msg_of([&] { ParetoWeightEnsembling::from_pool(bad2, ctx, {}, "pwe_moe_ls"); });
   EXPECT_NE(m2.find("norm.bias"), std::string::npos) << m2;
-  // a task without a train split
+  // a task without a train split: refused when training (checkpoint_path empty), which needs it
   s.tasks->tasks[1] = std::make_unique<pwe_test::BlobTask>("task1", 3, 9, /*has_train=*/false);
   const std::string m3 = msg_of([&] { PweMoeLs(small_options()).run(*s.pool, s.tasks.get(), ctx); });
-  EXPECT_NE(m3.find("task 'task1' has no train split"), std::string::npos) << m3;
-  // no task pool and no checkpoint
-  EXPECT_NE(msg_of([&] { PweMoeLs().run(*s.pool, nullptr, ctx); }).find("[taskpool]"), std::string::npos);
+  EXPECT_EQ(m3, "pwe_moe_ls: task 'task1' has no train split, which training needs");
+  // an expert without a task of its name
+  pwe_test::BlobTaskPool other;
+  other.tasks.push_back(std::make_unique<pwe_test::BlobTask>("task0", 3, 8));
+  other.tasks.push_back(std::make_unique<pwe_test::BlobTask>("other", 3, 9));
+  EXPECT_EQ(msg_of([&] { PweMoeLs(small_options()).run(*s.pool, &other, ctx); }),
+            "pwe_moe_ls: expert 'task1' has no task of the same name in the task pool (tasks: task0, other)");
   // patterns that match nothing; a pattern without ".*"; a router depth out of range
   ParetoWeightEnsemblingOptions o;
   o.upscale = {"*.ffn.*"};
@@ -260,9 +277,17 @@ TEST(PweBadInput, PoolsAndTasks) {
   o.upscale = {"*.mlp"};
   EXPECT_NE(msg_of([&] { ParetoWeightEnsembling::from_pool(*s.pool, ctx, o, "pwe_moe_ls"); }).find("must end with"),
             std::string::npos);
+  o.upscale = {"*.mlp.*"};
+  o.router_hidden_layers = 3;
+  EXPECT_EQ(msg_of([&] { ParetoWeightEnsembling::from_pool(*s.pool, ctx, o, "pwe_moe_ls"); }),
+            "method.router_hidden_layers = 3: must be 1 or 2");
+  // options that contradict each other
   PweMoeOptions po;
-  po.model.router_hidden_layers = 3;
-  EXPECT_NE(msg_of([&] { PweMoeLs{po}; }).find("router_hidden_layers"), std::string::npos);
+  po.resume = true;
+  po.checkpoint_path = "routers.safetensors";
+  EXPECT_EQ(msg_of([&] { PweMoeEpo{po}; }),
+            "method.resume and method.checkpoint_path are both set: resume continues training, checkpoint_path "
+            "evaluates without training");
   // a checkpoint for another number of tasks
   EXPECT_NE(msg_of([&] {
               PweMoeOptions p2;
@@ -276,8 +301,18 @@ TEST(PweConfig, SchemaDefaultsAndOverrides) {
   const auto info = PweMoeLs::info();
   EXPECT_EQ(info.name, "pwe_moe_ls");
   EXPECT_EQ(PweMoeEpo::info().name, "pwe_moe_epo");
-  const fusion::Config c = fusion::Config::validate("method", {{"lr", 0.05}, {"upscale_attn", true}}, info.schema);
-  const PweMoeOptions o = PweMoeOptions::from_config(c);
+  EXPECT_EQ(info.requirements.describe(), "a pretrained model, at least 2 experts, a task pool");
+  EXPECT_EQ(PweMoeEpo::info().requirements.describe(), info.requirements.describe());
+  const fusion::Schema& schema = fusion::schema_of<PweMoeOptions>();
+  // the options in the order `fusion describe` shows them (as before SDK 1.0)
+  std::vector<std::string> names;
+  for (const auto& spec : schema.options()) names.push_back(spec.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"init_lambda", "router_hidden_layers", "upscale", "upscale_attn", "lr",
+                                             "num_steps", "save_interval", "batch_size", "alpha", "eval_grid",
+                                             "eval_grid_m", "eval_random", "export", "resume", "checkpoint_path",
+                                             "epo_eps"}));
+  const fusion::Config c = fusion::Config::validate("method", {{"lr", 0.05}, {"upscale_attn", true}}, schema);
+  const PweMoeOptions o = fusion::read_options<PweMoeOptions>(c);
   EXPECT_DOUBLE_EQ(o.lr, 0.05);
   EXPECT_TRUE(o.model.upscale_attn);
   EXPECT_DOUBLE_EQ(o.model.init_lambda, 0.3);
@@ -286,7 +321,28 @@ TEST(PweConfig, SchemaDefaultsAndOverrides) {
   EXPECT_EQ(o.batch_size, 16);
   EXPECT_EQ(o.model.router_hidden_layers, 2);
   EXPECT_EQ(o.model.upscale, std::vector<std::string>{"*.mlp.*"});
-  EXPECT_THROW(fusion::Config::validate("method", {{"lr_typo", 0.1}}, info.schema), fusion::Error);
+  EXPECT_TRUE(o.export_preferences.empty());
+  EXPECT_EQ(o.checkpoint_path, "");
+  EXPECT_THROW(fusion::Config::validate("method", {{"lr_typo", 0.1}}, schema), fusion::Error);
+  // the binding's checks, each naming section.key
+  auto refused = [&](const std::string& key, fusion::Value v) {
+    try {
+      fusion::Config::validate("method", {{key, v}}, schema);
+    } catch (const fusion::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("<no error>");
+  };
+  EXPECT_EQ(refused("upscale", std::vector<std::string>{"*.mlp.*", "*.mlp"}),
+            "method.upscale: pattern '*.mlp' must end with \".*\" (it names a module, e.g. \"*.mlp.*\")");
+  EXPECT_NE(refused("router_hidden_layers", int64_t{3}).find("method.router_hidden_layers"), std::string::npos);
+  EXPECT_NE(refused("init_lambda", std::numeric_limits<double>::infinity()).find("method.init_lambda"),
+            std::string::npos);
+  EXPECT_NE(refused("save_interval", int64_t{0}).find("method.save_interval"), std::string::npos);
+  const PweMoeOptions nested = fusion::read_options<PweMoeOptions>(
+      fusion::Config::validate("method", {{"router_hidden_layers", int64_t{1}}, {"init_lambda", 0.5}}, schema));
+  EXPECT_EQ(nested.model.router_hidden_layers, 1);
+  EXPECT_DOUBLE_EQ(nested.model.init_lambda, 0.5);
 }
 
 }  // namespace

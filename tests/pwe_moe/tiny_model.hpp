@@ -81,7 +81,7 @@ class MemoryPool : public fusion::ModelPool {
     return n;
   }
   bool has_pretrained() const override { return pretrained_ != nullptr; }
-  ModelPtr pretrained() override {
+  fusion::ConstModelPtr pretrained() override {
     FUSION_ENSURE(pretrained_ != nullptr, "no pretrained model");
     return pretrained_;
   }

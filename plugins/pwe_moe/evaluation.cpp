@@ -1,0 +1,97 @@
+// What PWEMoE returns once its routers are set: the merged models θ(r) of the evaluated preference
+// vectors (the approximate Pareto set, made lazily for the host to evaluate on every task's test
+// split) and the exported models of method.export.
+#include <filesystem>
+#include <iomanip>
+#include <set>
+#include <sstream>
+
+#include "fusion/error.hpp"
+#include "fusion/pareto.hpp"
+#include "fusion/seed.hpp"
+#include "pwe_moe.hpp"
+
+namespace fusion::methods {
+
+namespace fs = std::filesystem;
+
+std::string PweMoeAlgorithm::preference_label(const std::vector<double>& r, int decimals) {
+  std::ostringstream o;
+  o << std::fixed << std::setprecision(decimals) << "r=[";
+  for (size_t i = 0; i < r.size(); ++i) o << (i ? "," : "") << r[i];
+  o << "]";
+  return o.str();
+}
+
+std::vector<std::vector<double>> PweMoeAlgorithm::evaluation_preferences(int64_t T, uint64_t seed) const {
+  std::vector<std::vector<double>> out;
+  if (options_.eval_grid) {
+    if (T <= 3) {
+      out = generate_simplex_grid(static_cast<int>(T), static_cast<int>(options_.eval_grid_m));
+    } else {  // as the original did for eight tasks: equal weights, then each task alone
+      out.emplace_back(static_cast<size_t>(T), 1.0 / static_cast<double>(T));
+      for (int64_t t = 0; t < T; ++t) {
+        std::vector<double> e(static_cast<size_t>(T), 0.0);
+        e[static_cast<size_t>(t)] = 1.0;
+        out.push_back(std::move(e));
+      }
+    }
+  }
+  for (int64_t i = 0; i < options_.eval_random; ++i)
+    out.push_back(dirichlet_preference(T, options_.alpha, derive_seed(seed, 0x6576616cull, static_cast<uint64_t>(i))));
+  return out;
+}
+
+void PweMoeAlgorithm::check_export_sizes(size_t num_tasks) const {
+  const std::string option = "method." + option_name(&PweMoeOptions::export_preferences);
+  for (size_t i = 0; i < options_.export_preferences.size(); ++i) {
+    const auto& r = options_.export_preferences[i];
+    FUSION_ENSURE(r.size() == num_tasks, option, "[", i, "]: the preference vector has ", r.size(),
+                  " entries, expected one per task (T = ", num_tasks, ")");
+  }
+}
+
+std::vector<std::vector<double>> PweMoeAlgorithm::checked_exports(const ParetoWeightEnsembling& pwe) const {
+  const std::string option = "method." + option_name(&PweMoeOptions::export_preferences);
+  std::vector<std::vector<double>> out;
+  for (size_t i = 0; i < options_.export_preferences.size(); ++i)
+    out.push_back(pwe.checked_preference(options_.export_preferences[i], option + "[" + std::to_string(i) + "]"));
+  return out;
+}
+
+void PweMoeAlgorithm::export_models(const ParetoWeightEnsembling& pwe, const std::vector<std::vector<double>>& exports,
+                                    const ModelPool& models, Result& result, const Context& ctx) const {
+  for (const std::vector<double>& r : exports) {
+    ModelPtr m = pwe.merge_and_unload(r);
+    std::string dir = preference_label(r, 4).substr(2);  // "[0.5000,0.5000]"
+    for (char& c : dir)
+      if (c == '[' || c == ']' || c == ',') c = '_';
+    const fs::path out = ctx.run_dir() / "exports" / ("r" + dir);
+    std::error_code ec;
+    fs::create_directories(out.parent_path(), ec);
+    models.save(*m, out);
+    ctx.log().info(name_ + ": exported " + preference_label(r) + " to " + out.string());
+    result.info["exports"].push_back({{"preference", r}, {"path", out.string()}});
+  }
+}
+
+void PweMoeAlgorithm::add_pareto_set(std::shared_ptr<const ParetoWeightEnsembling> pwe, Result& result,
+                                     uint64_t seed) const {
+  const auto prefs = evaluation_preferences(pwe->num_tasks(), seed);
+  const size_t n_grid = prefs.size() - static_cast<size_t>(options_.eval_random);
+  // Over two tasks the grid runs along one line, r = (1 − t, t); over more it fills a simplex, and
+  // random preferences are not in order: only the first is a curve to draw as one.
+  result.sweep = pwe->num_tasks() == 2 && options_.eval_random == 0;
+  std::set<std::string> labels;
+  for (size_t i = 0; i < prefs.size(); ++i) {
+    std::string label = preference_label(prefs[i]);
+    if (labels.count(label)) label = preference_label(prefs[i], 4);
+    if (labels.count(label)) label += "#" + std::to_string(i);
+    labels.insert(label);
+    const std::vector<double> r = prefs[i];
+    result.add_lazy(label, [pwe, r]() { return pwe->merge_and_unload(r); },
+                    {{"preference", r}, {"source", i < n_grid ? "grid" : "random"}});
+  }
+}
+
+}  // namespace fusion::methods

@@ -5,8 +5,8 @@
 #include <fusion/plugin.hpp>
 #include <fusion/state_dict.hpp>
 
-#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace lerp {
@@ -18,38 +18,39 @@ struct LinearInterpolationOptions {
   std::string start = "pretrained";
   /// An expert's name; "" (default) picks the first expert other than `start`.
   std::string end;
+
+  static void bind(fusion::Options<LinearInterpolationOptions>& o) {
+    o("t", &LinearInterpolationOptions::t, "position between the models: 0 is start, 1 is end").range(0.0, 1.0);
+    o("start", &LinearInterpolationOptions::start, "\"pretrained\" or an expert's name");
+    o("end", &LinearInterpolationOptions::end, "an expert's name (\"\": the first expert other than start)");
+  }
 };
 
 class LinearInterpolation : public fusion::Algorithm {
  public:
-  explicit LinearInterpolation(LinearInterpolationOptions options) : options_(std::move(options)) {}
+  using Options = LinearInterpolationOptions;
+  explicit LinearInterpolation(Options options) : options_(std::move(options)) {}
 
+  // At least one expert; the pretrained model only when `start` names it, checked in run().
   static fusion::ComponentInfo info() {
-    fusion::ComponentInfo info;
-    info.name = "linear_interpolation";
-    info.summary = "Linear interpolation between two models: (1 − t) θ_start + t θ_end";
-    info.reference = "https://arxiv.org/abs/1912.05671";
-    info.schema.add("t", 0.5, "position between the models: 0 is start, 1 is end").range(0.0, 1.0);
-    info.schema.add("start", std::string("pretrained"), "\"pretrained\" or an expert's name");
-    info.schema.add("end", std::string(""), "an expert's name (\"\": the first expert other than start)");
-    return info;
-  }
-
-  static std::unique_ptr<fusion::Algorithm> create(const fusion::Context& ctx) {
-    const fusion::Config& c = ctx.config();
-    return std::make_unique<LinearInterpolation>(
-        LinearInterpolationOptions{c.get<double>("t"), c.get<std::string>("start"), c.get<std::string>("end")});
+    return {"linear_interpolation", "Linear interpolation between two models: (1 − t) θ_start + t θ_end",
+            "https://arxiv.org/abs/1912.05671", {}, fusion::Requirements().experts(1)};
   }
 
   fusion::Result run(fusion::ModelPool& models, fusion::TaskPool* /*tasks*/, const fusion::Context& ctx) override {
-    const std::vector<std::string> experts = models.expert_names();
     std::string end = options_.end;
-    for (const std::string& name : experts) {
+    for (const std::string& name : models.expert_names()) {
       if (end.empty() && name != options_.start) end = name;
     }
-    FUSION_ENSURE(!end.empty(), "method.end: the model pool has no expert to interpolate towards");
-    fusion::ModelPtr a = options_.start == "pretrained" ? models.pretrained() : models.load(options_.start);
-    fusion::ModelPtr b = models.load(end);
+    // Messages name options through the binding, so each name is written once (in bind).
+    const std::string start_key = "method." + fusion::option_name(&Options::start);
+    const std::string end_key = "method." + fusion::option_name(&Options::end);
+    FUSION_ENSURE(!end.empty(), end_key, ": the model pool has no expert to interpolate towards");
+    const bool from_pretrained = options_.start == "pretrained";
+    FUSION_ENSURE(!from_pretrained || models.has_pretrained(), "linear_interpolation needs a pretrained model (",
+                  start_key, " is \"pretrained\"): set modelpool.pretrained");
+    fusion::ConstModelPtr a = from_pretrained ? models.pretrained() : models.load(options_.start);
+    fusion::ConstModelPtr b = models.load(end);
     fusion::check_same_layout(a->parameters(), b->parameters(), options_.start, "expert '" + end + "'");
     // weighted_sum combines floating tensors and takes integer ones from the first model.
     fusion::StateDict merged = fusion::weighted_sum({&a->parameters(), &b->parameters()},
@@ -58,16 +59,18 @@ class LinearInterpolation : public fusion::Algorithm {
                    " to " + end);
     fusion::Result result;
     result.add("merged", a->with_parameters(merged.to(ctx.device())),
-               {{"t", options_.t}, {"start", options_.start}, {"end", end}});
+               {{fusion::option_name(&Options::t), options_.t},
+                {fusion::option_name(&Options::start), options_.start},
+                {fusion::option_name(&Options::end), end}});
     return result;
   }
 
  private:
-  LinearInterpolationOptions options_;
+  Options options_;
 };
 
 }  // namespace lerp
 
 FUSION_PLUGIN("lerp", "0.1.0", reg) {
-  reg.add_algorithm(lerp::LinearInterpolation::info(), lerp::LinearInterpolation::create);
+  reg.add<lerp::LinearInterpolation>();
 }

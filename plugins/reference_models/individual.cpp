@@ -2,26 +2,17 @@
 
 #include <string>
 
-#include "fusion/merging.hpp"
-
 namespace fusion::methods {
 
 ComponentInfo Individual::info() {
-  ComponentInfo info;
-  info.name = "individual";
-  info.summary = "Reference: each expert as it is, one result per expert";
-  info.reference = "https://github.com/tanganke/fusion_bench";
-  return info;
-}
-
-std::unique_ptr<Algorithm> Individual::create(const Context& /*ctx*/) {
-  return std::make_unique<Individual>();
+  return {"individual", "Reference: each expert as it is, one result per expert",
+          "https://github.com/tanganke/fusion_bench", {}, Requirements().experts(1)};
 }
 
 Result Individual::run(ModelPool& models, TaskPool* /*tasks*/, const Context& /*ctx*/) {
   Result result;
   ModelPool* pool = &models;
-  for (const std::string& name : expert_names_checked(models, "individual")) {
+  for (const std::string& name : models.expert_names()) {
     result.add_lazy(name, [pool, name]() { return pool->load(name); }, nlohmann::json{{"model", name}});
   }
   return result;

@@ -1,8 +1,6 @@
 #pragma once
-#include <memory>
-
 #include "fusion/algorithm.hpp"
-#include "fusion/plugin.hpp"
+#include "fusion/component.hpp"
 
 namespace fusion::methods {
 
@@ -13,7 +11,6 @@ namespace fusion::methods {
 class Individual : public Algorithm {
  public:
   static ComponentInfo info();
-  static std::unique_ptr<Algorithm> create(const Context& ctx);
   Result run(ModelPool& models, TaskPool* tasks, const Context& ctx) override;
 };
 

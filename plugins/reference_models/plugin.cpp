@@ -3,6 +3,6 @@
 #include "pretrained.hpp"
 
 FUSION_PLUGIN("reference_models", FUSION_VERSION_STRING, reg) {
-  reg.add_algorithm(fusion::methods::Pretrained::info(), fusion::methods::Pretrained::create);
-  reg.add_algorithm(fusion::methods::Individual::info(), fusion::methods::Individual::create);
+  reg.add<fusion::methods::Pretrained>();
+  reg.add<fusion::methods::Individual>();
 }

@@ -1,8 +1,6 @@
 #pragma once
-#include <memory>
-
 #include "fusion/algorithm.hpp"
-#include "fusion/plugin.hpp"
+#include "fusion/component.hpp"
 
 namespace fusion::methods {
 
@@ -12,7 +10,6 @@ namespace fusion::methods {
 class SimpleAverage : public Algorithm {
  public:
   static ComponentInfo info();
-  static std::unique_ptr<Algorithm> create(const Context& ctx);
   Result run(ModelPool& models, TaskPool* tasks, const Context& ctx) override;
 };
 

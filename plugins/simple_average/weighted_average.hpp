@@ -1,10 +1,9 @@
 #pragma once
-#include <memory>
 #include <vector>
 
 #include "fusion/algorithm.hpp"
-#include "fusion/config.hpp"
-#include "fusion/plugin.hpp"
+#include "fusion/component.hpp"
+#include "fusion/options.hpp"
 
 namespace fusion::methods {
 
@@ -14,25 +13,25 @@ struct WeightedAverageOptions {
   /// Divide the weights by their sum first. Default true (as FusionBench).
   bool normalize = true;
 
-  static WeightedAverageOptions from_config(const Config& config);
+  static void bind(Options<WeightedAverageOptions>& o);
 };
 
 /// Weighted averaging: θ = Σₜ wₜ θₜ over the experts, with wₜ / Σ w when `normalize`. Streams the
 /// experts like SimpleAverage; integer tensors are the first expert's.
 class WeightedAverage : public Algorithm {
  public:
-  explicit WeightedAverage(WeightedAverageOptions options);
+  using Options = WeightedAverageOptions;
+  /// Throws fusion::Error naming method.weights when, with `normalize`, the weights sum to 0.
+  explicit WeightedAverage(Options options);
   static ComponentInfo info();
-  static std::unique_ptr<Algorithm> create(const Context& ctx);
   Result run(ModelPool& models, TaskPool* tasks, const Context& ctx) override;
-  const WeightedAverageOptions& options() const { return options_; }
-
-  /// The weights actually applied (normalised when asked). Throws fusion::Error naming
-  /// method.weights when a weight is not finite or, with `normalize`, the weights sum to 0.
-  std::vector<double> effective_weights() const;
+  const Options& options() const { return options_; }
+  /// The weights actually applied (normalised when asked).
+  const std::vector<double>& effective_weights() const { return weights_; }
 
  private:
-  WeightedAverageOptions options_;
+  Options options_;
+  std::vector<double> weights_;
 };
 
 }  // namespace fusion::methods

@@ -2,5 +2,5 @@
 #include "ties_merging.hpp"
 
 FUSION_PLUGIN("ties_merging", FUSION_VERSION_STRING, reg) {
-  reg.add_algorithm(fusion::methods::TiesMerging::info(), fusion::methods::TiesMerging::create);
+  reg.add<fusion::methods::TiesMerging>();
 }

@@ -18,14 +18,17 @@ namespace fusion::methods {
 // ---------------------------------------------------------------------------------------------
 // Options
 
-TiesMergingOptions TiesMergingOptions::from_config(const Config& config) {
-  TiesMergingOptions o;
-  o.threshold = config.get<double>("threshold");
-  o.merge_func = config.get<std::string>("merge_func");
-  o.remove_keys = config.get<std::vector<std::string>>("remove_keys");
-  o.scaling_factor = config.get<double>("scaling_factor");
-  if (config.has("scaling_factors")) o.scaling_factors = config.get<std::vector<double>>("scaling_factors");
-  return o;
+void TiesMergingOptions::bind(Options<TiesMergingOptions>& o) {
+  o("threshold", &TiesMergingOptions::threshold,
+    "K: percentage of each task vector's entries kept by magnitude, over the whole model")
+      .range(0.0, 100.0);
+  o("merge_func", &TiesMergingOptions::merge_func, "how the sign-agreeing values are combined")
+      .one_of({"sum", "mean", "max"});
+  o("remove_keys", &TiesMergingOptions::remove_keys,
+    "keys kept as the pretrained model's: exact names or regular expressions matching a whole key");
+  o("scaling_factor", &TiesMergingOptions::scaling_factor, "λ in θ = θ₀ + λ τₘ");
+  o("scaling_factors", &TiesMergingOptions::scaling_factors,
+    "a λ sweep: one merged model per value, replacing scaling_factor");
 }
 
 struct TiesMerging::Matchers {
@@ -39,12 +42,7 @@ struct TiesMerging::Matchers {
   std::vector<Entry> entries;
 };
 
-TiesMerging::TiesMerging(TiesMergingOptions options) : options_(std::move(options)) {
-  FUSION_ENSURE(options_.threshold >= 0.0 && options_.threshold <= 100.0,
-                "method.threshold must be a percentage in [0, 100], got ", options_.threshold);
-  FUSION_ENSURE(options_.merge_func == "sum" || options_.merge_func == "mean" || options_.merge_func == "max",
-                "method.merge_func must be one of sum, mean, max, got '", options_.merge_func, "'");
-  scaling_factors_of(options_.scaling_factor, options_.scaling_factors);  // validates
+TiesMerging::TiesMerging(Options options) : options_(std::move(options)) {
   auto m = std::make_shared<Matchers>();
   for (const std::string& entry : options_.remove_keys) {
     Matchers::Entry e{entry, std::nullopt};
@@ -66,24 +64,8 @@ bool TiesMerging::removed(const std::string& key) const {
 }
 
 ComponentInfo TiesMerging::info() {
-  ComponentInfo info;
-  info.name = "ties_merging";
-  info.summary = "TIES-merging: trim, elect sign and disjoint merge of task vectors (FusionBench's form)";
-  info.reference = "https://arxiv.org/abs/2306.01708";
-  info.schema.add("threshold", 20.0, "K: percentage of each task vector's entries kept by magnitude, over the whole model")
-      .range(0.0, 100.0);
-  info.schema.add("merge_func", std::string("sum"), "how the sign-agreeing values are combined")
-      .one_of({"sum", "mean", "max"});
-  info.schema.add("remove_keys", std::vector<std::string>{},
-                  "keys kept as the pretrained model's: exact names or regular expressions matching a whole key");
-  info.schema.add("scaling_factor", 0.3, "λ in θ = θ₀ + λ τₘ");
-  info.schema.add_optional("scaling_factors", ValueType::DoubleList,
-                           "a λ sweep: one merged model per value, replacing scaling_factor");
-  return info;
-}
-
-std::unique_ptr<Algorithm> TiesMerging::create(const Context& ctx) {
-  return std::make_unique<TiesMerging>(TiesMergingOptions::from_config(ctx.config()));
+  return {"ties_merging", "TIES-merging: trim, elect sign and disjoint merge of task vectors (FusionBench's form)",
+          "https://arxiv.org/abs/2306.01708", {}, Requirements().pretrained().experts(1)};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,6 +184,13 @@ std::vector<at::Tensor> task_vector_parts(const FlatLayout& layout, Model& exper
 
 enum class MergeFunc { Sum, Mean, Max };
 
+MergeFunc merge_func_of(const std::string& name) {
+  if (name == "sum") return MergeFunc::Sum;
+  if (name == "mean") return MergeFunc::Mean;
+  FUSION_ENSURE(name == "max", "ties_merging: unknown merge function '", name, "'");
+  return MergeFunc::Max;
+}
+
 bool fused(const at::Tensor& a) { return a.device().is_cpu() && a.scalar_type() == at::kFloat && a.is_contiguous(); }
 
 template <typename F>
@@ -314,9 +303,11 @@ void finish_merge(const at::Tensor& sign, const at::Tensor& count, MergeFunc mer
 }  // namespace
 
 Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& ctx) {
-  const std::vector<double> lambdas = scaling_factors_of(options_.scaling_factor, options_.scaling_factors);
-  const std::vector<std::string> names = expert_names_checked(models, "ties_merging");
-  ModelPtr pretrained = pretrained_checked(models, "ties_merging");
+  const std::vector<double> lambdas =
+      scaling_factors_of(options_.scaling_factor, options_.scaling_factors.value_or(std::vector<double>{}));
+  const MergeFunc merge = merge_func_of(options_.merge_func);
+  const std::vector<std::string> names = models.expert_names();
+  const ConstModelPtr pretrained = models.pretrained();
   const StateDict& base = pretrained->parameters();
   const at::Device device = ctx.device();
 
@@ -335,12 +326,13 @@ Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& c
     layout.dtype = first ? t : at::promote_types(layout.dtype, t);
     first = false;
   }
-  FUSION_ENSURE(layout.numel > 0, "ties_merging: no floating-point tensor is left to merge (method.remove_keys "
-                "removes them all)");
+  const std::string remove_keys = "method." + option_name(&Options::remove_keys);
+  FUSION_ENSURE(layout.numel > 0, "ties_merging: no floating-point tensor is left to merge (", remove_keys,
+                " removes them all)");
   for (const auto& entry : matchers_->entries) {
     const bool used = std::any_of(removed_keys.begin(), removed_keys.end(),
                                   [&](const std::string& key) { return entry.matches(key); });
-    if (!used) ctx.log().warn("ties_merging: method.remove_keys entry '" + entry.name + "' matches no floating-point key");
+    if (!used) ctx.log().warn("ties_merging: " + remove_keys + " entry '" + entry.name + "' matches no floating-point key");
   }
 
   const int64_t d = layout.numel;
@@ -381,9 +373,6 @@ Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& c
   at::Tensor sign = at::empty({d}, at::TensorOptions().dtype(at::kChar).device(device));
   elect_signs(acc, sign);
   acc.zero_();
-  const MergeFunc merge = options_.merge_func == "sum"    ? MergeFunc::Sum
-                          : options_.merge_func == "mean" ? MergeFunc::Mean
-                                                          : MergeFunc::Max;
   at::Tensor count;
   if (merge == MergeFunc::Mean) {
     count = at::zeros({d}, at::TensorOptions()
@@ -414,10 +403,13 @@ Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& c
   }
   acc = at::Tensor();
   Result result;
-  result.info = {{"num_experts", names.size()},      {"threshold", options_.threshold},
-                 {"merge_func", options_.merge_func},              {"merged_numel", d},
-                 {"trim_thresholds", threshold_info}, {"removed_keys", removed_keys},
-                 {"scaling_factors", lambdas}};
+  result.info = {{"num_experts", names.size()},
+                 {option_name(&Options::threshold), options_.threshold},
+                 {option_name(&Options::merge_func), options_.merge_func},
+                 {"merged_numel", d},
+                 {"trim_thresholds", threshold_info},
+                 {"removed_keys", removed_keys},
+                 {option_name(&Options::scaling_factors), lambdas}};
   add_scaled_results(result, pretrained, std::move(merged_tv), lambdas);
   return result;
 }

@@ -3,12 +3,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "fusion/algorithm.hpp"
-#include "fusion/config.hpp"
-#include "fusion/plugin.hpp"
+#include "fusion/component.hpp"
+#include "fusion/options.hpp"
 
 namespace fusion::methods {
 
@@ -25,10 +26,11 @@ struct TiesMergingOptions {
   std::vector<std::string> remove_keys;
   /// λ in θ = θ₀ + λ τₘ. Default 0.3.
   double scaling_factor = 0.3;
-  /// A λ sweep: when non-empty, one merged model per value (τₘ is computed once). Default: empty.
-  std::vector<double> scaling_factors;
+  /// A λ sweep: one merged model per value (and `scaling_factor` is not used); τₘ is computed once.
+  /// Default: absent.
+  std::optional<std::vector<double>> scaling_factors;
 
-  static TiesMergingOptions from_config(const Config& config);
+  static void bind(Options<TiesMergingOptions>& o);
 };
 
 /// TIES-merging (Yadav et al., "TIES-Merging: Resolving Interference When Merging Models",
@@ -45,17 +47,17 @@ struct TiesMergingOptions {
 /// (int8, ¼ model) — plus, for `mean`, an int16 count (½ model). Each expert is read twice.
 class TiesMerging : public Algorithm {
  public:
-  explicit TiesMerging(TiesMergingOptions options = {});
+  using Options = TiesMergingOptions;
+  explicit TiesMerging(Options options = {});
   static ComponentInfo info();
-  static std::unique_ptr<Algorithm> create(const Context& ctx);
   Result run(ModelPool& models, TaskPool* tasks, const Context& ctx) override;
-  const TiesMergingOptions& options() const { return options_; }
+  const Options& options() const { return options_; }
 
   /// Whether `key` is matched by an entry of remove_keys.
   bool removed(const std::string& key) const;
 
  private:
-  TiesMergingOptions options_;
+  Options options_;
   struct Matchers;
   std::shared_ptr<const Matchers> matchers_;
 };

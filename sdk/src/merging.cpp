@@ -1,6 +1,5 @@
 #include "fusion/merging.hpp"
 
-#include <cmath>
 #include <memory>
 #include <set>
 #include <sstream>
@@ -163,16 +162,8 @@ std::string format_scalar(double v) {
 }
 
 std::vector<double> scaling_factors_of(double scaling_factor,
-                                       const std::vector<double>& scaling_factors,
-                                       const std::string& section) {
-  std::vector<double> out = scaling_factors.empty() ? std::vector<double>{scaling_factor}
-                                                    : scaling_factors;
-  for (double v : out) {
-    FUSION_ENSURE(std::isfinite(v), section, ".",
-                  scaling_factors.empty() ? "scaling_factor" : "scaling_factors",
-                  " must be finite, got ", v);
-  }
-  return out;
+                                       const std::vector<double>& scaling_factors) {
+  return scaling_factors.empty() ? std::vector<double>{scaling_factor} : scaling_factors;
 }
 
 void add_scaled_results(Result& result, ConstModelPtr pretrained, StateDict delta,

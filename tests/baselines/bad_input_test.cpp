@@ -2,8 +2,14 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "fusion/component.hpp"
 #include "fusion/config.hpp"
-#include "fusion/merging.hpp"
+#include "fusion/options.hpp"
 #include "individual.hpp"
 #include "pretrained.hpp"
 #include "simple_average.hpp"
@@ -67,58 +73,87 @@ TEST(BadInput, WeightsOfWrongLength) {
 }
 
 TEST(BadInput, WeightsThatCannotBeNormalized) {
-  EXPECT_THAT(error_of([] { WeightedAverage({{1, -1}, true}); }), HasSubstr("method.weights sum to 0"));
-  EXPECT_THAT(error_of([] { WeightedAverage({{1, std::nan("")}, false}); }), HasSubstr("method.weights must be finite"));
-  EXPECT_THAT(error_of([] { WeightedAverage({{}, false}); }), HasSubstr("method.weights is empty"));
+  EXPECT_EQ(error_of([] { WeightedAverage({{1, -1}, true}); }),
+            "method.weights sum to 0 and cannot be normalized (set normalize = false)");
+  EXPECT_EQ(WeightedAverage({{1, -1}, false}).effective_weights(), (std::vector<double>{1, -1}));
+  EXPECT_EQ(WeightedAverage({{1, 3}, true}).effective_weights(), (std::vector<double>{0.25, 0.75}));
 }
 
-TEST(BadInput, OutOfRangeOptions) {
+namespace {
+// The error Config::validate gives for `values` in [method] against T's options binding.
+template <class T>
+std::string refused(const std::map<std::string, Value>& values) {
+  return error_of([&] { Config::validate("method", values, schema_of<typename T::Options>()); });
+}
+}  // namespace
+
+TEST(BadInput, OptionsRefusedWhenRead) {
+  // Ranges, choices and checks are declared in the options' binding: the host's Config::validate
+  // refuses them before anything is built.
+  EXPECT_EQ(refused<TiesMerging>({{"threshold", 120.0}}), "method.threshold: expected a value in [0, 100], got 120.0");
+  EXPECT_EQ(refused<TiesMerging>({{"threshold", -1.0}}), "method.threshold: expected a value in [0, 100], got -1.0");
+  EXPECT_EQ(refused<TiesMerging>({{"merge_func", std::string("median")}}),
+            "method.merge_func: expected one of \"sum\", \"mean\", \"max\", got \"median\"");
+  EXPECT_THAT(refused<WeightedAverage>({}), HasSubstr("method.weights: required option missing"));
+  EXPECT_EQ(refused<WeightedAverage>({{"weights", std::vector<double>{}}}),
+            "method.weights is empty: give one weight per expert");
+  EXPECT_THAT(refused<TaskArithmetic>({{"scaling_factr", 0.3}}), HasSubstr("method.scaling_factr: unknown option"));
+  // Non-finite numbers are refused when read, naming the option (and the entry of a list).
+  EXPECT_EQ(refused<TaskArithmetic>({{"scaling_factor", std::nan("")}}),
+            "method.scaling_factor: expected a finite number, got nan");
+  EXPECT_EQ(refused<TaskArithmetic>({{"scaling_factors", std::vector<double>{0.1, INFINITY}}}),
+            "method.scaling_factors[1]: expected a finite number, got inf");
+  EXPECT_EQ(refused<TiesMerging>({{"scaling_factor", -INFINITY}}),
+            "method.scaling_factor: expected a finite number, got -inf");
+  EXPECT_EQ(refused<WeightedAverage>({{"weights", std::vector<double>{1, std::nan("")}}}),
+            "method.weights[1]: expected a finite number, got nan");
+}
+
+TEST(BadInput, DuplicateScalingFactors) {
+  for (auto make : {+[]() -> std::unique_ptr<Algorithm> { return std::make_unique<TaskArithmetic>(TaskArithmeticOptions{0.3, std::vector<double>{0.1, 0.1}}); },
+                    +[]() -> std::unique_ptr<Algorithm> {
+                      TiesMergingOptions o;
+                      o.scaling_factors = std::vector<double>{0.1, 0.1};
+                      return std::make_unique<TiesMerging>(o);
+                    }}) {
+    MemoryPool pool(sd({{"w", f32({1})}}), {{"a", sd({{"w", f32({1})}})}});
+    EXPECT_THAT(error_of([&] { make()->run(pool, nullptr, Context()); }),
+                HasSubstr("method.scaling_factors lists 0.1 more than once"));
+  }
+}
+
+TEST(BadInput, UnknownMergeFuncGivenDirectly) {
+  // Not through a config (which refuses it when read): the method still names it.
   TiesMergingOptions o;
-  o.threshold = 120;
-  EXPECT_THAT(error_of([&] { TiesMerging{o}; }), HasSubstr("method.threshold"));
-  o.threshold = -1;
-  EXPECT_THAT(error_of([&] { TiesMerging{o}; }), HasSubstr("method.threshold"));
-  o = TiesMergingOptions{};
   o.merge_func = "median";
-  EXPECT_THAT(error_of([&] { TiesMerging{o}; }), HasSubstr("method.merge_func"));
-  EXPECT_THAT(error_of([] { TaskArithmetic({std::nan(""), {}}); }), HasSubstr("method.scaling_factor must be finite"));
-  EXPECT_THAT(error_of([] { TaskArithmetic({0.3, {0.1, INFINITY}}); }), HasSubstr("method.scaling_factors must be finite"));
   MemoryPool pool(sd({{"w", f32({1})}}), {{"a", sd({{"w", f32({1})}})}});
-  EXPECT_THAT(error_of([&] { TaskArithmetic({0.3, {0.1, 0.1}}).run(pool, nullptr, Context()); }),
-              HasSubstr("method.scaling_factors lists 0.1 more than once"));
+  EXPECT_EQ(error_of([&] { TiesMerging(o).run(pool, nullptr, Context()); }),
+            "ties_merging: unknown merge function 'median'");
+  EXPECT_EQ(pool.loads(), 0);
 }
 
-TEST(BadInput, OutOfRangeOptionsThroughTheSchema) {
-  // The schema carries the ranges and choices, so the host's Config::validate refuses them too.
-  EXPECT_THAT(error_of([] {
-                Config::validate("method", {{"threshold", 120.0}}, TiesMerging::info().schema);
-              }),
-              HasSubstr("method.threshold"));
-  EXPECT_THAT(error_of([] {
-                Config::validate("method", {{"merge_func", std::string("median")}}, TiesMerging::info().schema);
-              }),
-              HasSubstr("method.merge_func"));
-  EXPECT_THAT(error_of([] { Config::validate("method", {}, WeightedAverage::info().schema); }),
-              HasSubstr("method.weights"));
-  EXPECT_THAT(error_of([] {
-                Config::validate("method", {{"scaling_factr", 0.3}}, TaskArithmetic::info().schema);
-              }),
-              HasSubstr("method.scaling_factr"));
-}
-
-TEST(BadInput, NoPretrainedOrNoExperts) {
+TEST(BadInput, RequirementsAreCheckedByTheHostInOneFormat) {
+  // The host calls check_requirements(T::info(), pool, tasks) before any weight is read.
   MemoryPool no_pre(std::nullopt, {{"a", sd({{"w", f32({1})}})}});
-  EXPECT_THAT(error_of([&] { TaskArithmetic().run(no_pre, nullptr, Context()); }),
-              HasSubstr("task_arithmetic needs a pretrained model"));
-  EXPECT_THAT(error_of([&] { TiesMerging().run(no_pre, nullptr, Context()); }),
-              HasSubstr("ties_merging needs a pretrained model"));
-  EXPECT_THAT(error_of([&] { Pretrained().run(no_pre, nullptr, Context()); }),
-              HasSubstr("pretrained needs a pretrained model"));
+  EXPECT_EQ(error_of([&] { check_requirements(TaskArithmetic::info(), no_pre, nullptr); }),
+            "task_arithmetic needs a pretrained model: set modelpool.pretrained");
+  EXPECT_EQ(error_of([&] { check_requirements(TiesMerging::info(), no_pre, nullptr); }),
+            "ties_merging needs a pretrained model: set modelpool.pretrained");
+  EXPECT_EQ(error_of([&] { check_requirements(Pretrained::info(), no_pre, nullptr); }),
+            "pretrained needs a pretrained model: set modelpool.pretrained");
   MemoryPool no_experts(sd({{"w", f32({1})}}), {});
-  EXPECT_THAT(error_of([&] { SimpleAverage().run(no_experts, nullptr, Context()); }), HasSubstr("no experts"));
-  EXPECT_THAT(error_of([&] { TaskArithmetic().run(no_experts, nullptr, Context()); }), HasSubstr("no experts"));
-  EXPECT_THAT(error_of([&] { TiesMerging().run(no_experts, nullptr, Context()); }), HasSubstr("no experts"));
-  EXPECT_THAT(error_of([&] { Individual().run(no_experts, nullptr, Context()); }), HasSubstr("no experts"));
+  for (const ComponentInfo& info : {TaskArithmetic::info(), TiesMerging::info(), SimpleAverage::info(),
+                                    WeightedAverage::info(), Individual::info()}) {
+    EXPECT_EQ(error_of([&] { check_requirements(info, no_experts, nullptr); }),
+              info.name + " needs at least 1 expert, the model pool has 0: add them under [modelpool.models]");
+  }
+  // What each needs, and nothing more: averaging and the individual experts need no pretrained
+  // model, the pretrained reference no expert.
+  check_requirements(SimpleAverage::info(), no_pre, nullptr);
+  check_requirements(WeightedAverage::info(), no_pre, nullptr);
+  check_requirements(Individual::info(), no_pre, nullptr);
+  check_requirements(Pretrained::info(), no_experts, nullptr);
+  EXPECT_EQ(no_pre.loads() + no_experts.loads(), 0);
 }
 
 TEST(BadInput, RemoveKeysThatRemoveEverything) {

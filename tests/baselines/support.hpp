@@ -31,7 +31,7 @@ class MemoryPool : public ModelPool {
     return out;
   }
   bool has_pretrained() const override { return pretrained_sd_.has_value(); }
-  ModelPtr pretrained() override {
+  ConstModelPtr pretrained() override {
     if (!pretrained_sd_) FUSION_FAIL("no pretrained model");
     if (!pretrained_) pretrained_ = std::make_shared<Model>("checkpoint", pretrained_sd_->clone());
     return pretrained_;
@@ -71,7 +71,7 @@ class MemoryPool : public ModelPool {
  private:
   std::optional<StateDict> pretrained_sd_;
   std::vector<std::pair<std::string, StateDict>> experts_;
-  ModelPtr pretrained_;
+  ConstModelPtr pretrained_;
   using WeakTensor = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
   std::vector<std::weak_ptr<Model>> lent_;
   std::vector<std::pair<WeakTensor, int64_t>> lent_tensors_;
@@ -91,7 +91,7 @@ inline StateDict sd(std::vector<std::pair<std::string, at::Tensor>> items) {
 }
 
 /// The single model of a result (asserts there is exactly one).
-inline ModelPtr only_model(const Result& r) {
+inline ConstModelPtr only_model(const Result& r) {
   EXPECT_EQ(r.models.size(), 1u);
   return r.models.at(0).make();
 }

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "fusion/merging.hpp"
+#include "fusion/options.hpp"
 #include "individual.hpp"
 #include "pretrained.hpp"
 #include "simple_average.hpp"
@@ -60,7 +61,7 @@ TEST(TaskArithmetic, HandComputed) {
 TEST(TaskArithmetic, LambdaZeroIsThePretrainedModel) {
   StateDict pre = random_sd(1);
   MemoryPool pool(pre, {{"a", random_sd(2)}, {"b", random_sd(3)}, {"c", random_sd(4)}});
-  ModelPtr m = only_model(TaskArithmetic({0.0, {}}).run(pool, nullptr, cpu_context()));
+  ConstModelPtr m = only_model(TaskArithmetic({0.0, {}}).run(pool, nullptr, cpu_context()));
   EXPECT_TRUE(state_dicts_equal(m->parameters(), pre));
 }
 
@@ -75,13 +76,13 @@ TEST(TaskArithmetic, StreamsOneExpertAtATime) {
 TEST(TaskArithmetic, DefaultScalingFactorIsPointThree) {
   EXPECT_DOUBLE_EQ(TaskArithmeticOptions{}.scaling_factor, 0.3);
   MemoryPool pool = two_expert_pool();
-  ModelPtr m = only_model(TaskArithmetic().run(pool, nullptr, cpu_context()));
+  ConstModelPtr m = only_model(TaskArithmetic().run(pool, nullptr, cpu_context()));
   EXPECT_TRUE(state_dicts_close(m->parameters(), sd({{"w", f32({1.3f, 2.6f})}, {"ids", ids({0, 1})}})));
 }
 
 TEST(TaskArithmetic, SweepSumsTheTaskVectorsOnce) {
   MemoryPool pool = two_expert_pool();
-  Result r = TaskArithmetic({0.3, {0.0, 0.5, 1.0}}).run(pool, nullptr, cpu_context());
+  Result r = TaskArithmetic({0.3, std::vector<double>{0.0, 0.5, 1.0}}).run(pool, nullptr, cpu_context());
   ASSERT_EQ(r.models.size(), 3u);
   EXPECT_TRUE(r.sweep);  // one curve: the Pareto plot joins the points
   MemoryPool other = two_expert_pool();
@@ -104,7 +105,7 @@ TEST(TaskArithmetic, HalfPrecisionIsAccumulatedInFloat) {
   std::vector<std::pair<std::string, StateDict>> experts;
   for (int i = 0; i < 8; ++i) experts.push_back({"e" + std::to_string(i), sd({{"w", at::full({4}, 1.0 + 1.0 / 1024, at::kHalf)}})});
   MemoryPool pool(pre, experts);
-  ModelPtr m = only_model(TaskArithmetic({1.0, {}}).run(pool, nullptr, cpu_context()));
+  ConstModelPtr m = only_model(TaskArithmetic({1.0, {}}).run(pool, nullptr, cpu_context()));
   EXPECT_EQ(m->parameters().at("w").scalar_type(), at::kHalf);
   EXPECT_NEAR(m->parameters().at("w")[0].item<double>(), 1.0 + 8.0 / 1024, 1e-3);
 }
@@ -113,7 +114,7 @@ TEST(TaskArithmetic, HalfPrecisionIsAccumulatedInFloat) {
 
 TEST(SimpleAverage, HandComputed) {
   MemoryPool pool = two_expert_pool();
-  ModelPtr m = only_model(SimpleAverage().run(pool, nullptr, cpu_context()));
+  ConstModelPtr m = only_model(SimpleAverage().run(pool, nullptr, cpu_context()));
   // The average of [2, 2] and [1, 4]; integer tensors are the first expert's (the pretrained is not read).
   EXPECT_TRUE(state_dicts_equal(m->parameters(), sd({{"w", f32({1.5, 3})}, {"ids", ids({7, 7})}})));
 }
@@ -121,7 +122,7 @@ TEST(SimpleAverage, HandComputed) {
 TEST(SimpleAverage, OfOneExpertIsThatExpert) {
   StateDict a = random_sd(5);
   MemoryPool pool(random_sd(1), {{"a", a}});
-  ModelPtr m = only_model(SimpleAverage().run(pool, nullptr, cpu_context()));
+  ConstModelPtr m = only_model(SimpleAverage().run(pool, nullptr, cpu_context()));
   EXPECT_TRUE(state_dicts_equal(m->parameters(), a));
 }
 
@@ -136,7 +137,7 @@ TEST(SimpleAverage, StreamsOneExpertAtATimeAndNeedsNoPretrained) {
 TEST(WeightedAverage, OneHotWeightsGiveThatExpert) {
   StateDict b = random_sd(3);
   MemoryPool pool(random_sd(1), {{"a", random_sd(2)}, {"b", b}, {"c", random_sd(4)}});
-  ModelPtr m = only_model(WeightedAverage({{0, 1, 0}, false}).run(pool, nullptr, cpu_context()));
+  ConstModelPtr m = only_model(WeightedAverage({{0, 1, 0}, false}).run(pool, nullptr, cpu_context()));
   EXPECT_TRUE(state_dicts_close(m->parameters(), b, 0, 0));
   MemoryPool pool2(random_sd(1), {{"a", random_sd(2)}, {"b", b}});
   m = only_model(WeightedAverage({{0, 3}, true}).run(pool2, nullptr, cpu_context()));
@@ -146,7 +147,7 @@ TEST(WeightedAverage, OneHotWeightsGiveThatExpert) {
 TEST(WeightedAverage, HandComputed) {
   MemoryPool pool = two_expert_pool();
   // normalize: weights [1, 3] → [0.25, 0.75]: 0.25·[2, 2] + 0.75·[1, 4] = [1.25, 3.5].
-  ModelPtr m = only_model(WeightedAverage({{1, 3}, true}).run(pool, nullptr, cpu_context()));
+  ConstModelPtr m = only_model(WeightedAverage({{1, 3}, true}).run(pool, nullptr, cpu_context()));
   EXPECT_TRUE(state_dicts_equal(m->parameters(), sd({{"w", f32({1.25, 3.5})}, {"ids", ids({7, 7})}})));
   // Without normalising: 1·[2, 2] + 3·[1, 4] = [5, 14].
   MemoryPool pool2 = two_expert_pool();
@@ -166,8 +167,8 @@ TEST(TiesMerging, OneExpertThreshold100SumIsTaskArithmetic) {
     o.threshold = 100;
     o.merge_func = "sum";
     o.scaling_factor = lambda;
-    ModelPtr ties = only_model(TiesMerging(o).run(p1, nullptr, cpu_context()));
-    ModelPtr ta = only_model(TaskArithmetic({lambda, {}}).run(p2, nullptr, cpu_context()));
+    ConstModelPtr ties = only_model(TiesMerging(o).run(p1, nullptr, cpu_context()));
+    ConstModelPtr ta = only_model(TaskArithmetic({lambda, {}}).run(p2, nullptr, cpu_context()));
     EXPECT_TRUE(state_dicts_close(ties->parameters(), ta->parameters(), 1e-6, 1e-7));
   }
 }
@@ -197,7 +198,7 @@ TEST(TiesMerging, HandComputed) {
       {"sum", {4, 2, 0, -2}}, {"mean", {2, 2, 0, -2}}, {"max", {3, 2, 0, -2}}};
   for (const auto& [merge, expected] : cases) {
     MemoryPool pool = ties_pool();
-    ModelPtr m = only_model(TiesMerging(ties_options(merge)).run(pool, nullptr, cpu_context()));
+    ConstModelPtr m = only_model(TiesMerging(ties_options(merge)).run(pool, nullptr, cpu_context()));
     EXPECT_TRUE(state_dicts_equal(m->parameters(),
                                   sd({{"w", f32(expected)}, {"ids", ids({0, 1})}, {"frozen", f32({5})}})))
         << merge;
@@ -212,7 +213,7 @@ TEST(TiesMerging, ZeroMajorityKeepsNegativeValuesAsFusionBench) {
   TiesMergingOptions o;
   o.threshold = 100;
   o.scaling_factor = 1.0;
-  ModelPtr m = only_model(TiesMerging(o).run(pool, nullptr, cpu_context()));
+  ConstModelPtr m = only_model(TiesMerging(o).run(pool, nullptr, cpu_context()));
   EXPECT_TRUE(state_dicts_equal(m->parameters(), sd({{"w", f32({-1, -1, -1})}})));
   // max: |.| max times s = 0.
   MemoryPool pool2(sd({{"w", f32({0, 0, 0})}}),
@@ -227,7 +228,7 @@ TEST(TiesMerging, TiesAtTheCutAreKept) {
   MemoryPool pool(sd({{"w", f32({0, 0, 0, 0, 0})}}), {{"a", sd({{"w", f32({1, -1, 1, -1, 1})}})}});
   TiesMergingOptions o;
   o.scaling_factor = 1.0;
-  ModelPtr m = only_model(TiesMerging(o).run(pool, nullptr, cpu_context()));
+  ConstModelPtr m = only_model(TiesMerging(o).run(pool, nullptr, cpu_context()));
   EXPECT_TRUE(state_dicts_equal(m->parameters(), sd({{"w", f32({1, -1, 1, -1, 1})}})));
 }
 
@@ -239,7 +240,7 @@ TEST(TiesMerging, TrimsOverTheWholeModelNotPerTensor) {
   TiesMergingOptions o;
   o.threshold = 25;
   o.scaling_factor = 1.0;
-  ModelPtr m = only_model(TiesMerging(o).run(pool, nullptr, cpu_context()));
+  ConstModelPtr m = only_model(TiesMerging(o).run(pool, nullptr, cpu_context()));
   EXPECT_TRUE(state_dicts_equal(m->parameters(), sd({{"big", f32({10, -20})}, {"small", f32({0, 0})}})));
 }
 
@@ -257,14 +258,14 @@ TEST(TiesMerging, RemoveKeysTakesExactNamesAndWholeKeyRegexes) {
                   {{"a", sd({{"w", f32({1, 2})}, {"weird[name", f32({5})}})}});
   o.threshold = 100;
   o.scaling_factor = 1.0;
-  ModelPtr m = only_model(TiesMerging(o).run(pool, nullptr, cpu_context()));
+  ConstModelPtr m = only_model(TiesMerging(o).run(pool, nullptr, cpu_context()));
   EXPECT_TRUE(state_dicts_equal(m->parameters(), sd({{"w", f32({1, 2})}, {"weird[name", f32({1})}})));
 }
 
 TEST(TiesMerging, SweepAndStreaming) {
   MemoryPool pool(random_sd(1), {{"a", random_sd(2)}, {"b", random_sd(3)}, {"c", random_sd(4)}});
   TiesMergingOptions o;
-  o.scaling_factors = {0.0, 0.4};
+  o.scaling_factors = std::vector<double>{0.0, 0.4};
   Result r = TiesMerging(o).run(pool, nullptr, cpu_context());
   ASSERT_EQ(r.models.size(), 2u);
   EXPECT_TRUE(r.sweep);
@@ -321,44 +322,65 @@ TEST(ReferenceModels, IndividualIsOneLazyResultPerExpert) {
   EXPECT_EQ(pool.max_live_experts(), 1);
 }
 
-TEST(Registration, ComponentInfoNamesAndSchemas) {
+TEST(Registration, ComponentInfoNamesSchemasAndRequirements) {
   EXPECT_EQ(TaskArithmetic::info().name, "task_arithmetic");
   EXPECT_EQ(SimpleAverage::info().name, "simple_average");
   EXPECT_EQ(WeightedAverage::info().name, "weighted_average");
   EXPECT_EQ(TiesMerging::info().name, "ties_merging");
   EXPECT_EQ(Pretrained::info().name, "pretrained");
   EXPECT_EQ(Individual::info().name, "individual");
-  const Schema s = TiesMerging::info().schema;
+  const Schema& s = schema_of<TiesMergingOptions>();
   ASSERT_NE(s.find("threshold"), nullptr);
   EXPECT_EQ(std::get<double>(*s.find("threshold")->default_value), 20.0);
   EXPECT_EQ(std::get<std::string>(*s.find("merge_func")->default_value), "sum");
-  EXPECT_EQ(std::get<double>(*TaskArithmetic::info().schema.find("scaling_factor")->default_value), 0.3);
-  EXPECT_FALSE(WeightedAverage::info().schema.find("weights")->default_value.has_value());
+  EXPECT_EQ(std::get<double>(*schema_of<TaskArithmeticOptions>().find("scaling_factor")->default_value), 0.3);
+  EXPECT_FALSE(schema_of<WeightedAverageOptions>().find("weights")->default_value.has_value());
+  // The methods without options have none.
+  EXPECT_TRUE(SimpleAverage::info().schema.empty());
+  EXPECT_TRUE(Pretrained::info().schema.empty());
+  EXPECT_TRUE(Individual::info().schema.empty());
+  EXPECT_EQ(TaskArithmetic::info().requirements.describe(), "a pretrained model, at least 1 expert");
+  EXPECT_EQ(TiesMerging::info().requirements.describe(), "a pretrained model, at least 1 expert");
+  EXPECT_EQ(SimpleAverage::info().requirements.describe(), "at least 1 expert");
+  EXPECT_EQ(WeightedAverage::info().requirements.describe(), "at least 1 expert");
+  EXPECT_EQ(Pretrained::info().requirements.describe(), "a pretrained model");
+  EXPECT_EQ(Individual::info().requirements.describe(), "at least 1 expert");
 }
 
 TEST(Registration, OptionsFromCheckedConfig) {
   Config c = Config::validate("method", {{"scaling_factors", std::vector<double>{0.1, 0.2}}},
-                              TaskArithmetic::info().schema);
-  TaskArithmeticOptions o = TaskArithmeticOptions::from_config(c);
+                              schema_of<TaskArithmeticOptions>());
+  TaskArithmeticOptions o = read_options<TaskArithmeticOptions>(c);
   EXPECT_DOUBLE_EQ(o.scaling_factor, 0.3);
   EXPECT_EQ(o.scaling_factors, (std::vector<double>{0.1, 0.2}));
-  TiesMergingOptions t = TiesMergingOptions::from_config(
-      Config::validate("method", {{"merge_func", std::string("mean")}}, TiesMerging::info().schema));
+  EXPECT_FALSE(read_options<TaskArithmeticOptions>(
+                   Config::validate("method", {}, schema_of<TaskArithmeticOptions>()))
+                   .scaling_factors.has_value());
+  TiesMergingOptions t = read_options<TiesMergingOptions>(
+      Config::validate("method", {{"merge_func", std::string("mean")}}, schema_of<TiesMergingOptions>()));
   EXPECT_EQ(t.merge_func, "mean");
   EXPECT_DOUBLE_EQ(t.threshold, 20);
   EXPECT_TRUE(t.remove_keys.empty());
-  WeightedAverageOptions w = WeightedAverageOptions::from_config(
-      Config::validate("method", {{"weights", std::vector<double>{1, 2}}}, WeightedAverage::info().schema));
+  EXPECT_FALSE(t.scaling_factors.has_value());
+  WeightedAverageOptions w = read_options<WeightedAverageOptions>(Config::validate(
+      "method", {{"weights", std::vector<double>{1, 2}}}, schema_of<WeightedAverageOptions>()));
   EXPECT_TRUE(w.normalize);
-  EXPECT_EQ(w.weights.size(), 2u);
+  EXPECT_EQ(w.weights, (std::vector<double>{1, 2}));
+}
+
+TEST(Registration, OptionNamesForMessages) {
+  EXPECT_EQ(option_name(&WeightedAverageOptions::weights), "weights");
+  EXPECT_EQ(option_name(&WeightedAverageOptions::normalize), "normalize");
+  EXPECT_EQ(option_name(&TiesMergingOptions::remove_keys), "remove_keys");
 }
 
 // ---- device --------------------------------------------------------------------------------
 
 TEST(Device, MergesOnTheContextsDevice) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
-  Context gpu;
-  gpu.set_device(at::Device(at::kCUDA, 0));
+  Context::Settings settings;
+  settings.device = at::Device(at::kCUDA, 0);
+  const Context gpu(settings);
   auto experts = std::vector<std::pair<std::string, StateDict>>{{"a", random_sd(2)}, {"b", random_sd(3)}};
   std::vector<std::pair<std::string, std::unique_ptr<Algorithm>>> methods;
   methods.emplace_back("task_arithmetic", std::make_unique<TaskArithmetic>());
@@ -366,8 +388,8 @@ TEST(Device, MergesOnTheContextsDevice) {
   methods.emplace_back("ties_merging", std::make_unique<TiesMerging>());
   for (auto& [name, m] : methods) {
     MemoryPool cpu_pool(random_sd(1), experts), gpu_pool(random_sd(1), experts);
-    ModelPtr on_cpu = only_model(m->run(cpu_pool, nullptr, cpu_context()));
-    ModelPtr on_gpu = only_model(m->run(gpu_pool, nullptr, gpu));
+    ConstModelPtr on_cpu = only_model(m->run(cpu_pool, nullptr, cpu_context()));
+    ConstModelPtr on_gpu = only_model(m->run(gpu_pool, nullptr, gpu));
     for (const auto& [k, t] : on_gpu->parameters()) {
       if (is_mergeable(t)) EXPECT_TRUE(t.is_cuda()) << name << " " << k;
     }

@@ -26,12 +26,14 @@ namespace fusion {
 FUSION_SDK_API at::ScalarType accumulation_dtype(at::ScalarType t);
 
 /// The model pool's experts, checked to be non-empty: throws fusion::Error ("the model pool has no
-/// experts") otherwise. `method` names the caller in the message.
+/// experts") otherwise. `method` names the caller in the message. A component that declares
+/// Requirements().experts(1) in its ComponentInfo needs no such check: the host makes it first.
 FUSION_SDK_API std::vector<std::string> expert_names_checked(const ModelPool& pool,
                                                              const std::string& method);
 
 /// The pretrained model, or fusion::Error ("<method> needs a pretrained model: set
-/// modelpool.pretrained") when the pool has none.
+/// modelpool.pretrained") when the pool has none. A component that declares
+/// Requirements().pretrained() can call ModelPool::pretrained() directly: the host checks first.
 FUSION_SDK_API ConstModelPtr pretrained_checked(ModelPool& pool, const std::string& method);
 
 /// Σₜ wₜ θₜ over the pool's experts in config order (`weights` empty: every wₜ = 1; otherwise one
@@ -69,11 +71,10 @@ FUSION_SDK_API void add_scaled_results(Result& result, ConstModelPtr pretrained,
                                        const std::string& option = "method.scaling_factors");
 
 /// The λ values a method with a `scaling_factor` option and an optional `scaling_factors` list
-/// should produce: the list when it is given and non-empty, else {scaling_factor}. Throws
-/// fusion::Error naming the option for a value that is not finite.
+/// should produce: the list when it is given and non-empty, else {scaling_factor}. (Non-finite
+/// values are refused when the options are read, by Config::validate.)
 FUSION_SDK_API std::vector<double> scaling_factors_of(double scaling_factor,
-                                                      const std::vector<double>& scaling_factors,
-                                                      const std::string& section = "method");
+                                                      const std::vector<double>& scaling_factors);
 
 /// "0.3", "1", "-0.25": a short decimal form of λ for labels.
 FUSION_SDK_API std::string format_scalar(double v);

@@ -20,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "clip_vision.hpp"
+#include "fusion/clip/vision.hpp"
 
 namespace {
 

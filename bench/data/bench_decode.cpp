@@ -36,8 +36,8 @@
 
 #include <thread>
 
-#include "clip_vision.hpp"
 #include "dataset.hpp"
+#include "fusion/clip/vision.hpp"
 #include "image_classification.hpp"
 #include "image.hpp"
 #include "loader.hpp"
@@ -208,9 +208,9 @@ int main(int argc, char** argv) {
       opt2.batch_size = batch;
       opt2.num_workers = k;
       opt2.preprocess = opt;
-      fusion::Context ctx;
-      ctx.set_progress_enabled(false);
-      ImageClassificationTask task(spec, opt2, ctx);
+      fusion::Context::Settings settings;
+      settings.progress = false;
+      ImageClassificationTask task(spec, opt2, fusion::Context(settings));
       task.keep_in_memory(true, false);
       task.set_head(head);
       for (int pass = 1; pass <= 2; ++pass) {

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "zero_shot.hpp"
+#include "fusion/clip/zero_shot.hpp"
 
 namespace fusion::image_classification {
 

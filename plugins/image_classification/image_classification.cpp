@@ -15,6 +15,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using PoolOptions = ImageClassificationPoolOptions;
+
+// "taskpool.<option>", for messages that name an option of the [taskpool] table.
+template <class M>
+std::string key(M PoolOptions::*member) {
+  return "taskpool." + option_name(member);
+}
+
 std::string join(const std::vector<std::string>& v) {
   std::string s;
   for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + v[i];
@@ -45,7 +53,7 @@ std::optional<LoadedBatch> next_batch(BatchLoader& loader, const std::string& wh
   try {
     return loader.next();
   } catch (const BadImage& e) {
-    FUSION_FAIL(where, ": ", e.what(), " (taskpool.on_bad_image = \"skip\" leaves such images out)");
+    FUSION_FAIL(where, ": ", e.what(), " (", key(&PoolOptions::on_bad_image), " = \"skip\" leaves such images out)");
   }
 }
 
@@ -117,8 +125,8 @@ ImageClassificationTask::ImageClassificationTask(TaskSpec spec, const ImageClass
     // A task fusion does not know: the class folders name the classes.
     FUSION_ENSURE(!test->folder_classes().empty(), where,
                   ": no class names: the task is not built in (built in: ", join(builtin_task_names()),
-                  "), so give taskpool.task_info.", spec_.name,
-                  " (a class-names file) or taskpool.heads.", spec_.name,
+                  "), so give ", key(&PoolOptions::task_info), ".", spec_.name,
+                  " (a class-names file) or ", key(&PoolOptions::heads), ".", spec_.name,
                   ", or use class folders named after the classes");
     classes_from_ = "the class folders of " + spec_.test.string();
     for (std::string c : test->folder_classes()) {
@@ -148,8 +156,8 @@ ImageClassificationTask::ImageClassificationTask(TaskSpec spec, const ImageClass
   }
   if (templates_.empty()) templates_ = default_templates();
   FUSION_ENSURE(spec_.head || !options_.clip_model.empty(), where,
-                ": no zero-shot head: set taskpool.clip_model (the CLIPModel folder) or taskpool.heads.",
-                spec_.name);
+                ": no zero-shot head: set ", key(&PoolOptions::clip_model), " (the CLIPModel folder) or ",
+                key(&PoolOptions::heads), ".", spec_.name);
 
   const int64_t total = test->size();
   if (options_.max_test_samples > 0 && options_.max_test_samples < total) {
@@ -202,9 +210,9 @@ const clip::ZeroShotHead& ImageClassificationTask::head() const {
           nlohmann::json classes = classnames_, tmpl = templates_;
           save_head(cached, h,
                     {{"task", spec_.name},
-                     {"clip_model", fs::absolute(options_.clip_model, ec).string()},
+                     {option_name(&PoolOptions::clip_model), fs::absolute(options_.clip_model, ec).string()},
                      {"classnames", classes.dump()},
-                     {"templates", tmpl.dump()}});
+                     {option_name(&PoolOptions::templates), tmpl.dump()}});
         } catch (const std::exception& e) {
           ctx_.log().warn(where + ": cannot cache the zero-shot head in " + cached.string() + ": " + e.what());
         }
@@ -234,7 +242,8 @@ at::Tensor ImageClassificationTask::logits(const Model& model, const StateDict& 
 }
 
 std::unique_ptr<BatchStream> ImageClassificationTask::train_stream(int64_t batch_size, uint64_t seed) {
-  FUSION_ENSURE(train_, "task '", spec_.name, "' has no train split (set taskpool.train_datasets.", spec_.name, ")");
+  FUSION_ENSURE(train_, "task '", spec_.name, "' has no train split (set ", key(&PoolOptions::train_datasets), ".",
+                spec_.name, ")");
   FUSION_ENSURE(batch_size > 0, "task '", spec_.name, "': train batch size must be positive, got ", batch_size);
   LoaderOptions lo;
   lo.batch_size = batch_size;
@@ -288,7 +297,7 @@ nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
   FUSION_ENSURE(seen > 0, "task '", spec_.name, "': no decodable test image (", skipped, " skipped)");
   if (skipped > 0) {
     ctx_.log().warn("task '" + spec_.name + "': skipped " + std::to_string(skipped) +
-                    " undecodable test images (on_bad_image = \"skip\")");
+                    " undecodable test images (" + option_name(&PoolOptions::on_bad_image) + " = \"skip\")");
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return {{"accuracy", static_cast<double>(correct) / static_cast<double>(seen)},
@@ -302,50 +311,57 @@ nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
 // ---------------------------------------------------------------------------------------------
 // ImageClassificationPool
 
-Schema ImageClassificationPool::schema() {
-  Schema s;
-  s.add("clip_model", std::string(),
-        "CLIPModel folder (config.json, model.safetensors, vocab.json, merges.txt) whose text tower makes the "
-        "zero-shot heads; may stay empty when every task has a head file");
-  s.add("data_dir", std::string(),
-        "folder with one subfolder per task of `tasks`, holding the splits as train/ and test/ class folders, "
-        "train.csv and test.csv, or IDX files (train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz])");
-  s.add("tasks", std::vector<std::string>{},
-        "task names in report order; their splits are found under data_dir unless test_datasets / "
-        "train_datasets name them. Built in: sun397, stanford_cars, resisc45, eurosat, svhn, gtsrb, mnist, dtd, "
-        "fashion_mnist");
-  s.add("test_datasets", StringMap{},
-        "table task = test split: a class folder, a CSV manifest (path,label) or an IDX images file "
-        "(tasks not in `tasks` are appended)");
-  s.add("train_datasets", StringMap{}, "table task = train split, in the same forms (for methods that train)");
-  s.add("formats", StringMap{}, "table task = auto | folder | csv | idx (default auto)");
-  s.add("heads", StringMap{},
-        "table task = head file (safetensors: projection, text_embeds, logit_scale) used instead of computing "
-        "the zero-shot head");
-  s.add("task_info", StringMap{},
-        "table task = file overriding the built-in class names and templates: JSON {\"classnames\": [...], "
-        "\"templates\": [...]}, a JSON list of class names, or a text file with one class name per line");
-  s.add("templates", std::vector<std::string>{},
-        "zero-shot templates for every task, each with one {} for the class name, replacing the built-in ones");
-  s.add("batch_size", int64_t{128}, "evaluation batch size").range(1, std::nullopt);
-  s.add("num_workers", int64_t{2}, "threads decoding and preprocessing ahead of the model (0: none)").range(0, 256);
-  s.add("prefetch_batches", int64_t{4}, "batches prepared ahead at most").range(1, 4096);
-  s.add("image_size", int64_t{224}, "shortest edge after the bicubic resize, and the centre crop")
-      .range(1, 8192);
-  s.add("on_bad_image", std::string("error"),
-        "an undecodable image: error (stop, naming the file) or skip (leave it out, counted as skipped_images)")
+void ImageClassificationPoolOptions::bind(Options<ImageClassificationPoolOptions>& o) {
+  using O = ImageClassificationPoolOptions;
+  o("clip_model", &O::clip_model,
+    "CLIPModel folder (config.json, model.safetensors, vocab.json, merges.txt) whose text tower makes the "
+    "zero-shot heads; may stay empty when every task has a head file");
+  o("data_dir", &O::data_dir,
+    "folder with one subfolder per task of `tasks`, holding the splits as train/ and test/ class folders, "
+    "train.csv and test.csv, or IDX files (train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz])");
+  o("tasks", &O::tasks,
+    "task names in report order; their splits are found under data_dir unless test_datasets / "
+    "train_datasets name them. Built in: sun397, stanford_cars, resisc45, eurosat, svhn, gtsrb, mnist, dtd, "
+    "fashion_mnist");
+  o("test_datasets", &O::test_datasets,
+    "table task = test split: a class folder, a CSV manifest (path,label) or an IDX images file "
+    "(tasks not in `tasks` are appended)");
+  o("train_datasets", &O::train_datasets, "table task = train split, in the same forms (for methods that train)");
+  o("formats", &O::formats, "table task = auto | folder | csv | idx (default auto)");
+  o("heads", &O::heads,
+    "table task = head file (safetensors: projection, text_embeds, logit_scale) used instead of computing "
+    "the zero-shot head");
+  o("task_info", &O::task_info,
+    "table task = file overriding the built-in class names and templates: JSON {\"classnames\": [...], "
+    "\"templates\": [...]}, a JSON list of class names, or a text file with one class name per line");
+  o("templates", &O::templates,
+    "zero-shot templates for every task, each with one {} for the class name, replacing the built-in ones")
+      .check([](const std::vector<std::string>& templates) {
+        for (size_t i = 0; i < templates.size(); ++i) {
+          const std::string& t = templates[i];
+          const size_t at = t.find("{}");
+          if (at == std::string::npos || t.find("{}", at + 2) != std::string::npos)
+            return "[" + std::to_string(i) + "]: '" + t + "' must hold exactly one {} for the class name";
+        }
+        return std::string();
+      });
+  o("batch_size", &O::batch_size, "evaluation batch size").min(1);
+  o("num_workers", &O::num_workers, "threads decoding and preprocessing ahead of the model (0: none)").range(0, 256);
+  o("prefetch_batches", &O::prefetch_batches, "batches prepared ahead at most").range(1, 4096);
+  o("image_size", &O::image_size, "shortest edge after the bicubic resize, and the centre crop").range(1, 8192);
+  o("on_bad_image", &O::on_bad_image,
+    "an undecodable image: error (stop, naming the file) or skip (leave it out, counted as skipped_images)")
       .one_of({"error", "skip"});
-  s.add("head_cache_dir", std::string(),
-        "folder caching computed zero-shot heads (\"\": $XDG_CACHE_HOME/fusion/zero_shot_heads or "
-        "~/.cache/fusion/zero_shot_heads; \"none\": no cache)");
-  s.add("cache_mb", int64_t{1024},
-        "MiB of preprocessed images kept in memory between evaluations (147 KiB per image at 224; test splits "
-        "first; 0: none)")
-      .range(0, std::nullopt);
-  s.add("max_test_samples", int64_t{0},
-        "evaluate on at most this many test samples per task, a fixed random subset (0: all)")
-      .range(0, std::nullopt);
-  return s;
+  o("head_cache_dir", &O::head_cache_dir,
+    "folder caching computed zero-shot heads (\"\": $XDG_CACHE_HOME/fusion/zero_shot_heads or "
+    "~/.cache/fusion/zero_shot_heads; \"none\": no cache)");
+  o("cache_mb", &O::cache_mb,
+    "MiB of preprocessed images kept in memory between evaluations (147 KiB per image at 224; test splits "
+    "first; 0: none)")
+      .min(0);
+  o("max_test_samples", &O::max_test_samples,
+    "evaluate on at most this many test samples per task, a fixed random subset (0: all)")
+      .min(0);
 }
 
 ComponentInfo ImageClassificationPool::info() {
@@ -354,33 +370,25 @@ ComponentInfo ImageClassificationPool::info() {
   info.summary = "CLIP zero-shot image classification tasks (TA8, MNIST, Fashion-MNIST built in) from image "
                  "folders, CSV manifests or IDX files";
   info.reference = "https://github.com/tanganke/fusion_bench (CLIPVisionModelTaskPool)";
-  info.schema = schema();
   return info;
 }
 
-std::pair<std::vector<TaskSpec>, ImageClassificationOptions> ImageClassificationPool::parse(const Config& c) {
+std::pair<std::vector<TaskSpec>, ImageClassificationOptions> ImageClassificationPool::parse(const PoolOptions& c) {
   ImageClassificationOptions o;
-  o.clip_model = c.get<std::string>("clip_model");
-  o.batch_size = c.get<int64_t>("batch_size");
-  o.num_workers = c.get<int64_t>("num_workers");
-  o.prefetch_batches = c.get<int64_t>("prefetch_batches");
-  o.preprocess.image_size = c.get<int64_t>("image_size");
-  o.skip_bad_images = c.get<std::string>("on_bad_image") == "skip";
-  o.cache_mb = c.get<int64_t>("cache_mb");
-  o.max_test_samples = c.get<int64_t>("max_test_samples");
-  o.templates = c.get<std::vector<std::string>>("templates");
-  for (size_t i = 0; i < o.templates.size(); ++i) {
-    const std::string& t = o.templates[i];
-    const size_t at = t.find("{}");
-    FUSION_ENSURE(at != std::string::npos && t.find("{}", at + 2) == std::string::npos, "taskpool.templates[", i,
-                  "]: '", t, "' must hold exactly one {} for the class name");
-  }
-  const std::string cache = c.get<std::string>("head_cache_dir");
-  o.head_cache_dir = cache == "none" ? fs::path() : cache.empty() ? default_head_cache_dir() : fs::path(cache);
+  o.clip_model = c.clip_model;
+  o.batch_size = c.batch_size;
+  o.num_workers = c.num_workers;
+  o.prefetch_batches = c.prefetch_batches;
+  o.preprocess.image_size = c.image_size;
+  o.skip_bad_images = c.on_bad_image == "skip";
+  o.cache_mb = c.cache_mb;
+  o.max_test_samples = c.max_test_samples;
+  o.templates = c.templates;
+  o.head_cache_dir = c.head_cache_dir == "none"  ? fs::path()
+                     : c.head_cache_dir.empty() ? default_head_cache_dir()
+                                                : fs::path(c.head_cache_dir);
 
-  const fs::path data_dir = c.get<std::string>("data_dir");
-  const auto names = c.get<std::vector<std::string>>("tasks");
-  const StringMap test_map = c.get<StringMap>("test_datasets");
+  const fs::path data_dir = c.data_dir;
   std::vector<TaskSpec> specs;
   std::set<std::string> seen;
   auto add = [&](const std::string& name, const std::string& where) {
@@ -390,12 +398,13 @@ std::pair<std::vector<TaskSpec>, ImageClassificationOptions> ImageClassification
     s.name = name;
     specs.push_back(std::move(s));
   };
-  for (size_t i = 0; i < names.size(); ++i) add(names[i], "taskpool.tasks[" + std::to_string(i) + "]");
-  for (const auto& [name, path] : test_map) {
-    if (!seen.count(name)) add(name, "taskpool.test_datasets." + name);
+  for (size_t i = 0; i < c.tasks.size(); ++i) add(c.tasks[i], key(&PoolOptions::tasks) + "[" + std::to_string(i) + "]");
+  for (const auto& [name, path] : c.test_datasets) {
+    if (!seen.count(name)) add(name, key(&PoolOptions::test_datasets) + "." + name);
   }
-  FUSION_ENSURE(!specs.empty(), "taskpool: no tasks: list them in taskpool.tasks (with taskpool.data_dir) or give "
-                "[taskpool.test_datasets] task = \"path\"");
+  FUSION_ENSURE(!specs.empty(), "taskpool: no tasks: list them in ", key(&PoolOptions::tasks), " (with ",
+                key(&PoolOptions::data_dir), ") or give [", key(&PoolOptions::test_datasets),
+                "] task = \"path\"");
   auto find = [&](const StringMap& m, const std::string& name) -> std::optional<std::string> {
     for (const auto& [k, v] : m)
       if (k == name) return v;
@@ -403,9 +412,9 @@ std::pair<std::vector<TaskSpec>, ImageClassificationOptions> ImageClassification
   };
   std::vector<std::string> all;
   for (const TaskSpec& s : specs) all.push_back(s.name);
-  for (const char* key : {"train_datasets", "formats", "heads", "task_info"}) {
-    for (const auto& [name, value] : c.get<StringMap>(key)) {
-      FUSION_ENSURE(seen.count(name), "taskpool.", key, ".", name, ": no such task (tasks: ", join(all), ")");
+  for (auto table : {&PoolOptions::train_datasets, &PoolOptions::formats, &PoolOptions::heads, &PoolOptions::task_info}) {
+    for (const auto& [name, value] : c.*table) {
+      FUSION_ENSURE(seen.count(name), key(table), ".", name, ": no such task (tasks: ", join(all), ")");
     }
   }
 
@@ -425,46 +434,51 @@ std::pair<std::vector<TaskSpec>, ImageClassificationOptions> ImageClassification
     return std::nullopt;
   };
 
-  const StringMap train_map = c.get<StringMap>("train_datasets");
-  const StringMap formats = c.get<StringMap>("formats");
-  const StringMap heads = c.get<StringMap>("heads");
-  const StringMap infos = c.get<StringMap>("task_info");
   for (TaskSpec& s : specs) {
-    if (auto p = find(test_map, s.name)) {
+    if (auto p = find(c.test_datasets, s.name)) {
       s.test = *p;
     } else {
-      FUSION_ENSURE(!data_dir.empty(), "taskpool: task '", s.name,
-                    "' has no test split: set taskpool.data_dir or taskpool.test_datasets.", s.name);
+      FUSION_ENSURE(!data_dir.empty(), "taskpool: task '", s.name, "' has no test split: set ",
+                    key(&PoolOptions::data_dir), " or ", key(&PoolOptions::test_datasets), ".", s.name);
       auto found = conventional(s.name, "test");
       FUSION_ENSURE(found, "taskpool: task '", s.name, "' has no test split under '", (data_dir / s.name).string(),
                     "' (looked for test/, test.csv, test-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz]); "
-                    "or set taskpool.test_datasets.", s.name);
+                    "or set ", key(&PoolOptions::test_datasets), ".", s.name);
       s.test = *found;
     }
-    if (auto p = find(train_map, s.name)) {
+    if (auto p = find(c.train_datasets, s.name)) {
       s.train = fs::path(*p);
     } else if (!data_dir.empty()) {
       if (auto found = conventional(s.name, "train")) s.train = *found;
     }
-    if (auto f = find(formats, s.name)) s.format = parse_format(*f, "taskpool.formats." + s.name);
-    if (auto h = find(heads, s.name)) {
+    if (auto f = find(c.formats, s.name)) s.format = parse_format(*f, key(&PoolOptions::formats) + "." + s.name);
+    if (auto h = find(c.heads, s.name)) {
       std::error_code ec;
-      FUSION_ENSURE(fs::is_regular_file(*h, ec), "taskpool.heads.", s.name, ": '", *h, "' does not exist");
+      FUSION_ENSURE(fs::is_regular_file(*h, ec), key(&PoolOptions::heads), ".", s.name, ": '", *h,
+                    "' does not exist");
       s.head = fs::path(*h);
     }
-    if (auto i = find(infos, s.name)) {
+    if (auto i = find(c.task_info, s.name)) {
       std::error_code ec;
-      FUSION_ENSURE(fs::is_regular_file(*i, ec), "taskpool.task_info.", s.name, ": '", *i, "' does not exist");
+      FUSION_ENSURE(fs::is_regular_file(*i, ec), key(&PoolOptions::task_info), ".", s.name, ": '", *i,
+                    "' does not exist");
       s.info = fs::path(*i);
     }
   }
   if (!o.clip_model.empty()) {
     std::error_code ec;
-    FUSION_ENSURE(fs::is_directory(o.clip_model, ec), "taskpool.clip_model: '", o.clip_model.string(),
+    FUSION_ENSURE(fs::is_directory(o.clip_model, ec), key(&PoolOptions::clip_model), ": '", o.clip_model.string(),
                   "' is not a folder (expected a CLIPModel folder with config.json, weights, vocab.json, merges.txt)");
   }
   return {std::move(specs), std::move(o)};
 }
+
+ImageClassificationPool::ImageClassificationPool(const PoolOptions& options, const Context& ctx)
+    : ImageClassificationPool(parse(options), ctx) {}
+
+ImageClassificationPool::ImageClassificationPool(
+    std::pair<std::vector<TaskSpec>, ImageClassificationOptions> parsed, const Context& ctx)
+    : ImageClassificationPool(std::move(parsed.first), std::move(parsed.second), ctx) {}
 
 ImageClassificationPool::ImageClassificationPool(std::vector<TaskSpec> tasks, ImageClassificationOptions options,
                                                  Context ctx) {
@@ -501,11 +515,6 @@ ImageClassificationPool::ImageClassificationPool(std::vector<TaskSpec> tasks, Im
                                 (keep_train[i] ? ", kept in memory" : "") + ")"
                           : std::string("; no train split")));
   }
-}
-
-std::unique_ptr<TaskPool> ImageClassificationPool::create(const Context& ctx) {
-  auto [specs, options] = parse(ctx.config());
-  return std::make_unique<ImageClassificationPool>(std::move(specs), std::move(options), ctx);
 }
 
 std::vector<std::string> ImageClassificationPool::task_names() const {

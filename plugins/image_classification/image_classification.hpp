@@ -9,18 +9,61 @@
 #include <vector>
 
 #include "dataset.hpp"
+#include "fusion/clip/zero_shot.hpp"
+#include "fusion/component.hpp"
 #include "fusion/config.hpp"
 #include "fusion/context.hpp"
-#include "fusion/plugin.hpp"
+#include "fusion/options.hpp"
 #include "fusion/task_pool.hpp"
 #include "loader.hpp"
 #include "preprocess.hpp"
 #include "task_info.hpp"
-#include "zero_shot.hpp"
 
 namespace fusion::image_classification {
 
-/// Options shared by every task of the pool (the scalar keys of [taskpool]).
+/// The [taskpool] table of the `image_classification` pool, one member per option (the binding in
+/// image_classification.cpp gives each its meaning and range). ImageClassificationPool::parse turns it
+/// into the tasks and the options they share.
+struct ImageClassificationPoolOptions {
+  /// CLIPModel folder whose text tower makes the zero-shot heads. Default "".
+  std::string clip_model;
+  /// Folder with one subfolder per task of `tasks`. Default "".
+  std::string data_dir;
+  /// Task names in report order. Default none.
+  std::vector<std::string> tasks;
+  /// task = test split (tasks not in `tasks` are appended). Default none.
+  StringMap test_datasets;
+  /// task = train split. Default none.
+  StringMap train_datasets;
+  /// task = auto | folder | csv | idx. Default none (auto).
+  StringMap formats;
+  /// task = head file used instead of computing the zero-shot head. Default none.
+  StringMap heads;
+  /// task = file overriding the built-in class names and templates. Default none.
+  StringMap task_info;
+  /// Templates for every task, each with one {} for the class name. Default none (the built-in ones).
+  std::vector<std::string> templates;
+  /// Evaluation batch size. Default 128.
+  int64_t batch_size = 128;
+  /// Decoding threads per loader. Default 2.
+  int64_t num_workers = 2;
+  /// Batches a loader prepares ahead at most. Default 4.
+  int64_t prefetch_batches = 4;
+  /// Shortest edge after the resize, and the centre crop. Default 224.
+  int64_t image_size = 224;
+  /// "error" or "skip". Default "error".
+  std::string on_bad_image = "error";
+  /// Head cache folder; "": the user's cache folder; "none": no cache. Default "".
+  std::string head_cache_dir;
+  /// MiB of preprocessed images kept in memory. Default 1024.
+  int64_t cache_mb = 1024;
+  /// Evaluate on at most this many test samples per task (0: all). Default 0.
+  int64_t max_test_samples = 0;
+
+  static void bind(Options<ImageClassificationPoolOptions>& o);
+};
+
+/// Options shared by every task of the pool, resolved from the [taskpool] table.
 struct ImageClassificationOptions {
   /// CLIPModel folder whose text tower makes the zero-shot heads. Default "" (then every task
   /// needs a head file).
@@ -106,20 +149,24 @@ class ImageClassificationTask : public Task {
 /// folders, CSV manifests or IDX files, evaluated with FusionBench's report keys.
 class ImageClassificationPool : public TaskPool {
  public:
+  using Options = ImageClassificationPoolOptions;
+  /// The pool a checked [taskpool] table describes (parse, then the constructor below).
+  ImageClassificationPool(const ImageClassificationPoolOptions& options, const Context& ctx);
   ImageClassificationPool(std::vector<TaskSpec> tasks, ImageClassificationOptions options, Context ctx);
 
   static ComponentInfo info();
-  static Schema schema();
-  static std::unique_ptr<TaskPool> create(const Context& ctx);
-  /// The tasks and options a checked [taskpool] config describes (paths resolved, not opened).
-  /// Throws fusion::Error naming `taskpool.<key>` for an inconsistent config.
-  static std::pair<std::vector<TaskSpec>, ImageClassificationOptions> parse(const Config& config);
+  /// The tasks and options a checked [taskpool] table describes (paths resolved, not opened).
+  /// Throws fusion::Error naming `taskpool.<key>` for an inconsistent table.
+  static std::pair<std::vector<TaskSpec>, ImageClassificationOptions> parse(
+      const ImageClassificationPoolOptions& options);
 
   std::vector<std::string> task_names() const override;
   Task& task(const std::string& name) override;
   ImageClassificationTask& classification_task(const std::string& name);
 
  private:
+  ImageClassificationPool(std::pair<std::vector<TaskSpec>, ImageClassificationOptions> parsed, const Context& ctx);
+
   std::vector<std::unique_ptr<ImageClassificationTask>> tasks_;
 };
 

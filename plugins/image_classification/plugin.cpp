@@ -2,6 +2,5 @@
 #include "image_classification.hpp"
 
 FUSION_PLUGIN("image_classification", FUSION_VERSION_STRING, reg) {
-  reg.add_task_pool(fusion::image_classification::ImageClassificationPool::info(),
-                    fusion::image_classification::ImageClassificationPool::create);
+  reg.add<fusion::image_classification::ImageClassificationPool>();
 }

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <set>
 
-#include "clip_vision_pool.hpp"
+#include "fusion/clip/vision_pool.hpp"
 #include "fusion/context.hpp"
 #include "fusion/safetensors.hpp"
 #include "head.hpp"
@@ -43,15 +43,20 @@ clip::ZeroShotHead colour_head() {
 }
 
 Context quiet_context(const std::string& device, const Config& config = Config()) {
-  Context ctx;
-  ctx.set_device(at::Device(device));
-  ctx.set_progress_enabled(false);
-  ctx.set_logger(std::make_shared<Logger>(LogLevel::Warn));
-  return ctx.with_config(config);
+  Context::Settings s;
+  s.device = at::Device(device);
+  s.progress = false;
+  s.logger = std::make_shared<Logger>(LogLevel::Warn);
+  return Context(s).with_config(config);
 }
 
 Config taskpool_config(std::map<std::string, Value> values) {
-  return Config::validate("taskpool", values, ImageClassificationPool::schema());
+  return Config::validate("taskpool", values, schema_of<ImageClassificationPoolOptions>());
+}
+
+// The pool as the host makes it from a context holding its checked [taskpool] table.
+std::unique_ptr<TaskPool> make_pool(const Context& ctx) {
+  return std::make_unique<ImageClassificationPool>(read_options<ImageClassificationPoolOptions>(ctx.config()), ctx);
 }
 
 // A folder split of solid colours; labels 0 red, 1 green, 2 blue. r2 (labelled 1) and b1
@@ -104,7 +109,7 @@ TEST_P(OnDevice, EvaluateAccuracyAndLossByHand) {
                                     {"image_size", int64_t{8}},
                                     {"batch_size", batch},
                                     {"num_workers", workers}});
-      auto pool = ImageClassificationPool::create(quiet_context(GetParam(), cfg));
+      auto pool = make_pool(quiet_context(GetParam(), cfg));
       ASSERT_EQ(pool->task_names(), std::vector<std::string>{"colours"});
       nlohmann::json report = pool->evaluate(model);
       const auto& r = report["colours"];
@@ -128,14 +133,14 @@ TEST_P(OnDevice, BadImagesSkippedOrNamed) {
                                       {"heads", StringMap{{"colours", data.head.string()}}},
                                       {"image_size", int64_t{8}},
                                       {"batch_size", int64_t{2}}};
-  auto pool = ImageClassificationPool::create(quiet_context(GetParam(), taskpool_config(values)));
+  auto pool = make_pool(quiet_context(GetParam(), taskpool_config(values)));
   const std::string msg = error_of([&] { pool->evaluate(model); });
   EXPECT_TRUE(contains(msg, (data.test / "2" / "corrupt.png").string())) << msg;
   EXPECT_TRUE(contains(msg, "task 'colours' test split: ")) << msg;
   EXPECT_TRUE(contains(msg, "on_bad_image = \"skip\"")) << msg;
 
   values["on_bad_image"] = std::string("skip");
-  pool = ImageClassificationPool::create(quiet_context(GetParam(), taskpool_config(values)));
+  pool = make_pool(quiet_context(GetParam(), taskpool_config(values)));
   for (int pass = 0; pass < 2; ++pass) {  // the second pass reads the in-memory cache
     nlohmann::json r = pool->task("colours").evaluate(model);
     EXPECT_DOUBLE_EQ(r["accuracy"].get<double>(), 0.6);
@@ -180,7 +185,7 @@ TEST_P(OnDevice, TrainStreamDeterministicAndReshuffled) {
                                 {"train_datasets", StringMap{{"mnist", (tmp / "train").string()}}},
                                 {"clip_model", tmp.path().string()},
                                 {"image_size", int64_t{4}}});
-  auto pool = ImageClassificationPool::create(quiet_context(GetParam(), cfg));
+  auto pool = make_pool(quiet_context(GetParam(), cfg));
   Task& task = pool->task("mnist");
   ASSERT_TRUE(task.has_train_split());
   EXPECT_EQ(task.num_classes(), 10);
@@ -281,7 +286,7 @@ TEST(HeadCache, ComputedFromClipModelThenCached) {
                                 {"clip_model", clip.string()},
                                 {"head_cache_dir", (tmp / "heads").string()},
                                 {"image_size", int64_t{16}}});
-  auto pool = ImageClassificationPool::create(quiet_context("cpu", cfg));
+  auto pool = make_pool(quiet_context("cpu", cfg));
   ModelPtr model = clip::load_clip_vision(clip);
   nlohmann::json r1 = pool->evaluate(*model);
   std::vector<fs::path> files;
@@ -295,7 +300,7 @@ TEST(HeadCache, ComputedFromClipModelThenCached) {
   EXPECT_NEAR(cached.logit_scale, direct.logit_scale, 1e-4);
   // A second pool reads the cache (same report), even with the CLIP model's weights unreadable... the
   // key still needs the folder, so just compare the reports.
-  auto pool2 = ImageClassificationPool::create(quiet_context("cpu", cfg));
+  auto pool2 = make_pool(quiet_context("cpu", cfg));
   nlohmann::json r2 = pool2->evaluate(*model);
   EXPECT_DOUBLE_EQ(r1["colours"]["loss"].get<double>(), r2["colours"]["loss"].get<double>());
   EXPECT_TRUE(std::isfinite(r1["colours"]["loss"].get<double>()));
@@ -331,7 +336,7 @@ TEST(Config, DataDirConventionsAndOverrides) {
                                 {"templates", std::vector<std::string>{"x {} y"}},
                                 {"clip_model", tmp.path().string()},
                                 {"head_cache_dir", std::string("none")}});
-  auto [specs, opt] = ImageClassificationPool::parse(cfg);
+  auto [specs, opt] = ImageClassificationPool::parse(read_options<ImageClassificationPoolOptions>(cfg));
   ASSERT_EQ(specs.size(), 2u);
   EXPECT_EQ(specs[0].test, tmp / "mnist" / "t10k-images-idx3-ubyte.gz");
   EXPECT_EQ(*specs[0].train, tmp / "mnist" / "train-images-idx3-ubyte");
@@ -352,7 +357,7 @@ TEST(Config, ErrorsNameTheKey) {
   write_solid(tmp / "t/0/a.png", 2, 2, 0, 0, 0);
   const std::string t = (tmp / "t").string();
   auto err = [&](std::map<std::string, Value> v) {
-    return error_of([&] { ImageClassificationPool::create(quiet_context("cpu", taskpool_config(v))); });
+    return error_of([&] { make_pool(quiet_context("cpu", taskpool_config(v))); });
   };
   EXPECT_TRUE(contains(err({}), "taskpool: no tasks")) << err({});
   std::string msg = err({{"test_datasets", StringMap{{"mnist", t}}}, {"heads", StringMap{{"mnsit", "h"}}}});

@@ -10,67 +10,50 @@
 
 namespace fusion::finetune {
 
-FinetuneOptions FinetuneOptions::from_config(const Config& c) {
-  FinetuneOptions o;
-  o.task = c.get<std::string>("task");
-  o.from = c.get<std::string>("from");
-  o.trainable = c.get<std::string>("trainable");
-  o.num_steps = c.get<int64_t>("num_steps");
-  o.batch_size = c.get<int64_t>("batch_size");
-  o.lr = c.get<double>("lr");
-  o.min_lr_factor = c.get<double>("min_lr_factor");
-  o.weight_decay = c.get<double>("weight_decay");
-  o.log_interval = c.get<int64_t>("log_interval");
-  o.label = c.get<std::string>("label");
-  return o;
+void FinetuneOptions::bind(Options<FinetuneOptions>& o) {
+  using O = FinetuneOptions;
+  o("task", &O::task, "the task to fine-tune on (a name in the task pool)").required();
+  o("from", &O::from, "the starting model: \"pretrained\" or an expert's name in the model pool");
+  o("trainable", &O::trainable, "parameters that train: all, encoder (transformer blocks), mlp or attention")
+      .one_of(trainable_subsets());
+  o("num_steps", &O::num_steps, "optimizer steps, one batch each").min(1);
+  o("batch_size", &O::batch_size, "images per step").min(1);
+  o("lr", &O::lr, "Adam's peak learning rate (cosine annealing over num_steps)").min(0.0);
+  o("min_lr_factor", &O::min_lr_factor, "last step's learning rate as a fraction of lr").range(0.0, 1.0);
+  o("weight_decay", &O::weight_decay, "Adam's L2 weight decay").min(0.0);
+  o("log_interval", &O::log_interval, "a train_log.csv row every this many steps").min(1);
+  o("label", &O::label, "label of the resulting model (its folder under models/); \"\": the task's name");
 }
 
 ComponentInfo Finetune::info() {
-  ComponentInfo info;
-  info.name = "finetune";
-  info.summary = "Fine-tunes the vision tower on one task's train split through its frozen head "
-                 "(Adam, cosine schedule); returns the fine-tuned model";
-  info.reference = "https://github.com/tanganke/fusion_bench (method clip_finetune)";
-  FinetuneOptions d;
-  Schema& s = info.schema;
-  s.add_required("task", ValueType::String, "the task to fine-tune on (a name in the task pool)");
-  s.add("from", d.from, "the starting model: \"pretrained\" or an expert's name in the model pool");
-  s.add("trainable", d.trainable,
-        "parameters that train: all, encoder (transformer blocks), mlp or attention")
-      .one_of(trainable_subsets());
-  s.add("num_steps", d.num_steps, "optimizer steps, one batch each").range(1, std::nullopt);
-  s.add("batch_size", d.batch_size, "images per step").range(1, std::nullopt);
-  s.add("lr", d.lr, "Adam's peak learning rate (cosine annealing over num_steps)").range(0.0, std::nullopt);
-  s.add("min_lr_factor", d.min_lr_factor, "last step's learning rate as a fraction of lr").range(0.0, 1.0);
-  s.add("weight_decay", d.weight_decay, "Adam's L2 weight decay").range(0.0, std::nullopt);
-  s.add("log_interval", d.log_interval, "a train_log.csv row every this many steps").range(1, std::nullopt);
-  s.add("label", d.label, "label of the resulting model (its folder under models/); \"\": the task's name");
-  return info;
-}
-
-std::unique_ptr<Algorithm> Finetune::create(const Context& ctx) {
-  return std::make_unique<Finetune>(FinetuneOptions::from_config(ctx.config()));
+  return {"finetune",
+          "Fine-tunes the vision tower on one task's train split through its frozen head "
+          "(Adam, cosine schedule); returns the fine-tuned model",
+          "https://github.com/tanganke/fusion_bench (method clip_finetune)",
+          {},
+          Requirements().task_pool()};
 }
 
 Finetune::Finetune(FinetuneOptions options) : options_(std::move(options)) {}
 
 Result Finetune::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
   const FinetuneOptions& o = options_;
-  FUSION_ENSURE(tasks != nullptr, "finetune needs a [taskpool]: it trains on method.task's train split");
-  const auto names = tasks->task_names();
-  FUSION_ENSURE(std::find(names.begin(), names.end(), o.task) != names.end(), "method.task: \"",
-                o.task, "\" is not a task of the task pool");
+  const std::string task_option = "method." + option_name(&FinetuneOptions::task);
+  const auto names = tasks->task_names();  // a task pool: a declared requirement
+  FUSION_ENSURE(std::find(names.begin(), names.end(), o.task) != names.end(), task_option, ": \"", o.task,
+                "\" is not a task of the task pool");
   Task& task = tasks->task(o.task);
-  FUSION_ENSURE(task.has_train_split(), "method.task: task \"", o.task, "\" has no train split");
+  FUSION_ENSURE(task.has_train_split(), task_option, ": task \"", o.task, "\" has no train split");
 
-  ModelPtr start;
+  ConstModelPtr start;
   if (o.from == "pretrained") {
     FUSION_ENSURE(models.has_pretrained(), "finetune from \"pretrained\" needs modelpool.pretrained");
     start = models.pretrained();
   } else {
     const auto experts = models.expert_names();
-    FUSION_ENSURE(std::find(experts.begin(), experts.end(), o.from) != experts.end(), "method.from: \"",
-                  o.from, "\" is neither \"pretrained\" nor an expert of the model pool");
+    FUSION_ENSURE(std::find(experts.begin(), experts.end(), o.from) != experts.end(), "method.",
+                  option_name(&FinetuneOptions::from), ": \"", o.from,
+                  "\" is neither \"pretrained\" nor an expert of the model pool");
     start = models.load(o.from);
   }
 
@@ -88,7 +71,7 @@ Result Finetune::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
       params.set(key, t.detach());
     }
   }
-  FUSION_ENSURE(!trainable.empty(), "method.trainable: \"", o.trainable,
+  FUSION_ENSURE(!trainable.empty(), "method.", option_name(&FinetuneOptions::trainable), ": \"", o.trainable,
                 "\" selects no parameter of this model");
   ctx.log().info("finetune: " + o.task + " from " + o.from + ", " + std::to_string(trainable_count) +
                  " trainable parameters (" + o.trainable + "), " + std::to_string(o.num_steps) +
@@ -96,7 +79,8 @@ Result Finetune::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
 
   Adam adam(trainable, o.weight_decay);
   auto stream = task.train_stream(o.batch_size, ctx.seed());
-  TrainLog log({"step", "loss", "accuracy", "lr", "seconds"});
+  TrainLog log(ctx.run_dir().empty() ? std::filesystem::path() : ctx.run_dir() / "train_log.csv",
+               {"step", "loss", "accuracy", option_name(&FinetuneOptions::lr), "seconds"});
   auto progress = ctx.progress("finetune " + o.task, o.num_steps);
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<double> losses;
@@ -121,7 +105,7 @@ Result Finetune::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
     ++window;
     if (step % o.log_interval == 0 || step == o.num_steps) {
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      log.add({static_cast<double>(step), window_loss / window, window_acc / window, lr, secs});
+      log.add({step, window_loss / window, window_acc / window, lr, secs});
       progress->set_postfix("loss=" + short_number(window_loss / window) + " acc=" +
                             short_number(window_acc / window) + " lr=" + short_number(lr));
       window_loss = window_acc = 0.0;
@@ -131,7 +115,6 @@ Result Finetune::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
   }
   progress->finish();
   const double train_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (!ctx.run_dir().empty()) log.save(ctx.run_dir() / "train_log.csv");
 
   const size_t tail = std::max<size_t>(1, losses.size() / 10);
   const double first_loss = losses.front();
@@ -141,18 +124,15 @@ Result Finetune::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
                  short_number(last_mean) + " (mean of the last " + std::to_string(tail) + " steps) in " +
                  short_number(train_s) + " s");
 
+  using O = FinetuneOptions;
   Result result;
-  result.info = {{"trainable_params", trainable_count},
-                 {"task", o.task},
-                 {"from", o.from},
-                 {"train_loss_first", first_loss},
-                 {"train_loss_last", last_mean},
-                 {"train_seconds", train_s},
-                 {"num_steps", o.num_steps},
-                 {"batch_size", o.batch_size}};
+  result.info = option_values(o, &O::task, &O::from, &O::num_steps, &O::batch_size);
+  result.info.update(nlohmann::json{{"trainable_params", trainable_count},
+                                    {"train_loss_first", first_loss},
+                                    {"train_loss_last", last_mean},
+                                    {"train_seconds", train_s}});
   ModelPtr tuned = start->with_parameters(params.detach());
-  result.add(o.label.empty() ? o.task : o.label, tuned,
-             {{"task", o.task}, {"from", o.from}, {"num_steps", o.num_steps}, {"lr", o.lr}});
+  result.add(o.label.empty() ? o.task : o.label, tuned, option_values(o, &O::task, &O::from, &O::num_steps, &O::lr));
   return result;
 }
 

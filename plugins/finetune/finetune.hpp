@@ -4,8 +4,8 @@
 #include <string>
 
 #include "fusion/algorithm.hpp"
-#include "fusion/config.hpp"
-#include "fusion/plugin.hpp"
+#include "fusion/component.hpp"
+#include "fusion/options.hpp"
 
 namespace fusion::finetune {
 
@@ -33,7 +33,7 @@ struct FinetuneOptions {
   /// Label of the result (the saved folder's name under models/); "" : the task's name. Default "".
   std::string label;
 
-  static FinetuneOptions from_config(const Config& config);
+  static void bind(Options<FinetuneOptions>& o);
 };
 
 /// Fine-tunes the model pool's pretrained vision tower (or an expert) on one task's train split,
@@ -42,12 +42,13 @@ struct FinetuneOptions {
 /// which the host evaluates and saves (run.save_models = true) through the model pool's save —
 /// for clip_vision a Hugging Face CLIPVisionModel folder. Writes run_dir/train_log.csv
 /// (step, loss, lr, seconds). info: trainable_params, first/last/mean-of-last-10% train loss,
-/// train_seconds.
+/// train_seconds. Needs a task pool; method.task must have a train split, and `from` = "pretrained"
+/// a pretrained model.
 class Finetune : public Algorithm {
  public:
+  using Options = FinetuneOptions;
   explicit Finetune(FinetuneOptions options);
   static ComponentInfo info();
-  static std::unique_ptr<Algorithm> create(const Context& ctx);
 
   Result run(ModelPool& models, TaskPool* tasks, const Context& ctx) override;
   const FinetuneOptions& options() const { return options_; }

@@ -6,8 +6,8 @@
 #include <chrono>
 #include <cmath>
 
-#include "clip_vision.hpp"
-#include "clip_vision_pool.hpp"
+#include "fusion/clip/config.hpp"
+#include "fusion/clip/vision.hpp"
 #include "fusion/safetensors.hpp"
 #include "fusion/task_pool.hpp"
 #include "training.hpp"
@@ -16,60 +16,40 @@ namespace fs = std::filesystem;
 
 namespace fusion::finetune {
 
-MultitaskPretrainOptions MultitaskPretrainOptions::from_config(const Config& c) {
-  MultitaskPretrainOptions o;
-  o.init = c.get<std::string>("init");
-  o.model_config = c.get<std::string>("model_config");
-  o.tasks = c.get<std::vector<std::string>>("tasks");
-  o.projection_dim = c.get<int64_t>("projection_dim");
-  o.logit_scale = c.get<double>("logit_scale");
-  o.num_steps = c.get<int64_t>("num_steps");
-  o.batch_size = c.get<int64_t>("batch_size");
-  o.lr = c.get<double>("lr");
-  o.warmup_steps = c.get<int64_t>("warmup_steps");
-  o.min_lr_factor = c.get<double>("min_lr_factor");
-  o.weight_decay = c.get<double>("weight_decay");
-  o.log_interval = c.get<int64_t>("log_interval");
-  o.heads_dir = c.get<std::string>("heads_dir");
-  o.label = c.get<std::string>("label");
-  return o;
+void MultitaskPretrainOptions::bind(Options<MultitaskPretrainOptions>& o) {
+  using O = MultitaskPretrainOptions;
+  o("init", &O::init, "\"random\" (Hugging Face's init from model_config) or \"pretrained\" (the pool's)")
+      .one_of({"random", "pretrained"});
+  o("model_config", &O::model_config, "CLIPVisionModel config.json (or its folder) for init = \"random\"");
+  o("tasks", &O::tasks, "tasks to train on, one head each (empty: every task of the task pool)");
+  o("projection_dim", &O::projection_dim, "width of each head's projection").min(1);
+  o("logit_scale", &O::logit_scale, "the heads' fixed logit scale (multiplier)").min(1e-6);
+  o("num_steps", &O::num_steps, "optimizer steps, one batch of every task each").min(1);
+  o("batch_size", &O::batch_size, "images per task per step").min(1);
+  o("lr", &O::lr, "Adam's peak learning rate (warm-up, then cosine annealing)").min(0.0);
+  o("warmup_steps", &O::warmup_steps, "steps of linear learning-rate warm-up").min(0);
+  o("min_lr_factor", &O::min_lr_factor, "last step's learning rate as a fraction of lr").range(0.0, 1.0);
+  o("weight_decay", &O::weight_decay, "Adam's L2 weight decay").min(0.0);
+  o("log_interval", &O::log_interval, "a train_log.csv row every this many steps").min(1);
+  o("heads_dir", &O::heads_dir, "folder for the heads, <task>.safetensors each (\"\": run_dir/heads)");
+  o("label", &O::label, "label of the resulting model (its folder under models/)");
 }
 
 ComponentInfo MultitaskPretrain::info() {
-  ComponentInfo info;
-  info.name = "multitask_pretrain";
-  info.summary = "Trains a CLIP vision tower (from random init or the pretrained model) on several "
-                 "tasks at once, one trainable head each; returns the model and writes the heads";
-  info.reference = "examples/demo/README.md";
-  MultitaskPretrainOptions d;
-  Schema& s = info.schema;
-  s.add("init", d.init, "\"random\" (Hugging Face's init from model_config) or \"pretrained\" (the pool's)")
-      .one_of({"random", "pretrained"});
-  s.add("model_config", d.model_config,
-        "CLIPVisionModel config.json (or its folder) for init = \"random\"");
-  s.add("tasks", d.tasks, "tasks to train on, one head each (empty: every task of the task pool)");
-  s.add("projection_dim", d.projection_dim, "width of each head's projection").range(1, std::nullopt);
-  s.add("logit_scale", d.logit_scale, "the heads' fixed logit scale (multiplier)").range(1e-6, std::nullopt);
-  s.add("num_steps", d.num_steps, "optimizer steps, one batch of every task each").range(1, std::nullopt);
-  s.add("batch_size", d.batch_size, "images per task per step").range(1, std::nullopt);
-  s.add("lr", d.lr, "Adam's peak learning rate (warm-up, then cosine annealing)").range(0.0, std::nullopt);
-  s.add("warmup_steps", d.warmup_steps, "steps of linear learning-rate warm-up").range(0, std::nullopt);
-  s.add("min_lr_factor", d.min_lr_factor, "last step's learning rate as a fraction of lr").range(0.0, 1.0);
-  s.add("weight_decay", d.weight_decay, "Adam's L2 weight decay").range(0.0, std::nullopt);
-  s.add("log_interval", d.log_interval, "a train_log.csv row every this many steps").range(1, std::nullopt);
-  s.add("heads_dir", d.heads_dir, "folder for the heads, <task>.safetensors each (\"\": run_dir/heads)");
-  s.add("label", d.label, "label of the resulting model (its folder under models/)");
-  return info;
+  return {"multitask_pretrain",
+          "Trains a CLIP vision tower (from random init or the pretrained model) on several "
+          "tasks at once, one trainable head each; returns the model and writes the heads",
+          "examples/demo/README.md",
+          {},
+          Requirements().task_pool()};
 }
 
-std::unique_ptr<Algorithm> MultitaskPretrain::create(const Context& ctx) {
-  auto o = MultitaskPretrainOptions::from_config(ctx.config());
-  FUSION_ENSURE(o.init != "random" || !o.model_config.empty(),
-                "method.model_config: required with method.init = \"random\" (a CLIPVisionModel config.json)");
-  return std::make_unique<MultitaskPretrain>(std::move(o));
+MultitaskPretrain::MultitaskPretrain(MultitaskPretrainOptions options) : options_(std::move(options)) {
+  using O = MultitaskPretrainOptions;
+  FUSION_ENSURE(options_.init != "random" || !options_.model_config.empty(), "method.",
+                option_name(&O::model_config), ": required with method.", option_name(&O::init),
+                " = \"random\" (a CLIPVisionModel config.json)");
 }
-
-MultitaskPretrain::MultitaskPretrain(MultitaskPretrainOptions options) : options_(std::move(options)) {}
 
 at::Tensor TrainableHead::forward(const at::Tensor& pooled) const {
   at::Tensor z = at::matmul(pooled, projection.t());
@@ -91,31 +71,33 @@ void save_head_file(const fs::path& path, const TrainableHead& head) {
 
 
 Result MultitaskPretrain::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
-  const MultitaskPretrainOptions& o = options_;
-  FUSION_ENSURE(tasks != nullptr, "multitask_pretrain needs a [taskpool]: it trains on the tasks' train splits");
-  FUSION_ENSURE(o.warmup_steps < o.num_steps, "method.warmup_steps: ", o.warmup_steps,
-                " must be below method.num_steps (", o.num_steps, ")");
-  std::vector<std::string> names = o.tasks.empty() ? tasks->task_names() : o.tasks;
+  using O = MultitaskPretrainOptions;
+  const O& o = options_;
+  FUSION_ENSURE(o.warmup_steps < o.num_steps, "method.", option_name(&O::warmup_steps), ": ", o.warmup_steps,
+                " must be below method.", option_name(&O::num_steps), " (", o.num_steps, ")");
+  std::vector<std::string> names = o.tasks.empty() ? tasks->task_names() : o.tasks;  // a task pool: required
   FUSION_ENSURE(!names.empty(), "multitask_pretrain: the task pool has no tasks");
   const auto known = tasks->task_names();
+  const std::string tasks_option = "method." + option_name(&O::tasks);
   std::vector<Task*> task_list;
   for (const auto& n : names) {
-    FUSION_ENSURE(std::find(known.begin(), known.end(), n) != known.end(), "method.tasks: \"", n,
+    FUSION_ENSURE(std::find(known.begin(), known.end(), n) != known.end(), tasks_option, ": \"", n,
                   "\" is not a task of the task pool");
     Task& t = tasks->task(n);
-    FUSION_ENSURE(t.has_train_split(), "method.tasks: task \"", n, "\" has no train split");
+    FUSION_ENSURE(t.has_train_split(), tasks_option, ": task \"", n, "\" has no train split");
     task_list.push_back(&t);
   }
 
   // The model: random (Hugging Face's initialisation from config.json) or the pool's pretrained.
-  ModelPtr model;
+  ConstModelPtr model;
   if (o.init == "random") {
     nlohmann::json config = clip::read_config_json(o.model_config);
     clip::VisionConfig vcfg = clip::VisionConfig::from_json(config, o.model_config);
     StateDict p = clip::ClipVisionModel::random_parameters(vcfg, ctx.seed()).to(ctx.device(), ctx.dtype());
     model = std::make_shared<clip::ClipVisionModel>(std::move(p), vcfg);
   } else {
-    FUSION_ENSURE(models.has_pretrained(), "method.init = \"pretrained\" needs modelpool.pretrained");
+    FUSION_ENSURE(models.has_pretrained(), "method.", option_name(&O::init),
+                  " = \"pretrained\" needs modelpool.pretrained");
     model = models.pretrained();
   }
   const auto opts = at::TensorOptions().device(ctx.device()).dtype(ctx.dtype());
@@ -174,8 +156,8 @@ Result MultitaskPretrain::run(ModelPool& models, TaskPool* tasks, const Context&
   std::vector<std::string> columns = {"step", "loss"};
   for (const auto& n : names) columns.push_back(n + ".loss");
   for (const auto& n : names) columns.push_back(n + ".accuracy");
-  columns.insert(columns.end(), {"lr", "seconds"});
-  TrainLog log(columns);
+  columns.insert(columns.end(), {option_name(&O::lr), "seconds"});
+  TrainLog log(ctx.run_dir().empty() ? fs::path() : ctx.run_dir() / "train_log.csv", columns);
   auto progress = ctx.progress("multitask_pretrain", o.num_steps);
   const auto t0 = std::chrono::steady_clock::now();
   const size_t T = task_list.size();
@@ -202,7 +184,7 @@ Result MultitaskPretrain::run(ModelPool& models, TaskPool* tasks, const Context&
     if (step == 1) first_loss = total;
     ++window;
     if (step % o.log_interval == 0 || step == o.num_steps) {
-      std::vector<double> row = {static_cast<double>(step), 0.0};
+      std::vector<TrainLog::Cell> row = {step, 0.0};
       double mean = 0.0, mean_acc = 0.0;
       for (size_t i = 0; i < T; ++i) {
         last_loss[i] = win_loss[i] / window;
@@ -227,7 +209,6 @@ Result MultitaskPretrain::run(ModelPool& models, TaskPool* tasks, const Context&
   }
   progress->finish();
   const double train_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (!ctx.run_dir().empty()) log.save(ctx.run_dir() / "train_log.csv");
 
   // The heads, frozen from now on.
   const fs::path heads_dir = o.heads_dir.empty() ? ctx.run_dir() / "heads" : fs::path(o.heads_dir);
@@ -243,14 +224,15 @@ Result MultitaskPretrain::run(ModelPool& models, TaskPool* tasks, const Context&
   }
 
   Result result;
-  result.info = {{"trainable_params", model_params + head_params},
-                 {"init", o.init},
-                 {"heads", head_files},
-                 {"train_loss_first", first_loss},
-                 {"final_train", final_train},
-                 {"train_seconds", train_s},
-                 {"num_steps", o.num_steps}};
-  result.add(o.label, model->with_parameters(params.detach()), {{"init", o.init}, {"tasks", names}});
+  result.info = option_values(o, &O::init, &O::num_steps);
+  result.info.update(nlohmann::json{{"trainable_params", model_params + head_params},
+                                    {"heads", head_files},
+                                    {"train_loss_first", first_loss},
+                                    {"final_train", final_train},
+                                    {"train_seconds", train_s}});
+  nlohmann::json metadata = option_values(o, &O::init);
+  metadata[option_name(&O::tasks)] = names;
+  result.add(o.label, model->with_parameters(params.detach()), std::move(metadata));
   return result;
 }
 

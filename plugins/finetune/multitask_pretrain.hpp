@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "fusion/algorithm.hpp"
-#include "fusion/config.hpp"
-#include "fusion/plugin.hpp"
+#include "fusion/component.hpp"
+#include "fusion/options.hpp"
 
 namespace fusion::finetune {
 
@@ -48,10 +48,10 @@ struct MultitaskPretrainOptions {
   /// Label of the resulting model (its folder under models/). Default "pretrained".
   std::string label = "pretrained";
 
-  static MultitaskPretrainOptions from_config(const Config& config);
+  static void bind(Options<MultitaskPretrainOptions>& o);
 };
 
-/// A task's trainable classification head, of the zero-shot head's form (clip/zero_shot.hpp):
+/// A task's trainable classification head, of the zero-shot head's form (fusion/clip/zero_shot.hpp):
 /// logits = logit_scale · normalise(pooled · projectionᵀ) · normalise(class_embeds)ᵀ.
 struct TrainableHead {
   at::Tensor projection;    ///< [projection_dim, hidden]
@@ -75,9 +75,10 @@ void save_head_file(const std::filesystem::path& path, const TrainableHead& head
 /// these become the tasks' heads for fine-tuning and merging. Writes run_dir/train_log.csv.
 class MultitaskPretrain : public Algorithm {
  public:
+  using Options = MultitaskPretrainOptions;
+  /// Throws fusion::Error naming method.model_config when init = "random" has none.
   explicit MultitaskPretrain(MultitaskPretrainOptions options);
   static ComponentInfo info();
-  static std::unique_ptr<Algorithm> create(const Context& ctx);
 
   Result run(ModelPool& models, TaskPool* tasks, const Context& ctx) override;
   const MultitaskPretrainOptions& options() const { return options_; }

@@ -1,16 +1,16 @@
 #pragma once
 // What finetune and multitask_pretrain share beyond the SDK's Adam and schedules
-// (fusion/optim.hpp): choosing the trainable parameters, and the training log.
+// (fusion/optim.hpp) and training log (fusion/train_log.hpp): choosing the trainable parameters,
+// and short numbers for progress bars.
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 
-#include <cstdint>
-#include <filesystem>
-#include <memory>
 #include <string>
 #include <vector>
 
 #include "fusion/optim.hpp"
-#include "fusion/state_dict.hpp"
+#include "fusion/options.hpp"
+#include "fusion/train_log.hpp"
 
 namespace fusion::finetune {
 
@@ -24,19 +24,13 @@ bool is_trainable(const std::string& key, const at::Tensor& t, const std::string
 /// The subsets is_trainable knows, for the option's choices.
 const std::vector<std::string>& trainable_subsets();
 
-/// Rows of a training log, written as CSV (header first) atomically by save().
-class TrainLog {
- public:
-  explicit TrainLog(std::vector<std::string> columns);
-  void add(const std::vector<double>& row);
-  /// Writes `path` atomically. Does nothing when `path` is empty.
-  void save(const std::filesystem::path& path) const;
-  size_t rows() const { return rows_.size(); }
-
- private:
-  std::vector<std::string> columns_;
-  std::vector<std::vector<double>> rows_;
-};
+/// {name: value} of the given options of `o`, each named by its binding (report.json metadata).
+template <class O, class... M>
+nlohmann::json option_values(const O& o, M O::*... members) {
+  nlohmann::json j = nlohmann::json::object();
+  ((j[option_name(members)] = o.*members), ...);
+  return j;
+}
 
 /// "1.23e-04"-style short numbers for progress postfixes.
 std::string short_number(double v);

@@ -4,14 +4,15 @@
 #include <cmath>
 #include <fstream>
 
-#include "clip_vision.hpp"
-#include "clip_vision_pool.hpp"
 #include "finetune.hpp"
+#include "fusion/clip/vision.hpp"
+#include "fusion/clip/vision_pool.hpp"
+#include "fusion/clip/zero_shot.hpp"
+#include "fusion/component.hpp"
 #include "fusion/safetensors.hpp"
 #include "multitask_pretrain.hpp"
 #include "support.hpp"
 #include "training.hpp"
-#include "zero_shot.hpp"
 
 namespace fs = std::filesystem;
 using namespace finetune_test;
@@ -34,16 +35,15 @@ TEST(Finetune, LowersTheTrainLossAndKeepsFrozenTensors) {
   blobs(tasks, "other", 6, 3, 8, 8, 2);
   MemoryPool models(make_tower(6, 8, 3));
   const fs::path dir = temp_dir("finetune");
-  auto ctx = method_context(Finetune::info().schema,
-                            {{"task", std::string("blobs")}, {"num_steps", int64_t{150}},
-                             {"batch_size", int64_t{16}}, {"lr", 3e-2}},
-                            dir);
-  auto algo = Finetune::create(ctx);
+  auto ctx = method_context<Finetune>({{"task", std::string("blobs")}, {"num_steps", int64_t{150}},
+                                      {"batch_size", int64_t{16}}, {"lr", 3e-2}},
+                                     dir);
+  auto algo = make_method<Finetune>(ctx);
   const double before = task->full_loss(*models.pretrained(), models.pretrained()->parameters());
   fusion::Result r = algo->run(models, &tasks, ctx);
   ASSERT_EQ(r.models.size(), 1u);
   EXPECT_EQ(r.models[0].label, "blobs");
-  fusion::ModelPtr tuned = r.models[0].make();
+  fusion::ConstModelPtr tuned = r.models[0].make();
   const double after = task->full_loss(*tuned, tuned->parameters());
   EXPECT_LT(after, 0.5 * before) << "before " << before << ", after " << after;
   // The pretrained model is untouched; the integer tensor is copied, not trained.
@@ -54,7 +54,17 @@ TEST(Finetune, LowersTheTrainLossAndKeepsFrozenTensors) {
   EXPECT_FALSE(tuned->parameters().at("vision_model.post_layernorm.weight").requires_grad());
   EXPECT_EQ(r.info["trainable_params"].get<int64_t>(), 8 * 6 + 8 + 8 * 8 + 8);
   EXPECT_LT(r.info["train_loss_last"].get<double>(), r.info["train_loss_first"].get<double>());
-  EXPECT_TRUE(fs::exists(dir / "train_log.csv"));
+  // The training log: a header, then a row every log_interval (10) steps.
+  std::ifstream log(dir / "train_log.csv");
+  std::string line;
+  ASSERT_TRUE(std::getline(log, line));
+  EXPECT_EQ(line, "step,loss,accuracy,lr,seconds");
+  int rows = 0;
+  while (std::getline(log, line)) {
+    ++rows;
+    EXPECT_EQ(line.substr(0, line.find(',')), std::to_string(10 * rows));
+  }
+  EXPECT_EQ(rows, 15);
   fs::remove_all(dir);
 }
 
@@ -63,12 +73,11 @@ TEST(Finetune, SubsetTrainsOnlyThoseParameters) {
   blobs(tasks, "blobs", 6, 4, 16, 8, 1);
   MemoryPool models(make_tower(6, 8, 3));
   const fs::path dir = temp_dir("subset");
-  auto ctx = method_context(Finetune::info().schema,
-                            {{"task", std::string("blobs")}, {"num_steps", int64_t{5}},
-                             {"trainable", std::string("mlp")}, {"lr", 1e-2}},
-                            dir);
-  fusion::Result r = Finetune::create(ctx)->run(models, &tasks, ctx);
-  fusion::ModelPtr tuned = r.models[0].make();
+  auto ctx = method_context<Finetune>({{"task", std::string("blobs")}, {"num_steps", int64_t{5}},
+                                      {"trainable", std::string("mlp")}, {"lr", 1e-2}},
+                                     dir);
+  fusion::Result r = make_method<Finetune>(ctx)->run(models, &tasks, ctx);
+  fusion::ConstModelPtr tuned = r.models[0].make();
   const auto& p0 = models.pretrained()->parameters();
   EXPECT_TRUE(p0.at("vision_model.post_layernorm.weight").equal(tuned->parameters().at("vision_model.post_layernorm.weight")));
   EXPECT_FALSE(p0.at("vision_model.encoder.layers.0.mlp.fc1.weight")
@@ -82,10 +91,10 @@ TEST(Finetune, SameSeedSameModel) {
   MemoryPool models(make_tower(6, 8, 3));
   const fs::path dir = temp_dir("seed");
   std::map<std::string, fusion::Value> opts = {{"task", std::string("blobs")}, {"num_steps", int64_t{10}}, {"lr", 1e-2}};
-  auto a = Finetune::create(method_context(Finetune::info().schema, opts, dir))
-               ->run(models, &tasks, method_context(Finetune::info().schema, opts, dir)).models[0].make();
-  auto b = Finetune::create(method_context(Finetune::info().schema, opts, dir))
-               ->run(models, &tasks, method_context(Finetune::info().schema, opts, dir)).models[0].make();
+  auto a = make_method<Finetune>(method_context<Finetune>(opts, dir))
+               ->run(models, &tasks, method_context<Finetune>(opts, dir)).models[0].make();
+  auto b = make_method<Finetune>(method_context<Finetune>(opts, dir))
+               ->run(models, &tasks, method_context<Finetune>(opts, dir)).models[0].make();
   for (const auto& [k, t] : a->parameters()) EXPECT_TRUE(t.equal(b->parameters().at(k))) << k;
   fs::remove_all(dir);
 }
@@ -95,16 +104,36 @@ TEST(Finetune, BadOptionsNameTheOption) {
   blobs(tasks, "blobs", 6, 4, 16, 8, 1);
   MemoryPool models(make_tower(6, 8, 3));
   const fs::path dir = temp_dir("bad");
-  auto ctx = method_context(Finetune::info().schema, {{"task", std::string("nope")}}, dir);
+  auto ctx = method_context<Finetune>({{"task", std::string("nope")}}, dir);
   try {
-    Finetune::create(ctx)->run(models, &tasks, ctx);
+    make_method<Finetune>(ctx)->run(models, &tasks, ctx);
     FAIL() << "expected an error";
   } catch (const fusion::Error& e) {
     EXPECT_NE(std::string(e.what()).find("method.task"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(Finetune::create(ctx)->run(models, nullptr, ctx), fusion::Error);
-  EXPECT_THROW(method_context(Finetune::info().schema, {}, dir), fusion::Error);  // task is required
+  EXPECT_THROW(method_context<Finetune>({}, dir), fusion::Error);  // task is required
   fs::remove_all(dir);
+}
+
+TEST(Finetune, RequirementsAreDeclared) {
+  MemoryPool models(make_tower(6, 8, 3));
+  EXPECT_TRUE(Finetune::info().requirements.needs_task_pool);
+  EXPECT_TRUE(MultitaskPretrain::info().requirements.needs_task_pool);
+  try {
+    fusion::check_requirements(Finetune::info(), models, nullptr);
+    FAIL() << "expected an error";
+  } catch (const fusion::Error& e) {
+    EXPECT_EQ(std::string(e.what()), "finetune needs a task pool: add a [taskpool] section");
+  }
+  try {
+    fusion::check_requirements(MultitaskPretrain::info(), models, nullptr);
+    FAIL() << "expected an error";
+  } catch (const fusion::Error& e) {
+    EXPECT_EQ(std::string(e.what()), "multitask_pretrain needs a task pool: add a [taskpool] section");
+  }
+  SimplePool tasks;
+  blobs(tasks, "blobs", 6, 4, 16, 8, 1);
+  EXPECT_NO_THROW(fusion::check_requirements(Finetune::info(), models, &tasks));
 }
 
 TEST(MultitaskPretrain, SavesLoadableModelAndHeads) {
@@ -121,16 +150,18 @@ TEST(MultitaskPretrain, SavesLoadableModelAndHeads) {
   add_square_task(tasks, "squares", 4, 16, 8, 4, 1);
   add_square_task(tasks, "pairs", 2, 16, 8, 4, 2);
   MemoryPool models(nullptr);
-  auto ctx = method_context(MultitaskPretrain::info().schema,
-                            {{"model_config", (dir / "config").string()}, {"num_steps", int64_t{60}},
-                             {"batch_size", int64_t{16}}, {"lr", 3e-3}, {"projection_dim", int64_t{8}},
-                             {"warmup_steps", int64_t{5}}},
-                            dir);
-  fusion::Result r = MultitaskPretrain::create(ctx)->run(models, &tasks, ctx);
+  auto ctx = method_context<MultitaskPretrain>({{"model_config", (dir / "config").string()},
+                                               {"num_steps", int64_t{60}},
+                                               {"batch_size", int64_t{16}},
+                                               {"lr", 3e-3},
+                                               {"projection_dim", int64_t{8}},
+                                               {"warmup_steps", int64_t{5}}},
+                                              dir);
+  fusion::Result r = make_method<MultitaskPretrain>(ctx)->run(models, &tasks, ctx);
   ASSERT_EQ(r.models.size(), 1u);
   EXPECT_EQ(r.models[0].label, "pretrained");
   EXPECT_LT(r.info["final_train"]["squares"]["loss"].get<double>(), r.info["train_loss_first"].get<double>());
-  fusion::ModelPtr model = r.models[0].make();
+  fusion::ConstModelPtr model = r.models[0].make();
 
   // The model saves as a CLIPVisionModel folder and loads back with equal weights and outputs.
   fusion::clip::save_clip_vision(*model, dir / "model");
@@ -164,9 +195,9 @@ TEST(MultitaskPretrain, SavesLoadableModelAndHeads) {
 
 TEST(MultitaskPretrain, RandomInitNeedsAModelConfig) {
   const fs::path dir = temp_dir("noconfig");
-  auto ctx = method_context(MultitaskPretrain::info().schema, {}, dir);
+  auto ctx = method_context<MultitaskPretrain>({}, dir);
   try {
-    MultitaskPretrain::create(ctx);
+    make_method<MultitaskPretrain>(ctx);
     FAIL() << "expected an error";
   } catch (const fusion::Error& e) {
     EXPECT_NE(std::string(e.what()).find("method.model_config"), std::string::npos) << e.what();

@@ -17,12 +17,13 @@
 #include "fusion/error.hpp"
 #include "fusion/model.hpp"
 #include "fusion/model_pool.hpp"
-#include "fusion/plugin.hpp"
+#include "fusion/options.hpp"
 #include "fusion/task_pool.hpp"
 
 namespace finetune_test {
 
 using fusion::Batch;
+using fusion::ConstModelPtr;
 using fusion::Model;
 using fusion::ModelPtr;
 using fusion::StateDict;
@@ -58,7 +59,7 @@ class MemoryPool : public fusion::ModelPool {
   explicit MemoryPool(ModelPtr pretrained) : pretrained_(std::move(pretrained)) {}
   std::vector<std::string> expert_names() const override { return {}; }
   bool has_pretrained() const override { return pretrained_ != nullptr; }
-  ModelPtr pretrained() override { return pretrained_; }
+  ConstModelPtr pretrained() override { return pretrained_; }
   ModelPtr load(const std::string& name) override { FUSION_FAIL("no expert ", name); }
   void save(const Model&, const std::filesystem::path&) const override {}
 
@@ -165,14 +166,22 @@ inline void add_square_task(SimplePool& pool, const std::string& name, int64_t c
   pool.add(std::make_unique<SyntheticTask>(name, x, y, classes, at::Tensor()));
 }
 
-/// A Context for a method's options (checked against `schema`), in run_dir, silent.
-inline fusion::Context method_context(const fusion::Schema& schema, std::map<std::string, fusion::Value> values,
-                                      const std::filesystem::path& run_dir, uint64_t seed = 42) {
-  fusion::Context base;
-  base.set_seed(seed);
-  base.set_run_dir(run_dir);
-  base.set_progress_enabled(false);
-  return base.with_config(fusion::Config::validate("method", values, schema));
+/// A Context for method T's options (checked against its binding), in run_dir, silent.
+template <class T>
+fusion::Context method_context(std::map<std::string, fusion::Value> values, const std::filesystem::path& run_dir,
+                               uint64_t seed = 42) {
+  fusion::Context::Settings s;
+  s.seed = seed;
+  s.run_dir = run_dir;
+  s.progress = false;
+  return fusion::Context(s).with_config(
+      fusion::Config::validate("method", values, fusion::schema_of<typename T::Options>()));
+}
+
+/// Method T made as the host makes it: from the options in `ctx`'s checked config.
+template <class T>
+std::unique_ptr<T> make_method(const fusion::Context& ctx) {
+  return std::make_unique<T>(fusion::read_options<typename T::Options>(ctx.config()));
 }
 
 /// A fresh empty folder under the system's temporary directory.

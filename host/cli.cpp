@@ -137,11 +137,12 @@ int cmd_plugins(Logger& log) {
   std::vector<std::string> builtins;
   for (const auto& c : host.components())
     if (c.origin == "built-in") builtins.push_back(c.info.name);
-  std::cout << "built-in (fusion " << FUSION_VERSION_STRING << ", ABI " << FUSION_ABI_VERSION << ")\n";
+  std::cout << "built-in (fusion " << FUSION_VERSION_STRING << ", ABI " << FUSION_ABI_VERSION
+            << ", API level " << FUSION_API_LEVEL << ")\n";
   print_components(builtins);
   for (const auto& p : host.loaded()) {
-    std::cout << p.name << ' ' << p.version << " (ABI " << p.abi_version << ", SDK "
-              << p.sdk_version << ", LibTorch " << p.torch_version << ")\n"
+    std::cout << p.name << ' ' << p.version << " (ABI " << p.abi_version << ", API level "
+              << p.api_level << ", SDK " << p.sdk_version << ", LibTorch " << p.torch_version << ")\n"
               << "    file: " << p.file.string() << '\n';
     print_components(p.components);
   }
@@ -174,6 +175,8 @@ int cmd_describe(Logger& log, const std::string& name) {
             << (c->origin == "built-in" ? "built-in" : "plugin " + c->origin) << ")\n";
   if (!c->info.summary.empty()) std::cout << "  " << c->info.summary << '\n';
   if (!c->info.reference.empty()) std::cout << "  reference: " << c->info.reference << '\n';
+  if (c->kind == ComponentKind::Algorithm)
+    std::cout << "  needs: " << c->info.requirements.describe() << '\n';
   std::cout << "\nOptions ([" << section_of(c->kind) << "] table, with name = \"" << c->info.name
             << "\"):\n";
   print_schema(std::cout, c->info.schema);

@@ -256,7 +256,7 @@ bool PluginHost::load_file(const fs::path& file_in) {
   return true;
 }
 
-void PluginHost::add(Component c) {
+void PluginHost::register_component(Component c) {
   if (c.origin.empty()) c.origin = current_origin_.empty() ? "built-in" : current_origin_;
   FUSION_ENSURE(!c.info.name.empty(), "a component without a name was registered by ", c.origin);
   auto clash = [&](const std::vector<Component>& list) -> const Component* {
@@ -292,18 +292,18 @@ Component make_component(ComponentKind kind, const char* what, ComponentInfo inf
 }  // namespace
 
 void PluginHost::add_algorithm(ComponentInfo info, AlgorithmFactory factory) {
-  add(make_component(ComponentKind::Algorithm, "algorithm", std::move(info), std::move(factory),
-                     &Component::algorithm));
+  register_component(make_component(ComponentKind::Algorithm, "algorithm", std::move(info),
+                                    std::move(factory), &Component::algorithm));
 }
 
 void PluginHost::add_model_pool(ComponentInfo info, ModelPoolFactory factory) {
-  add(make_component(ComponentKind::ModelPool, "model pool", std::move(info), std::move(factory),
-                     &Component::model_pool));
+  register_component(make_component(ComponentKind::ModelPool, "model pool", std::move(info),
+                                    std::move(factory), &Component::model_pool));
 }
 
 void PluginHost::add_task_pool(ComponentInfo info, TaskPoolFactory factory) {
-  add(make_component(ComponentKind::TaskPool, "task pool", std::move(info), std::move(factory),
-                     &Component::task_pool));
+  register_component(make_component(ComponentKind::TaskPool, "task pool", std::move(info),
+                                    std::move(factory), &Component::task_pool));
 }
 
 const Component* PluginHost::find(const std::string& name) const {

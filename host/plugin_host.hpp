@@ -95,7 +95,7 @@ class PluginHost final : public Registrar {
   void add_task_pool(ComponentInfo info, TaskPoolFactory factory) override;
 
  private:
-  void add(Component c);
+  void register_component(Component c);
   void refuse(const std::filesystem::path& file, const std::string& reason);
 
   Logger& log_;

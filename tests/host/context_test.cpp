@@ -5,11 +5,25 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <type_traits>
 
 #include "fusion/context.hpp"
 
 namespace fusion {
 namespace {
+
+// A Context is made from Settings and never changed: plugins see no setters.
+template <class T, class = void>
+struct HasSetSeed : std::false_type {};
+template <class T>
+struct HasSetSeed<T, std::void_t<decltype(std::declval<T&>().set_seed(1))>> : std::true_type {};
+template <class T, class = void>
+struct HasSetDevice : std::false_type {};
+template <class T>
+struct HasSetDevice<T, std::void_t<decltype(std::declval<T&>().set_device(at::Device(at::kCPU)))>>
+    : std::true_type {};
+static_assert(!HasSetSeed<Context>::value && !HasSetDevice<Context>::value,
+              "Context has no setters");
 
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> out;
@@ -77,13 +91,26 @@ TEST(Progress, DisabledIsSilentAndFinishIsIdempotent) {
   EXPECT_NE(lines[0].find("once 3"), std::string::npos) << lines[0];
 }
 
+TEST(Context, DefaultSettings) {
+  Context c;
+  EXPECT_EQ(c.device(), at::Device(at::kCPU));
+  EXPECT_EQ(c.dtype(), at::kFloat);
+  EXPECT_EQ(c.seed(), 42u);
+  EXPECT_EQ(c.threads(), 1);
+  EXPECT_TRUE(c.run_dir().empty());
+}
+
 TEST(Context, SeedGeneratorAndConfig) {
-  Context a;
-  a.set_seed(123);
+  Context::Settings settings;
+  settings.seed = 123;
+  settings.threads = 3;
+  settings.run_dir = "runs/x";
+  Context a(settings);
   EXPECT_EQ(a.seed(), 123u);
+  EXPECT_EQ(a.threads(), 3);
+  EXPECT_EQ(a.run_dir(), std::filesystem::path("runs/x"));
   at::Tensor x = at::rand({4}, a.generator());
-  Context b;
-  b.set_seed(123);
+  Context b(settings);
   at::Tensor y = at::rand({4}, b.generator());
   EXPECT_TRUE(at::equal(x, y));  // same seed, same stream
 
@@ -96,9 +123,19 @@ TEST(Context, SeedGeneratorAndConfig) {
   at::Tensor z1 = at::rand({1}, a.generator());
   at::Tensor z2 = at::rand({1}, c.generator());  // ... and the generator: the stream continues
   EXPECT_FALSE(at::equal(z1, z2));
-  c.set_progress_enabled(false);
+}
+
+TEST(Context, ProgressOffAndSharedLogger) {
+  auto logger = std::make_shared<Logger>(LogLevel::Warn);
+  Context::Settings settings;
+  settings.progress = false;
+  settings.logger = logger;
+  const Context quiet(settings);
+  EXPECT_EQ(&quiet.log(), logger.get());
   testing::internal::CaptureStderr();
-  c.progress("silent", 5)->advance(5);
+  quiet.progress("silent", 5)->advance(5);
+  quiet.with_config(Config()).progress("still silent", 5)->advance(5);  // copies keep the setting
+  quiet.log().info("below the level");
   EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
 }
 

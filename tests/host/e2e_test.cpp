@@ -9,9 +9,11 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include <torch/version.h>
+
 #include "fusion/config.hpp"
 #include "fusion/safetensors.hpp"
-#include <torch/version.h>
+#include "fusion/version.hpp"
 
 namespace {
 
@@ -21,6 +23,7 @@ using json = nlohmann::json;
 const fs::path kBinary = FUSION_BINARY;
 const fs::path kPlugins = FUSION_HOST_TEST_PLUGIN_DIR;
 const fs::path kSimpleAverage = FUSION_SIMPLE_AVERAGE_PLUGIN;  // a real method that needs experts
+const std::string kAbi = std::to_string(FUSION_ABI_VERSION);
 
 std::string quote(const std::string& s) {
   std::string out = "'";
@@ -161,8 +164,8 @@ TEST_F(E2E, Version) {
   EXPECT_EQ(o.code, 0);
   auto lines = lines_of(o.out);
   ASSERT_EQ(lines.size(), 4u) << o.out;
-  EXPECT_EQ(lines[0].rfind("fusion 0.", 0), 0u);
-  EXPECT_EQ(lines[1], "SDK ABI 1");
+  EXPECT_EQ(lines[0], std::string("fusion ") + FUSION_VERSION_STRING);
+  EXPECT_EQ(lines[1], "SDK ABI " + kAbi);
   EXPECT_EQ(lines[2], std::string("LibTorch ") + TORCH_VERSION);
   EXPECT_EQ(lines[3].rfind("CUDA: ", 0), 0u);
 }
@@ -184,13 +187,21 @@ TEST_F(E2E, PluginsListsComponentsAndRefusals) {
   EXPECT_EQ(o.code, 0) << o.err;
   EXPECT_EQ(o.err, "");  // refusals are listed on stdout, not warned about
   EXPECT_NE(o.out.find("safetensors"), std::string::npos) << o.out;
-  EXPECT_NE(o.out.find("host_test_good 1.2.3 (ABI 1"), std::string::npos) << o.out;
+  // Each plugin with its ABI and the SDK API level it was built against.
+  EXPECT_NE(o.out.find("host_test_good 1.2.3 (ABI " + kAbi + ", API level " +
+                       std::to_string(FUSION_API_LEVEL) + ", SDK " + FUSION_VERSION_STRING),
+            std::string::npos)
+      << o.out;
+  EXPECT_NE(o.out.find("built-in (fusion " + std::string(FUSION_VERSION_STRING) + ", ABI " + kAbi +
+                       ", API level " + std::to_string(FUSION_API_LEVEL) + ")"),
+            std::string::npos)
+      << o.out;
   EXPECT_NE(o.out.find("fusion_host_test_good.so"), std::string::npos);
   EXPECT_NE(o.out.find("algorithm  test_sweep"), std::string::npos) << o.out;
   EXPECT_NE(o.out.find("a sweep over task arithmetic"), std::string::npos);
   EXPECT_NE(o.out.find("taskpool   test_tasks"), std::string::npos);
   EXPECT_NE(o.out.find("refused:"), std::string::npos);
-  EXPECT_NE(o.out.find("fusion_host_test_wrong_abi.so: built for ABI 999, host has ABI 1"),
+  EXPECT_NE(o.out.find("fusion_host_test_wrong_abi.so: built for ABI 999, host has ABI " + kAbi),
             std::string::npos)
       << o.out;
   EXPECT_NE(o.out.find("fusion_host_test_init_throws.so: init failed: init failed on purpose"),
@@ -208,10 +219,15 @@ TEST_F(E2E, DescribeComponent) {
             std::string::npos)
       << o.out;
   EXPECT_NE(o.out.find("[method] table"), std::string::npos);
+  // An algorithm's requirements, as the host checks them.
+  EXPECT_NE(o.out.find("\n  needs: a pretrained model, at least 1 expert\n"), std::string::npos) << o.out;
   o = fusion({"describe", "test_pool"});
   EXPECT_NE(o.out.find("pretrained  list of float, required"), std::string::npos) << o.out;
+  EXPECT_EQ(o.out.find("needs:"), std::string::npos) << o.out;  // pools declare none
   o = fusion({"describe", "test_pretrained"});
-  EXPECT_NE(o.out.find("reference: https://example.org/test"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("reference: https://example.org/test\n  needs: a pretrained model\n"),
+            std::string::npos)
+      << o.out;
   o = fusion({"describe", "run"});
   EXPECT_EQ(o.code, 0);
   EXPECT_NE(o.out.find("device"), std::string::npos);
@@ -367,7 +383,7 @@ TEST_F(E2E, UnknownComponentNamesRefusedPlugins) {
   Outcome o = fusion({"run", "c.toml"}, (kPlugins / "bad").string());
   expect_failure(o, "method.name: unknown algorithm 'test_sweep'");
   EXPECT_NE(o.err.find("refused plugins:"), std::string::npos) << o.err;
-  EXPECT_NE(o.err.find("fusion_host_test_wrong_abi.so (built for ABI 999, host has ABI 1)"),
+  EXPECT_NE(o.err.find("fusion_host_test_wrong_abi.so (built for ABI 999, host has ABI " + kAbi + ")"),
             std::string::npos);
 }
 
@@ -434,7 +450,7 @@ TEST_F(E2E, MissingSectionsAndPlugins) {
 TEST_F(E2E, ExplicitPluginRefusedIsAnError) {
   write("c.toml", kSweep);
   expect_failure(fusion({"run", "c.toml", "plugins=[\"" + (kPlugins / "bad" / "fusion_host_test_wrong_abi.so").string() + "\"]"}),
-                 "built for ABI 999, host has ABI 1");
+                 "built for ABI 999, host has ABI " + kAbi);
 }
 
 TEST_F(E2E, FailureDuringTheRunLeavesNoReport) {
@@ -462,8 +478,8 @@ TEST_F(E2E, SafetensorsPoolWithoutExperts) {
 }
 
 TEST_F(E2E, MethodThatNeedsExpertsOnAPoolWithoutThem) {
-  // The pool accepts no experts; the method that needs them names the problem, and the run leaves
-  // no report and no model behind.
+  // The pool accepts no experts; the method declares that it needs one, the host says so in the
+  // one format of check_requirements, and the run leaves no report and no model behind.
   fusion::StateDict base;
   base.set("layer.weight", at::tensor({1.0f, -1.0f}));
   fusion::save_safetensors(dir_ / "base.safetensors", base);
@@ -476,8 +492,93 @@ name = "safetensors"
 pretrained = "base.safetensors"
 )");
   Outcome o = fusion({"run", "st.toml"}, kSimpleAverage.string());
-  expect_failure(o, "simple_average: the model pool has no experts (modelpool.models is empty)");
+  expect_failure(o, "fusion: error: simple_average needs at least 1 expert, the model pool has 0: "
+                    "add them under [modelpool.models]");
   EXPECT_FALSE(fs::exists(dir_ / "st" / "models"));
+}
+
+TEST_F(E2E, RequirementsAreCheckedBeforeAnyWeightIsRead) {
+  // The pretrained file is not a safetensors file: reading it fails (test_pretrained shows it).
+  // A method whose requirement the pool does not meet is refused first, so nothing is read.
+  write("corrupt.safetensors", "this is not a safetensors file\n");
+  write("st.toml", R"(out_dir = "st"
+progress = false
+[method]
+name = "test_pretrained"
+[modelpool]
+name = "safetensors"
+pretrained = "corrupt.safetensors"
+)");
+  Outcome read = fusion({"run", "st.toml"});
+  expect_failure(read, "corrupt.safetensors");
+  EXPECT_EQ(read.error_lines()[0].find(" needs "), std::string::npos) << read.err;
+
+  const std::string needs_experts =
+      "fusion: error: test_sweep needs at least 1 expert, the model pool has 0: add them under "
+      "[modelpool.models]";
+  Outcome o = fusion({"run", "st.toml", "method.name=test_sweep", "out_dir=st2"});
+  expect_failure(o, needs_experts);
+  EXPECT_EQ(o.error_lines()[0], needs_experts);
+  EXPECT_EQ(o.err.find("running test_sweep"), std::string::npos) << o.err;  // the method never ran
+  EXPECT_FALSE(fs::exists(dir_ / "st2" / "models"));
+  // The same with a real method.
+  o = fusion({"run", "st.toml", "method.name=simple_average", "out_dir=st3"},
+             kSimpleAverage.string());
+  expect_failure(o, "fusion: error: simple_average needs at least 1 expert, the model pool has 0");
+}
+
+TEST_F(E2E, RequirementsOfATestMethodOnTheTestPool) {
+  write("c.toml", kSweep);
+  expect_failure(fusion({"run", "c.toml", "modelpool.experts=[]", "modelpool.names=[]"}),
+                 "fusion: error: test_sweep needs at least 1 expert, the model pool has 0: add "
+                 "them under [modelpool.models]");
+}
+
+TEST_F(E2E, ResolvedConfigRunsAgainWithTheSameValues) {
+  // config.toml holds every resolved value; run again, it gives the same results. The experts keep
+  // the run's order (not sorted by name): the order of [modelpool.models] is the experts' order.
+  fusion::StateDict base, zeta, alpha;
+  base.set("layer.weight", at::tensor({1.0f, 2.0f}));
+  zeta.set("layer.weight", at::tensor({2.0f, 2.0f}));
+  alpha.set("layer.weight", at::tensor({1.0f, 4.0f}));
+  fusion::save_safetensors(dir_ / "base.safetensors", base);
+  fusion::save_safetensors(dir_ / "zeta.safetensors", zeta);
+  fusion::save_safetensors(dir_ / "alpha.safetensors", alpha);
+  write("st.toml", R"(out_dir = "first"
+progress = false
+[method]
+name = "test_pretrained"
+label = "a \"quoted\", label"
+[modelpool]
+name = "safetensors"
+pretrained = "base.safetensors"
+[modelpool.models]
+zeta = "zeta.safetensors"
+"alpha.v2" = "alpha.safetensors"
+)");
+  ASSERT_EQ(fusion({"run", "st.toml", "seed=9"}).code, 0);
+  const std::string text = read(dir_ / "first" / "config.toml");
+  EXPECT_EQ(text.rfind("[run]\n", 0), 0u) << text;
+  EXPECT_LT(text.find("zeta = "), text.find("\"alpha.v2\" = ")) << text;
+  auto rc = fusion::RunConfig::from_file(dir_ / "first" / "config.toml");
+  EXPECT_EQ(std::get<fusion::StringMap>(rc.section("modelpool").at("models")),
+            (fusion::StringMap{{"zeta", "zeta.safetensors"}, {"alpha.v2", "alpha.safetensors"}}));
+  EXPECT_EQ(std::get<std::string>(rc.section("method").at("label")), "a \"quoted\", label");
+  EXPECT_EQ(std::get<int64_t>(rc.section("run").at("seed")), 9);
+  EXPECT_EQ(std::get<bool>(rc.section("run").at("save_models")), true);
+
+  Outcome again = fusion({"run", "first/config.toml", "out_dir=second"});
+  ASSERT_EQ(again.code, 0) << again.err;
+  json first = json::parse(read(dir_ / "first" / "report.json"));
+  json second = json::parse(read(dir_ / "second" / "report.json"));
+  EXPECT_EQ(second["config"]["run"]["out_dir"], "second");
+  second["config"]["run"]["out_dir"] = "first";
+  EXPECT_EQ(first["config"], second["config"]);
+  EXPECT_EQ(read(dir_ / "first" / "results.csv"), read(dir_ / "second" / "results.csv"));
+  // The second config.toml differs from the first only in out_dir.
+  std::string text2 = read(dir_ / "second" / "config.toml");
+  text2.replace(text2.find("out_dir = \"second\""), 18, "out_dir = \"first\"");
+  EXPECT_EQ(text2, text);
 }
 
 }  // namespace

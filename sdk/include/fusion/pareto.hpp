@@ -1,7 +1,7 @@
 #pragma once
+// Pareto math: the PWEMoE preference grid, the Pareto front and the exact hypervolume. (The host
+// draws the Pareto plot: host/pareto_plot.hpp.)
 #include <cstddef>
-#include <filesystem>
-#include <string>
 #include <vector>
 
 #include "fusion/export.hpp"
@@ -24,20 +24,5 @@ FUSION_SDK_API std::vector<size_t> pareto_front(const std::vector<std::vector<do
 /// tens to hundreds of points of a Pareto set).
 FUSION_SDK_API double hypervolume(const std::vector<std::vector<double>>& points,
                                   const std::vector<double>& reference);
-
-/// One named set of points in a Pareto plot.
-struct FUSION_SDK_API PlotSeries {
-  std::string name;                          ///< legend entry ("pwe_moe_ls", "task_arithmetic")
-  std::vector<std::vector<double>> points;   ///< each of the plot's dimension
-  bool joined = false;                       ///< draw a line through the points in order
-};
-
-/// Writes an SVG Pareto plot with gnuplot (`gnuplot` on PATH): for 2 axes the accuracy plane, for
-/// more axes pairwise panels. `axes` names each coordinate (task names). Written atomically;
-/// throws fusion::Error when gnuplot is missing or fails (callers may log and continue).
-FUSION_SDK_API void write_pareto_plot(const std::filesystem::path& svg,
-                                      const std::vector<std::string>& axes,
-                                      const std::vector<PlotSeries>& series,
-                                      const std::string& title = "");
 
 }  // namespace fusion

@@ -12,12 +12,11 @@
 namespace {
 
 using fusion::ComponentInfo;
-using fusion::Config;
+using fusion::ConstModelPtr;
 using fusion::Context;
 using fusion::ModelPtr;
-using fusion::Schema;
+using fusion::Options;
 using fusion::StateDict;
-using fusion::ValueType;
 
 ModelPtr make_model(const std::vector<double>& w, const Context& ctx) {
   StateDict sd;
@@ -25,30 +24,33 @@ ModelPtr make_model(const std::vector<double>& w, const Context& ctx) {
   return std::make_shared<fusion::Model>("test", std::move(sd));
 }
 
+struct TestPoolOptions {
+  std::vector<double> pretrained;
+  std::vector<std::vector<double>> experts;
+  std::vector<std::string> names;
+  static void bind(Options<TestPoolOptions>& o) {
+    o("pretrained", &TestPoolOptions::pretrained, "the pretrained vector").required();
+    o("experts", &TestPoolOptions::experts, "one vector per expert");
+    o("names", &TestPoolOptions::names, "the experts' names");
+  }
+};
+
 /// A model pool holding vectors: `pretrained` and `experts` (one row per expert, named `names`).
 class TestPool : public fusion::ModelPool {
  public:
-  explicit TestPool(const Context& ctx) : ctx_(ctx) {
-    const Config& c = ctx.config();
-    pretrained_ = c.get<std::vector<double>>("pretrained");
-    experts_ = c.get<std::vector<std::vector<double>>>("experts");
-    names_ = c.get<std::vector<std::string>>("names");
-    FUSION_ENSURE(names_.size() == experts_.size(), "modelpool.names: ", names_.size(),
-                  " names for ", experts_.size(), " experts");
+  using Options = TestPoolOptions;
+  TestPool(Options options, const Context& ctx) : options_(std::move(options)), ctx_(ctx) {
+    FUSION_ENSURE(options_.names.size() == options_.experts.size(),
+                  "modelpool." + fusion::option_name(&Options::names), ": ", options_.names.size(),
+                  " names for ", options_.experts.size(), " experts");
   }
-  static ComponentInfo info() {
-    Schema s;
-    s.add_required("pretrained", ValueType::DoubleList, "the pretrained vector");
-    s.add("experts", std::vector<std::vector<double>>{}, "one vector per expert");
-    s.add("names", std::vector<std::string>{}, "the experts' names");
-    return {"test_pool", "vectors as models (host tests)", "", s};
-  }
-  std::vector<std::string> expert_names() const override { return names_; }
+  static ComponentInfo info() { return {"test_pool", "vectors as models (host tests)", "", {}, {}}; }
+  std::vector<std::string> expert_names() const override { return options_.names; }
   bool has_pretrained() const override { return true; }
-  ModelPtr pretrained() override { return make_model(pretrained_, ctx_); }
+  ConstModelPtr pretrained() override { return make_model(options_.pretrained, ctx_); }
   ModelPtr load(const std::string& name) override {
-    for (size_t i = 0; i < names_.size(); ++i)
-      if (names_[i] == name) return make_model(experts_[i], ctx_);
+    for (size_t i = 0; i < options_.names.size(); ++i)
+      if (options_.names[i] == name) return make_model(options_.experts[i], ctx_);
     FUSION_FAIL("test_pool: no expert '", name, "'");
   }
   void save(const fusion::Model& model, const std::filesystem::path& dir) const override {
@@ -59,10 +61,8 @@ class TestPool : public fusion::ModelPool {
   }
 
  private:
+  Options options_;
   Context ctx_;
-  std::vector<double> pretrained_;
-  std::vector<std::vector<double>> experts_;
-  std::vector<std::string> names_;
 };
 
 /// Task i scores a model by its i-th weight: accuracy = clamp(w[i], 0, 1), loss = 1 − accuracy.
@@ -89,17 +89,22 @@ class TestTask : public fusion::Task {
   int64_t index_;
 };
 
+struct TestTasksOptions {
+  std::vector<std::string> tasks{"a", "b"};
+  static void bind(Options<TestTasksOptions>& o) {
+    o("tasks", &TestTasksOptions::tasks, "task i scores weight i");
+  }
+};
+
 class TestTasks : public fusion::TaskPool {
  public:
-  explicit TestTasks(const Context& ctx) {
-    auto names = ctx.config().get<std::vector<std::string>>("tasks");
-    for (size_t i = 0; i < names.size(); ++i)
-      tasks_.push_back(std::make_unique<TestTask>(names[i], static_cast<int64_t>(i)));
+  using Options = TestTasksOptions;
+  explicit TestTasks(const Options& options) {
+    for (size_t i = 0; i < options.tasks.size(); ++i)
+      tasks_.push_back(std::make_unique<TestTask>(options.tasks[i], static_cast<int64_t>(i)));
   }
   static ComponentInfo info() {
-    Schema s;
-    s.add("tasks", std::vector<std::string>{"a", "b"}, "task i scores weight i");
-    return {"test_tasks", "tasks scoring a vector's entries (host tests)", "", s};
+    return {"test_tasks", "tasks scoring a vector's entries (host tests)", "", {}, {}};
   }
   std::vector<std::string> task_names() const override {
     std::vector<std::string> out;
@@ -116,50 +121,63 @@ class TestTasks : public fusion::TaskPool {
   std::vector<std::unique_ptr<TestTask>> tasks_;
 };
 
+struct TestPretrainedOptions {
+  std::string label = "pretrained";
+  static void bind(Options<TestPretrainedOptions>& o) {
+    o("label", &TestPretrainedOptions::label, "the result's label");
+  }
+};
+
 /// Returns the pretrained model unchanged.
 class TestPretrained : public fusion::Algorithm {
  public:
-  explicit TestPretrained(const Context& ctx) : label_(ctx.config().get<std::string>("label")) {}
+  using Options = TestPretrainedOptions;
+  explicit TestPretrained(Options options) : options_(std::move(options)) {}
   static ComponentInfo info() {
-    Schema s;
-    s.add("label", std::string("pretrained"), "the result's label");
-    return {"test_pretrained", "the pretrained model (host tests)", "https://example.org/test", s};
+    return {"test_pretrained", "the pretrained model (host tests)", "https://example.org/test", {},
+            fusion::Requirements().pretrained()};
   }
   fusion::Result run(fusion::ModelPool& pool, fusion::TaskPool*, const Context&) override {
     fusion::Result r;
-    r.add(label_, pool.pretrained(), {{"method", "pretrained"}});
+    r.add(options_.label, pool.pretrained(), {{"method", "pretrained"}});
     return r;
   }
 
  private:
-  std::string label_;
+  Options options_;
+};
+
+struct TestSweepOptions {
+  std::vector<double> lambdas{0.0, 0.5, 1.0};
+  int64_t fail_at = -1;
+  std::string mode = "sum";
+  static void bind(Options<TestSweepOptions>& o) {
+    o("lambdas", &TestSweepOptions::lambdas, "scaling factors").range(0.0, 1.0);
+    o("fail_at", &TestSweepOptions::fail_at, "make() of this model index throws (-1: none)").min(-1);
+    o("mode", &TestSweepOptions::mode, "how task vectors combine").one_of({"sum", "mean"});
+  }
 };
 
 /// θ₀ + λ Σₜ (θₜ − θ₀) for each λ of `lambdas`, made lazily.
 class TestSweep : public fusion::Algorithm {
  public:
-  explicit TestSweep(const Context& ctx)
-      : lambdas_(ctx.config().get<std::vector<double>>("lambdas")),
-        fail_at_(ctx.config().get<int64_t>("fail_at")) {}
+  using Options = TestSweepOptions;
+  explicit TestSweep(Options options) : options_(std::move(options)) {}
   static ComponentInfo info() {
-    Schema s;
-    s.add("lambdas", std::vector<double>{0.0, 0.5, 1.0}, "scaling factors").range(0.0, 1.0);
-    s.add("fail_at", int64_t{-1}, "make() of this model index throws (-1: none)")
-        .range(-1, std::nullopt);
-    s.add("mode", std::string("sum"), "how task vectors combine").one_of({"sum", "mean"});
-    return {"test_sweep", "a sweep over task arithmetic's λ (host tests)", "", s};
+    return {"test_sweep", "a sweep over task arithmetic's λ (host tests)", "", {},
+            fusion::Requirements().pretrained().experts(1)};
   }
   fusion::Result run(fusion::ModelPool& pool, fusion::TaskPool*, const Context&) override {
     fusion::Result r;
-    ModelPtr base = pool.pretrained();
+    ConstModelPtr base = pool.pretrained();
     at::Tensor theta0 = base->parameters().at("w");
     at::Tensor tv = at::zeros_like(theta0);
     for (const auto& n : pool.expert_names()) tv = tv + (pool.load(n)->parameters().at("w") - theta0);
-    for (size_t i = 0; i < lambdas_.size(); ++i) {
-      double lambda = lambdas_[i];
-      bool fail = static_cast<int64_t>(i) == fail_at_;
+    for (size_t i = 0; i < options_.lambdas.size(); ++i) {
+      double lambda = options_.lambdas[i];
+      bool fail = static_cast<int64_t>(i) == options_.fail_at;
       r.add_lazy("lambda=" + std::to_string(lambda).substr(0, 4),
-                 [=]() -> ModelPtr {
+                 [=]() -> ConstModelPtr {
                    FUSION_ENSURE(!fail, "test_sweep: failing on purpose at model ", i);
                    StateDict sd;
                    sd.set("w", theta0 + lambda * tv);
@@ -173,31 +191,33 @@ class TestSweep : public fusion::Algorithm {
   }
 
  private:
-  std::vector<double> lambdas_;
-  int64_t fail_at_;
+  Options options_;
 };
 
-template <typename T>
-auto factory() {
-  return [](const Context& ctx) { return std::make_unique<T>(ctx); };
-}
+/// The plugin that clashes: a name of its own, then test_pretrained's.
+struct TestOnlyInDuplicate : TestPretrained {
+  using TestPretrained::TestPretrained;
+  static ComponentInfo info() {
+    ComponentInfo i = TestPretrained::info();
+    i.name = "test_only_in_duplicate";
+    return i;
+  }
+};
 
 }  // namespace
 
 #if defined(FUSION_TEST_VARIANT_GOOD)
 FUSION_PLUGIN("host_test_good", "1.2.3", reg) {
-  reg.add_algorithm(TestPretrained::info(), factory<TestPretrained>());
-  reg.add_algorithm(TestSweep::info(), factory<TestSweep>());
-  reg.add_model_pool(TestPool::info(), factory<TestPool>());
-  reg.add_task_pool(TestTasks::info(), factory<TestTasks>());
+  reg.add<TestPretrained>();
+  reg.add<TestSweep>();
+  reg.add<TestPool>();
+  reg.add<TestTasks>();
 }
 #elif defined(FUSION_TEST_VARIANT_DUPLICATE)
 // Registers a fresh name, then one the good plugin has: the whole plugin must be refused.
 FUSION_PLUGIN("host_test_duplicate", "0.0.1", reg) {
-  ComponentInfo other = TestPretrained::info();
-  other.name = "test_only_in_duplicate";
-  reg.add_algorithm(other, factory<TestPretrained>());
-  reg.add_algorithm(TestPretrained::info(), factory<TestPretrained>());
+  reg.add<TestOnlyInDuplicate>();
+  reg.add<TestPretrained>();
 }
 #elif defined(FUSION_TEST_VARIANT_INIT_THROWS)
 FUSION_PLUGIN("host_test_init_throws", "0.0.1", reg) {

@@ -1,9 +1,12 @@
 // Loading, saving and bad input: the clip_vision pool and the folders it reads.
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include <fstream>
+#include <typeinfo>
 
+#include "fusion/clip/text.hpp"
 #include "fusion/clip/vision.hpp"
 #include "fusion/clip/vision_pool.hpp"
 #include "fusion/clip/zero_shot.hpp"
@@ -143,6 +146,18 @@ std::unique_ptr<ModelPool> make_pool(const std::string& pretrained, const String
   std::map<std::string, Value> values{{"pretrained", pretrained}, {"models", models}};
   const Config config = Config::validate("modelpool", values, schema_of<ClipVisionPoolOptions>());
   return std::make_unique<ClipVisionPool>(read_options<ClipVisionPoolOptions>(config), Context().with_config(config));
+}
+
+// The library is where each CLIP type lives: its typeinfo (what dynamic_cast compares) is
+// libfusion_clip's, so every plugin that links the library sees one type.
+TEST(ClipFamily, TypesLiveInTheSharedLibrary) {
+  for (const std::type_info* t : {&typeid(ClipVisionModel), &typeid(ClipTextModel), &typeid(ClipVisionPool)}) {
+    Dl_info info{};
+    ASSERT_NE(dladdr(t, &info), 0) << t->name();
+    ASSERT_NE(info.dli_fname, nullptr) << t->name();
+    EXPECT_NE(std::string(info.dli_fname).find("libfusion_clip.so"), std::string::npos)
+        << t->name() << " lives in " << info.dli_fname;
+  }
 }
 
 TEST(ClipVisionPool, OptionsAreTheCheckpointPools) {

@@ -57,25 +57,33 @@ std::optional<LoadedBatch> next_batch(BatchLoader& loader, const std::string& wh
   }
 }
 
+// Endless batches of `source`'s samples (or of its samples `subset` lists, when given), epoch e a
+// permutation drawn from (seed, e). `kind` names the batches in the error for an all-bad batch.
 class ClassificationStream : public BatchStream {
  public:
   ClassificationStream(std::shared_ptr<const SampleSource> source, int64_t batch_size, uint64_t seed,
-                       LoaderOptions options, at::Device device, at::ScalarType dtype, std::string where)
-      : order_(std::make_shared<EpochOrder>(source->size(), seed)),
+                       LoaderOptions options, at::Device device, at::ScalarType dtype, std::string where,
+                       std::string kind = "training batch",
+                       std::shared_ptr<const std::vector<int64_t>> subset = nullptr)
+      : order_(std::make_shared<EpochOrder>(subset ? static_cast<int64_t>(subset->size()) : source->size(), seed)),
         loader_(source,
-                [order = order_, batch_size](int64_t b) {
+                [order = order_, batch_size, subset](int64_t b) {
                   std::vector<int64_t> idx(batch_size);
-                  for (int64_t i = 0; i < batch_size; ++i) idx[i] = order->at(b * batch_size + i);
+                  for (int64_t i = 0; i < batch_size; ++i) {
+                    const int64_t k = order->at(b * batch_size + i);
+                    idx[i] = subset ? (*subset)[static_cast<size_t>(k)] : k;
+                  }
                   return idx;
                 },
                 -1, options),
         device_(device),
         dtype_(dtype),
-        where_(std::move(where)) {}
+        where_(std::move(where)),
+        kind_(std::move(kind)) {}
 
   Batch next() override {
     std::optional<LoadedBatch> b = next_batch(loader_, where_);
-    FUSION_ENSURE(b && b->inputs.size(0) > 0, where_, ": every image of a training batch was undecodable");
+    FUSION_ENSURE(b && b->inputs.size(0) > 0, where_, ": every image of a ", kind_, " was undecodable");
     return {b->inputs.to(device_, dtype_), b->labels.to(device_)};
   }
 
@@ -85,6 +93,7 @@ class ClassificationStream : public BatchStream {
   at::Device device_;
   at::ScalarType dtype_;
   std::string where_;
+  std::string kind_;
 };
 
 }  // namespace
@@ -252,6 +261,18 @@ std::unique_ptr<BatchStream> ImageClassificationTask::train_stream(int64_t batch
   lo.skip_bad_images = options_.skip_bad_images;
   return std::make_unique<ClassificationStream>(train_, batch_size, seed, lo, ctx_.device(), ctx_.dtype(),
                                                 "task '" + spec_.name + "' train split");
+}
+
+std::unique_ptr<BatchStream> ImageClassificationTask::test_stream(int64_t batch_size, uint64_t seed) {
+  FUSION_ENSURE(batch_size > 0, "task '", spec_.name, "': test batch size must be positive, got ", batch_size);
+  LoaderOptions lo;
+  lo.batch_size = batch_size;
+  lo.num_workers = options_.num_workers;
+  lo.prefetch_batches = options_.prefetch_batches;
+  lo.skip_bad_images = options_.skip_bad_images;
+  return std::make_unique<ClassificationStream>(test_, batch_size, seed, lo, ctx_.device(), ctx_.dtype(),
+                                                "task '" + spec_.name + "' test split", "test batch",
+                                                std::make_shared<const std::vector<int64_t>>(test_indices_));
 }
 
 nlohmann::json ImageClassificationTask::evaluate(const Model& model) {

@@ -113,6 +113,11 @@ class ImageClassificationTask : public Task {
   /// epoch e is a permutation drawn from (seed, e), and epochs follow each other without a break,
   /// so a batch may straddle two epochs. Decoding runs ahead on num_workers threads.
   std::unique_ptr<BatchStream> train_stream(int64_t batch_size, uint64_t seed) override;
+  /// Endless batches of the test images evaluate() uses (the max_test_samples subset when set), for
+  /// test-time adaptation (AdaMerging): shuffled as train_stream's, epoch e a permutation of those
+  /// images drawn from (seed, e); on the run's device and dtype. The batches carry the labels, which
+  /// such methods must not read.
+  std::unique_ptr<BatchStream> test_stream(int64_t batch_size, uint64_t seed) override;
   /// apply_head(head, model.forward(params, inputs)); the head follows the features' device/dtype.
   at::Tensor logits(const Model& model, const StateDict& params, const at::Tensor& inputs) const override;
   /// {"accuracy", "loss", "num_samples", "skipped_images", "seconds", "images_per_second"} on the

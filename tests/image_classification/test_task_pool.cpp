@@ -1,5 +1,5 @@
 // The task pool: config parsing, built-in task info, head files and the head cache, evaluate() on a
-// model whose output is known, train streams, and the background loader.
+// model whose output is known, train and test streams, and the background loader.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -220,6 +220,71 @@ TEST_P(OnDevice, TrainStreamDeterministicAndReshuffled) {
     for (int64_t i = 0; i < 10; ++i) EXPECT_EQ(epoch[i], i);
   }
   EXPECT_GE(orders.size(), 3u);
+}
+
+TEST_P(OnDevice, TestStreamServesTheEvaluatedTestImages) {
+  TempDir tmp("test_stream");
+  // mnist, 10 classes: test images of grey level 20 · label, train images of 20 · label + 5, so
+  // that a batch's pixels tell which split it came from. No train split is needed.
+  for (int c = 0; c < 10; ++c) {
+    const auto v = static_cast<uint8_t>(20 * c);
+    write_solid(tmp / ("test/" + std::to_string(c) + "/x.png"), 3, 3, v, v, v);
+    const auto w = static_cast<uint8_t>(20 * c + 5);
+    write_solid(tmp / ("train/" + std::to_string(c) + "/x.png"), 3, 3, w, w, w);
+  }
+  auto task_with = [&](std::map<std::string, Value> extra) {
+    std::map<std::string, Value> v = {{"test_datasets", StringMap{{"mnist", (tmp / "test").string()}}},
+                                      {"train_datasets", StringMap{{"mnist", (tmp / "train").string()}}},
+                                      {"clip_model", tmp.path().string()},
+                                      {"image_size", int64_t{4}}};
+    for (auto& [k, x] : extra) v[k] = x;
+    return make_pool(quiet_context(GetParam(), taskpool_config(v)));
+  };
+  auto labels_of = [&](TaskPool& pool, uint64_t seed, int batches) {
+    auto stream = pool.task("mnist").test_stream(3, seed);
+    std::vector<int64_t> out;
+    for (int i = 0; i < batches; ++i) {
+      Batch b = stream->next();
+      EXPECT_EQ(b.inputs.device().type(), at::Device(GetParam()).type());
+      EXPECT_EQ(b.inputs.size(0), 3);
+      at::Tensor lab = b.labels.cpu();
+      at::Tensor px = b.inputs.cpu();
+      for (int64_t k = 0; k < 3; ++k) {
+        const int64_t label = lab[k].item<int64_t>();
+        // The pixels are those of the test image of that label, not the train image.
+        const double expected = (20.0 * label / 255.0 - 0.48145466) / 0.26862954;
+        EXPECT_NEAR(px[k][0][1][1].item<double>(), expected, 1e-5);
+        out.push_back(label);
+      }
+    }
+    return out;
+  };
+  {
+    auto pool = task_with({});
+    const auto a = labels_of(*pool, 7, 10), b = labels_of(*pool, 7, 10), c = labels_of(*pool, 8, 10);
+    EXPECT_EQ(a, b);  // the same seed, the same batches
+    EXPECT_NE(a, c);
+    // 30 draws: 3 epochs, each a permutation of the 10 test images.
+    for (int e = 0; e < 3; ++e) {
+      std::vector<int64_t> epoch(a.begin() + 10 * e, a.begin() + 10 * (e + 1));
+      std::sort(epoch.begin(), epoch.end());
+      for (int64_t i = 0; i < 10; ++i) EXPECT_EQ(epoch[i], i);
+    }
+  }
+  {
+    // max_test_samples = 6: the stream serves the 6 images evaluate() uses, every epoch.
+    auto pool = task_with({{"max_test_samples", int64_t{6}}});
+    const auto a = labels_of(*pool, 7, 8);
+    std::set<int64_t> first(a.begin(), a.begin() + 6);
+    EXPECT_EQ(first.size(), 6u);
+    for (int e = 1; e < 4; ++e) EXPECT_EQ(std::set<int64_t>(a.begin() + 6 * e, a.begin() + 6 * (e + 1)), first);
+    // evaluate()'s subset: the first 6 of the fixed permutation EpochOrder(10, 0).epoch(0) (sample i
+    // is the image of label i here).
+    const std::vector<int64_t> perm = EpochOrder(10, 0).epoch(0);
+    EXPECT_EQ(first, std::set<int64_t>(perm.begin(), perm.begin() + 6));
+  }
+  EXPECT_TRUE(contains(error_of([&] { task_with({})->task("mnist").test_stream(0, 1); }),
+                       "task 'mnist': test batch size must be positive, got 0"));
 }
 
 INSTANTIATE_TEST_SUITE_P(Devices, OnDevice, ::testing::ValuesIn(test_devices()));

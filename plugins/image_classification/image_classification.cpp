@@ -57,6 +57,16 @@ std::optional<LoadedBatch> next_batch(BatchLoader& loader, const std::string& wh
   }
 }
 
+// The loader settings of the pool's options for batches of `batch_size`.
+LoaderOptions loader_options(const ImageClassificationOptions& o, int64_t batch_size) {
+  LoaderOptions lo;
+  lo.batch_size = batch_size;
+  lo.num_workers = o.num_workers;
+  lo.prefetch_batches = o.prefetch_batches;
+  lo.skip_bad_images = o.skip_bad_images;
+  return lo;
+}
+
 // Endless batches of `source`'s samples (or of its samples `subset` lists, when given), epoch e a
 // permutation drawn from (seed, e). `kind` names the batches in the error for an all-bad batch.
 class ClassificationStream : public BatchStream {
@@ -254,22 +264,14 @@ std::unique_ptr<BatchStream> ImageClassificationTask::train_stream(int64_t batch
   FUSION_ENSURE(train_, "task '", spec_.name, "' has no train split (set ", key(&PoolOptions::train_datasets), ".",
                 spec_.name, ")");
   FUSION_ENSURE(batch_size > 0, "task '", spec_.name, "': train batch size must be positive, got ", batch_size);
-  LoaderOptions lo;
-  lo.batch_size = batch_size;
-  lo.num_workers = options_.num_workers;
-  lo.prefetch_batches = options_.prefetch_batches;
-  lo.skip_bad_images = options_.skip_bad_images;
+  const LoaderOptions lo = loader_options(options_, batch_size);
   return std::make_unique<ClassificationStream>(train_, batch_size, seed, lo, ctx_.device(), ctx_.dtype(),
                                                 "task '" + spec_.name + "' train split");
 }
 
 std::unique_ptr<BatchStream> ImageClassificationTask::test_stream(int64_t batch_size, uint64_t seed) {
   FUSION_ENSURE(batch_size > 0, "task '", spec_.name, "': test batch size must be positive, got ", batch_size);
-  LoaderOptions lo;
-  lo.batch_size = batch_size;
-  lo.num_workers = options_.num_workers;
-  lo.prefetch_batches = options_.prefetch_batches;
-  lo.skip_bad_images = options_.skip_bad_images;
+  const LoaderOptions lo = loader_options(options_, batch_size);
   return std::make_unique<ClassificationStream>(test_, batch_size, seed, lo, ctx_.device(), ctx_.dtype(),
                                                 "task '" + spec_.name + "' test split", "test batch",
                                                 std::make_shared<const std::vector<int64_t>>(test_indices_));
@@ -283,11 +285,7 @@ nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
   const int64_t b = options_.batch_size;
   const auto count = static_cast<int64_t>(test_indices_.size());
   const int64_t num_batches = (count + b - 1) / b;
-  LoaderOptions lo;
-  lo.batch_size = b;
-  lo.num_workers = options_.num_workers;
-  lo.prefetch_batches = options_.prefetch_batches;
-  lo.skip_bad_images = options_.skip_bad_images;
+  const LoaderOptions lo = loader_options(options_, b);
   auto indices = std::make_shared<const std::vector<int64_t>>(test_indices_);
   BatchLoader loader(
       test_,

@@ -150,6 +150,21 @@ for t in "${TASKS[@]}"; do
 done
 
 # --- 4. The comparison ------------------------------------------------------------------------
+# Task-wise AdaMerging is the out-of-tree example plugin (examples/adamerging): built against an
+# install of this build, as scripts/test.sh builds it, and run by the installed `fusion` with
+# FusionBench's defaults (init_values 0.3, lr 1e-3, 1000 steps, 16 test images per task).
+PREFIX="$(cd "$BUILD" && pwd)/_install"
+ADAMERGING_BUILD="$(cd "$BUILD" && pwd)/_adamerging"
+build_adamerging() {
+  local generator=()
+  command -v ninja >/dev/null && generator=(-G Ninja)
+  cmake --install "$BUILD" --prefix "$PREFIX" >/dev/null
+  cmake -S examples/adamerging -B "$ADAMERGING_BUILD" "${generator[@]}" -DCMAKE_PREFIX_PATH="$PREFIX" \
+    -DCMAKE_BUILD_TYPE=Release -DADAMERGING_BUILD_TESTS=OFF >/dev/null
+  cmake --build "$ADAMERGING_BUILD" -j "$(nproc)" >/dev/null
+}
+stage "adamerging plugin (out of tree)" build_adamerging
+
 run_suite() {  # run_suite N: every method on the N-task suite
   local n="$1" cfg="$DEMO/configs/merge_$1tasks.toml" dir="$OUT/$1tasks"
   rm -rf "$dir"  # no stale checkpoints or plots from an earlier run
@@ -170,12 +185,14 @@ run_suite() {  # run_suite N: every method on the N-task suite
   done
   compare="${compare%, }]"
   fr pwe_moe_ls method.name=pwe_moe_ls "${pwe[@]}" "run.compare=$compare"
+  stage "$n tasks: task_wise_adamerging" env FUSION_PLUGIN_PATH="$ADAMERGING_BUILD" "$PREFIX/bin/fusion" run "$cfg" \
+    "run.out_dir=$dir/task_wise_adamerging" method.name=task_wise_adamerging
 }
 run_suite 2
 run_suite 3
 
 # --- 5. The table and the plot ----------------------------------------------------------------
-RUNS="pretrained individual simple_average task_arithmetic ties_merging pwe_moe_ls pwe_moe_epo"
+RUNS="pretrained individual simple_average task_arithmetic ties_merging pwe_moe_ls pwe_moe_epo task_wise_adamerging"
 args=()
 for n in 2 3; do
   args+=(--suite "$n tasks ($( [ "$n" = 2 ] && echo "${PAIR[*]}" || echo "${TASKS[*]}"))")

@@ -12,6 +12,7 @@
 
 #include "fusion/version.hpp"
 #include "plugin_host.hpp"
+#include "check_command.hpp"
 #include "run_command.hpp"
 
 namespace fusion::host {
@@ -30,6 +31,9 @@ Usage:
   fusion plugins                          the plugins found, their components, and the plugins
                                           refused with the reason
   fusion describe NAME                    a component's options (NAME "run": the [run] table)
+  fusion check NAME... | --all            the conformance suite on algorithms (docs/conformance.md):
+        [--set [NAME.]key=value]          method options for the checks (weights=[0.5,0.5])
+        [--skip [NAME.]CHECK]             a check to skip (reported as SKIP)
   fusion --help | --version
 )";
 
@@ -188,6 +192,25 @@ int cmd_describe(Logger& log, const std::string& name) {
 int cli_main(int argc, char** argv) {
   auto logger = std::make_shared<Logger>(LogLevel::Info);
   try {
+    // `fusion [-v|-q] check ...` has options of its own (--set, --skip, --all): its arguments are
+    // not parsed as fusion's.
+    for (int i = 1; i < argc; ++i) {
+      const std::string a = argv[i];
+      if (a == "-v" || a == "--verbose") continue;
+      if (a == "-q" || a == "--quiet") continue;
+      if (a != "check") break;
+      for (int j = 1; j < i; ++j) {
+        const std::string g = argv[j];
+        logger->set_level(g == "-v" || g == "--verbose" ? LogLevel::Debug : LogLevel::Warn);
+      }
+      CheckRequest request;
+      try {
+        request = parse_check_arguments(std::vector<std::string>(argv + i + 1, argv + argc));
+      } catch (const CheckUsageError& e) {
+        throw UsageError(std::string("check: ") + e.what());
+      }
+      return check_command(request, logger, std::cout);
+    }
     po::options_description visible("Options");
     visible.add_options()
         ("help,h", "print this help and exit")
@@ -220,7 +243,7 @@ int cli_main(int argc, char** argv) {
       std::cout << version_text();
       return 0;
     }
-    if (!vm.count("command")) throw UsageError("no command given (run, plugins or describe)");
+    if (!vm.count("command")) throw UsageError("no command given (run, plugins, describe or check)");
     const std::string command = vm["command"].as<std::string>();
     std::vector<std::string> args =
         vm.count("args") ? vm["args"].as<std::vector<std::string>>() : std::vector<std::string>{};
@@ -243,7 +266,7 @@ int cli_main(int argc, char** argv) {
                                       : "describe: unexpected argument '" + args[1] + "'");
       return cmd_describe(*logger, args[0]);
     }
-    throw UsageError("unknown command '" + command + "' (run, plugins or describe)");
+    throw UsageError("unknown command '" + command + "' (run, plugins, describe or check)");
   } catch (const UsageError& e) {
     std::fprintf(stderr, "fusion: error: %s; see fusion --help\n", one_line(e.what()).c_str());
     return 2;

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "checkpoint_layout.hpp"
 #include "fusion/error.hpp"
 #include "fusion/files.hpp"
 #include "fusion/safetensors.hpp"
@@ -20,13 +21,6 @@
 namespace fusion {
 
 namespace fs = std::filesystem;
-
-namespace detail {
-// Defined in safetensors.cpp: the tensor entries of a checkpoint (file, folder or sharded folder),
-// headers only, every file validated.
-std::vector<TensorInfo> read_checkpoint_layout(const fs::path& path);
-std::string shape_string(const std::vector<int64_t>& shape);
-}  // namespace detail
 
 namespace {
 

@@ -39,6 +39,7 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "checkpoint_layout.hpp"
 #include "fusion/error.hpp"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -47,12 +48,6 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 namespace fusion {
 
 namespace fs = std::filesystem;
-
-namespace detail {
-// Used by checkpoint_pool.cpp (same library, not part of the public API).
-std::vector<TensorInfo> read_checkpoint_layout(const fs::path& path);
-std::string shape_string(const std::vector<int64_t>& shape);
-}  // namespace detail
 
 namespace {
 

@@ -9,6 +9,7 @@
 #include <fusion/model_pool.hpp>
 #include <fusion/options.hpp>
 #include <fusion/testing/fixtures.hpp>
+#include <fusion/testing/gtest.hpp>
 #include <fusion/testing/memory_pools.hpp>
 #include <fusion/testing/tiny_model.hpp>
 
@@ -333,6 +334,13 @@ TEST(Run, ATaskWithoutTestBatchesIsNamed) {
   // Refused before any weight is read.
   EXPECT_EQ(w.setup.models->pretrained_calls(), 0);
   EXPECT_EQ(w.setup.models->loads(), 0);
+}
+
+// The SDK's conformance suite (fusion check's checks), as a plugin author runs it on their method.
+TEST(Conformance, TaskWiseAdaMerging) {
+  ft::ConformanceOptions o;
+  o.options = {"max_steps=20", "lr=0.05"};
+  FUSION_EXPECT_CONFORMS(ft::check_algorithm<TaskWiseAdaMerging>(o));
 }
 
 }  // namespace

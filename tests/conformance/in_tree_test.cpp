@@ -34,6 +34,7 @@ void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 const std::vector<Case>& cases() {
   static const std::vector<Case> all = {
       {"task_arithmetic", {}, {}},
+      {"dare_task_arithmetic", {}, {}},
       {"ties_merging", {}, {}},
       {"simple_average", {}, {}},
       {"weighted_average", {"weights=[0.5, 0.5]"}, {}},
@@ -44,9 +45,7 @@ const std::vector<Case>& cases() {
       {"finetune", {"task=task0", "num_steps=3", "batch_size=8"}, {{"identity", kTrains}}},
       {"multitask_pretrain", {"init=pretrained", "num_steps=3", "batch_size=8"}, {{"identity", kTrains}}},
       {"linear_interpolation", {}, {}},  // examples/lerp_plugin
-#if defined(FUSION_CONFORMANCE_HAVE_ADAMERGING)
       {"task_wise_adamerging", {"max_steps=3", "batch_size=8"}, {}},  // examples/adamerging
-#endif
   };
   return all;
 }

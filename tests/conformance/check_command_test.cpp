@@ -123,7 +123,7 @@ TEST(CheckCommand, OptionsAreScopedAndCheckedFirst) {
 
 TEST(CheckCommand, UnknownAlgorithmsAreNamed) {
   InProcess r = check_in_process({"nope"}, kTaskArithmetic.string());
-  EXPECT_EQ(r.error, "check: unknown algorithm 'nope'; known algorithms: task_arithmetic");
+  EXPECT_EQ(r.error, "check: unknown algorithm 'nope'; known algorithms: task_arithmetic, dare_task_arithmetic");
   InProcess pool = check_in_process({"safetensors"}, kTaskArithmetic.string());  // a model pool
   EXPECT_NE(pool.error.find("unknown algorithm 'safetensors'"), std::string::npos) << pool.error;
 }

@@ -48,6 +48,8 @@ export FUSION_PLUGIN_PATH="$build"
 # The tiny world, made and used from $scratch (the configs name world/... relative to it).
 cd "$scratch"
 "$build/adamerging_make_world" world
+# The SDK's conformance suite on the installed binary (docs/conformance.md), on its tiny model.
+"$fusion" check task_wise_adamerging --set max_steps=3 --set batch_size=8
 "$fusion" run "$here/tiny_world/pretrain.toml"
 for task in bars checks; do
   "$fusion" run "$here/tiny_world/finetune.toml" "method.task=\"$task\"" "run.out_dir=\"world/experts/$task\""

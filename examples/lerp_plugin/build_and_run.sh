@@ -35,6 +35,8 @@ export FUSION_PLUGIN_PATH="$build"
 }
 
 out="$scratch/run"
+# The SDK's conformance suite on the installed binary (docs/conformance.md).
+"$fusion" check linear_interpolation
 (cd "$repo" && "$fusion" run examples/lerp_plugin/lerp.toml "run.out_dir=\"$out\"")
 merged=$(find "$out" -name model.safetensors | head -n 1)
 [[ -n "$merged" && -s "$merged" ]] || { echo "error: the run wrote no model.safetensors under $out" >&2; exit 1; }

@@ -20,21 +20,20 @@
 
 using namespace fusion;
 using namespace fusion::methods;
-using fusion::testing::error_of;
-using fusion::testing::f32;
-using fusion::testing::MemoryPool;
-using fusion::testing::sd;
+using namespace fusion::testing;
 using ::testing::HasSubstr;
 
 namespace {
 // Expert "b" has w of shape [3] where the pretrained model and expert "a" have [2].
-MemoryPool mismatched_pool() {
-  return MemoryPool(sd({{"w", f32({1, 2})}}),
-                    {{"a", sd({{"w", f32({1, 1})}})}, {"b", sd({{"w", f32({1, 1, 1})}})}});
+std::shared_ptr<MemoryModelPool> mismatched_pool() {
+  return MemoryModelPool::from_state_dicts(
+      sd({{"w", f32({1, 2})}}),
+      {{"a", sd({{"w", f32({1, 1})}})}, {"b", sd({{"w", f32({1, 1, 1})}})}});
 }
-MemoryPool missing_key_pool() {
-  return MemoryPool(sd({{"w", f32({1, 2})}, {"v", f32({0})}}),
-                    {{"a", sd({{"w", f32({1, 1})}, {"v", f32({0})}})}, {"b", sd({{"w", f32({1, 1})}})}});
+std::shared_ptr<MemoryModelPool> missing_key_pool() {
+  return MemoryModelPool::from_state_dicts(
+      sd({{"w", f32({1, 2})}, {"v", f32({0})}}),
+      {{"a", sd({{"w", f32({1, 1})}, {"v", f32({0})}})}, {"b", sd({{"w", f32({1, 1})}})}});
 }
 }  // namespace
 
@@ -45,8 +44,8 @@ TEST(BadInput, ExpertShapeDiffersNamesKeyAndBothShapes) {
   methods.push_back(std::make_unique<WeightedAverage>(WeightedAverageOptions{{1, 1}, true}));
   methods.push_back(std::make_unique<TiesMerging>());
   for (auto& m : methods) {
-    MemoryPool pool = mismatched_pool();
-    const std::string msg = error_of([&] { m->run(pool, nullptr, Context()); });
+    auto pool = mismatched_pool();
+    const std::string msg = error_of([&] { m->run(*pool, nullptr, Context()); });
     EXPECT_THAT(msg, HasSubstr("key 'w'"));
     EXPECT_THAT(msg, HasSubstr("[2]"));
     EXPECT_THAT(msg, HasSubstr("[3]"));
@@ -58,18 +57,19 @@ TEST(BadInput, ExpertLacksAKey) {
   for (auto make : {+[]() -> std::unique_ptr<Algorithm> { return std::make_unique<TaskArithmetic>(); },
                     +[]() -> std::unique_ptr<Algorithm> { return std::make_unique<TiesMerging>(); },
                     +[]() -> std::unique_ptr<Algorithm> { return std::make_unique<SimpleAverage>(); }}) {
-    MemoryPool pool = missing_key_pool();
-    const std::string msg = error_of([&] { make()->run(pool, nullptr, Context()); });
+    auto pool = missing_key_pool();
+    const std::string msg = error_of([&] { make()->run(*pool, nullptr, Context()); });
     EXPECT_THAT(msg, HasSubstr("expert 'b' lacks key 'v'"));
   }
 }
 
 TEST(BadInput, WeightsOfWrongLength) {
-  MemoryPool pool(sd({{"w", f32({1})}}), {{"a", sd({{"w", f32({1})}})}, {"b", sd({{"w", f32({2})}})}});
+  auto pool = MemoryModelPool::from_state_dicts(
+      sd({{"w", f32({1})}}), {{"a", sd({{"w", f32({1})}})}, {"b", sd({{"w", f32({2})}})}});
   const std::string msg =
-      error_of([&] { WeightedAverage({{1, 2, 3}, true}).run(pool, nullptr, Context()); });
+      error_of([&] { WeightedAverage({{1, 2, 3}, true}).run(*pool, nullptr, Context()); });
   EXPECT_THAT(msg, HasSubstr("method.weights has 3 entries but the model pool has 2 experts"));
-  EXPECT_EQ(pool.loads(), 0);  // refused before reading anything
+  EXPECT_EQ(pool->loads(), 0);  // refused before reading anything
 }
 
 TEST(BadInput, WeightsThatCannotBeNormalized) {
@@ -116,8 +116,8 @@ TEST(BadInput, DuplicateScalingFactors) {
                       o.scaling_factors = std::vector<double>{0.1, 0.1};
                       return std::make_unique<TiesMerging>(o);
                     }}) {
-    MemoryPool pool(sd({{"w", f32({1})}}), {{"a", sd({{"w", f32({1})}})}});
-    EXPECT_THAT(error_of([&] { make()->run(pool, nullptr, Context()); }),
+    auto pool = MemoryModelPool::from_state_dicts(sd({{"w", f32({1})}}), {{"a", sd({{"w", f32({1})}})}});
+    EXPECT_THAT(error_of([&] { make()->run(*pool, nullptr, Context()); }),
                 HasSubstr("method.scaling_factors lists 0.1 more than once"));
   }
 }
@@ -126,39 +126,39 @@ TEST(BadInput, UnknownMergeFuncGivenDirectly) {
   // Not through a config (which refuses it when read): the method still names it.
   TiesMergingOptions o;
   o.merge_func = "median";
-  MemoryPool pool(sd({{"w", f32({1})}}), {{"a", sd({{"w", f32({1})}})}});
-  EXPECT_EQ(error_of([&] { TiesMerging(o).run(pool, nullptr, Context()); }),
+  auto pool = MemoryModelPool::from_state_dicts(sd({{"w", f32({1})}}), {{"a", sd({{"w", f32({1})}})}});
+  EXPECT_EQ(error_of([&] { TiesMerging(o).run(*pool, nullptr, Context()); }),
             "ties_merging: unknown merge function 'median'");
-  EXPECT_EQ(pool.loads(), 0);
+  EXPECT_EQ(pool->loads(), 0);
 }
 
 TEST(BadInput, RequirementsAreCheckedByTheHostInOneFormat) {
   // The host calls check_requirements(T::info(), pool, tasks) before any weight is read.
-  MemoryPool no_pre(std::nullopt, {{"a", sd({{"w", f32({1})}})}});
-  EXPECT_EQ(error_of([&] { check_requirements(TaskArithmetic::info(), no_pre, nullptr); }),
+  auto no_pre = MemoryModelPool::from_state_dicts(std::nullopt, {{"a", sd({{"w", f32({1})}})}});
+  EXPECT_EQ(error_of([&] { check_requirements(TaskArithmetic::info(), *no_pre, nullptr); }),
             "task_arithmetic needs a pretrained model: set modelpool.pretrained");
-  EXPECT_EQ(error_of([&] { check_requirements(TiesMerging::info(), no_pre, nullptr); }),
+  EXPECT_EQ(error_of([&] { check_requirements(TiesMerging::info(), *no_pre, nullptr); }),
             "ties_merging needs a pretrained model: set modelpool.pretrained");
-  EXPECT_EQ(error_of([&] { check_requirements(Pretrained::info(), no_pre, nullptr); }),
+  EXPECT_EQ(error_of([&] { check_requirements(Pretrained::info(), *no_pre, nullptr); }),
             "pretrained needs a pretrained model: set modelpool.pretrained");
-  MemoryPool no_experts(sd({{"w", f32({1})}}), {});
+  auto no_experts = MemoryModelPool::from_state_dicts(sd({{"w", f32({1})}}), {});
   for (const ComponentInfo& info : {TaskArithmetic::info(), TiesMerging::info(), SimpleAverage::info(),
                                     WeightedAverage::info(), Individual::info()}) {
-    EXPECT_EQ(error_of([&] { check_requirements(info, no_experts, nullptr); }),
+    EXPECT_EQ(error_of([&] { check_requirements(info, *no_experts, nullptr); }),
               info.name + " needs at least 1 expert, the model pool has 0: add them under [modelpool.models]");
   }
   // What each needs, and nothing more: averaging and the individual experts need no pretrained
   // model, the pretrained reference no expert.
-  check_requirements(SimpleAverage::info(), no_pre, nullptr);
-  check_requirements(WeightedAverage::info(), no_pre, nullptr);
-  check_requirements(Individual::info(), no_pre, nullptr);
-  check_requirements(Pretrained::info(), no_experts, nullptr);
-  EXPECT_EQ(no_pre.loads() + no_experts.loads(), 0);
+  check_requirements(SimpleAverage::info(), *no_pre, nullptr);
+  check_requirements(WeightedAverage::info(), *no_pre, nullptr);
+  check_requirements(Individual::info(), *no_pre, nullptr);
+  check_requirements(Pretrained::info(), *no_experts, nullptr);
+  EXPECT_EQ(no_pre->loads() + no_experts->loads(), 0);
 }
 
 TEST(BadInput, RemoveKeysThatRemoveEverything) {
-  MemoryPool pool(sd({{"w", f32({1})}}), {{"a", sd({{"w", f32({2})}})}});
+  auto pool = MemoryModelPool::from_state_dicts(sd({{"w", f32({1})}}), {{"a", sd({{"w", f32({2})}})}});
   TiesMergingOptions o;
   o.remove_keys = {".*"};
-  EXPECT_THAT(error_of([&] { TiesMerging(o).run(pool, nullptr, Context()); }), HasSubstr("method.remove_keys"));
+  EXPECT_THAT(error_of([&] { TiesMerging(o).run(*pool, nullptr, Context()); }), HasSubstr("method.remove_keys"));
 }

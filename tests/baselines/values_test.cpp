@@ -16,12 +16,7 @@
 
 using namespace fusion;
 using namespace fusion::methods;
-using fusion::testing::f32;
-using fusion::testing::MemoryPool;
-using fusion::testing::only_model;
-using fusion::testing::sd;
-using fusion::testing::state_dicts_close;
-using fusion::testing::state_dicts_equal;
+using namespace fusion::testing;
 
 namespace {
 
@@ -29,10 +24,11 @@ at::Tensor ids(std::vector<int64_t> v) { return at::tensor(v, at::TensorOptions(
 
 // θ₀ = {w: [1, 2], ids: [0, 1]}, a = {w: [2, 2]}, b = {w: [1, 4]}; the experts' integer tensors
 // differ from the pretrained's on purpose: merges must copy the pretrained's.
-MemoryPool two_expert_pool() {
-  return MemoryPool(sd({{"w", f32({1, 2})}, {"ids", ids({0, 1})}}),
-                    {{"a", sd({{"w", f32({2, 2})}, {"ids", ids({7, 7})}})},
-                     {"b", sd({{"w", f32({1, 4})}, {"ids", ids({9, 9})}})}});
+std::shared_ptr<MemoryModelPool> two_expert_pool() {
+  return MemoryModelPool::from_state_dicts(
+      sd({{"w", f32({1, 2})}, {"ids", ids({0, 1})}}),
+      {{"a", sd({{"w", f32({2, 2})}, {"ids", ids({7, 7})}})},
+       {"b", sd({{"w", f32({1, 4})}, {"ids", ids({9, 9})}})}});
 }
 
 StateDict random_sd(uint64_t seed, double scale = 1.0) {
@@ -42,6 +38,11 @@ StateDict random_sd(uint64_t seed, double scale = 1.0) {
              {"position_ids", at::arange(6, at::kLong)}});
 }
 
+// Experts a, b, c: random_sd(2), random_sd(3), random_sd(4).
+std::vector<std::pair<std::string, StateDict>> random_experts() {
+  return {{"a", random_sd(2)}, {"b", random_sd(3)}, {"c", random_sd(4)}};
+}
+
 Context cpu_context() { return Context(); }
 
 }  // namespace
@@ -49,54 +50,54 @@ Context cpu_context() { return Context(); }
 // ---- task arithmetic ---------------------------------------------------------------------
 
 TEST(TaskArithmetic, HandComputed) {
-  MemoryPool pool = two_expert_pool();
+  auto pool = two_expert_pool();
   // Σ τ = [1, 0] + [0, 2] = [1, 2]; θ₀ + 0.5 · Σ τ = [1.5, 3].
-  Result r = TaskArithmetic({0.5, {}}).run(pool, nullptr, cpu_context());
+  Result r = TaskArithmetic({0.5, {}}).run(*pool, nullptr, cpu_context());
   ASSERT_EQ(r.models.size(), 1u);
   EXPECT_EQ(r.models[0].label, "merged");
   EXPECT_DOUBLE_EQ(r.models[0].metadata.at("scaling_factor").get<double>(), 0.5);
-  EXPECT_TRUE(state_dicts_equal(r.models[0].make()->parameters(), sd({{"w", f32({1.5, 3})}, {"ids", ids({0, 1})}})));
+  EXPECT_EQ(exact_difference(r.models[0].make()->parameters(), sd({{"w", f32({1.5, 3})}, {"ids", ids({0, 1})}})), "");
 }
 
 TEST(TaskArithmetic, LambdaZeroIsThePretrainedModel) {
   StateDict pre = random_sd(1);
-  MemoryPool pool(pre, {{"a", random_sd(2)}, {"b", random_sd(3)}, {"c", random_sd(4)}});
-  ConstModelPtr m = only_model(TaskArithmetic({0.0, {}}).run(pool, nullptr, cpu_context()));
-  EXPECT_TRUE(state_dicts_equal(m->parameters(), pre));
+  auto pool = MemoryModelPool::from_state_dicts(pre, random_experts());
+  ConstModelPtr m = only_model(TaskArithmetic({0.0, {}}).run(*pool, nullptr, cpu_context()));
+  EXPECT_EQ(exact_difference(m->parameters(), pre), "");
 }
 
 TEST(TaskArithmetic, StreamsOneExpertAtATime) {
-  MemoryPool pool(random_sd(1), {{"a", random_sd(2)}, {"b", random_sd(3)}, {"c", random_sd(4)}});
-  TaskArithmetic().run(pool, nullptr, cpu_context());
-  EXPECT_EQ(pool.loads(), 3);
-  EXPECT_EQ(pool.max_live_experts(), 1);
-  EXPECT_LE(pool.max_lent_bytes_alive(), pool.expert_bytes());
+  auto pool = MemoryModelPool::from_state_dicts(random_sd(1), random_experts());
+  TaskArithmetic().run(*pool, nullptr, cpu_context());
+  EXPECT_EQ(pool->loads(), 3);
+  EXPECT_EQ(pool->max_live_experts(), 1);
+  EXPECT_LE(pool->max_lent_bytes_alive(), pool->expert_bytes());
 }
 
 TEST(TaskArithmetic, DefaultScalingFactorIsPointThree) {
   EXPECT_DOUBLE_EQ(TaskArithmeticOptions{}.scaling_factor, 0.3);
-  MemoryPool pool = two_expert_pool();
-  ConstModelPtr m = only_model(TaskArithmetic().run(pool, nullptr, cpu_context()));
-  EXPECT_TRUE(state_dicts_close(m->parameters(), sd({{"w", f32({1.3f, 2.6f})}, {"ids", ids({0, 1})}})));
+  auto pool = two_expert_pool();
+  ConstModelPtr m = only_model(TaskArithmetic().run(*pool, nullptr, cpu_context()));
+  EXPECT_EQ(state_dict_difference(m->parameters(), sd({{"w", f32({1.3f, 2.6f})}, {"ids", ids({0, 1})}})), "");
 }
 
 TEST(TaskArithmetic, SweepSumsTheTaskVectorsOnce) {
-  MemoryPool pool = two_expert_pool();
-  Result r = TaskArithmetic({0.3, std::vector<double>{0.0, 0.5, 1.0}}).run(pool, nullptr, cpu_context());
+  auto pool = two_expert_pool();
+  Result r = TaskArithmetic({0.3, std::vector<double>{0.0, 0.5, 1.0}}).run(*pool, nullptr, cpu_context());
   ASSERT_EQ(r.models.size(), 3u);
   EXPECT_TRUE(r.sweep);  // one curve: the Pareto plot joins the points
-  MemoryPool other = two_expert_pool();
-  EXPECT_FALSE(TaskArithmetic().run(other, nullptr, cpu_context()).sweep);  // a single model
+  auto other = two_expert_pool();
+  EXPECT_FALSE(TaskArithmetic().run(*other, nullptr, cpu_context()).sweep);  // a single model
   EXPECT_EQ(r.models[0].label, "scaling_factor=0");
   EXPECT_EQ(r.models[1].label, "scaling_factor=0.5");
   EXPECT_EQ(r.models[2].label, "scaling_factor=1");
   EXPECT_DOUBLE_EQ(r.models[2].metadata.at("scaling_factor").get<double>(), 1.0);
-  EXPECT_TRUE(state_dicts_equal(r.models[0].make()->parameters(), sd({{"w", f32({1, 2})}, {"ids", ids({0, 1})}})));
-  EXPECT_TRUE(state_dicts_equal(r.models[1].make()->parameters(), sd({{"w", f32({1.5, 3})}, {"ids", ids({0, 1})}})));
-  EXPECT_TRUE(state_dicts_equal(r.models[2].make()->parameters(), sd({{"w", f32({2, 4})}, {"ids", ids({0, 1})}})));
+  EXPECT_EQ(exact_difference(r.models[0].make()->parameters(), sd({{"w", f32({1, 2})}, {"ids", ids({0, 1})}})), "");
+  EXPECT_EQ(exact_difference(r.models[1].make()->parameters(), sd({{"w", f32({1.5, 3})}, {"ids", ids({0, 1})}})), "");
+  EXPECT_EQ(exact_difference(r.models[2].make()->parameters(), sd({{"w", f32({2, 4})}, {"ids", ids({0, 1})}})), "");
   // Made twice, same answer (make() may be called more than once).
-  EXPECT_TRUE(state_dicts_equal(r.models[1].make()->parameters(), sd({{"w", f32({1.5, 3})}, {"ids", ids({0, 1})}})));
-  EXPECT_EQ(pool.loads(), 2);
+  EXPECT_EQ(exact_difference(r.models[1].make()->parameters(), sd({{"w", f32({1.5, 3})}, {"ids", ids({0, 1})}})), "");
+  EXPECT_EQ(pool->loads(), 2);
 }
 
 TEST(TaskArithmetic, HalfPrecisionIsAccumulatedInFloat) {
@@ -104,8 +105,8 @@ TEST(TaskArithmetic, HalfPrecisionIsAccumulatedInFloat) {
   StateDict pre = sd({{"w", at::full({4}, 1.0, at::kHalf)}});
   std::vector<std::pair<std::string, StateDict>> experts;
   for (int i = 0; i < 8; ++i) experts.push_back({"e" + std::to_string(i), sd({{"w", at::full({4}, 1.0 + 1.0 / 1024, at::kHalf)}})});
-  MemoryPool pool(pre, experts);
-  ConstModelPtr m = only_model(TaskArithmetic({1.0, {}}).run(pool, nullptr, cpu_context()));
+  auto pool = MemoryModelPool::from_state_dicts(pre, experts, at::kCPU, at::kHalf);  // handed out in f16
+  ConstModelPtr m = only_model(TaskArithmetic({1.0, {}}).run(*pool, nullptr, cpu_context()));
   EXPECT_EQ(m->parameters().at("w").scalar_type(), at::kHalf);
   EXPECT_NEAR(m->parameters().at("w")[0].item<double>(), 1.0 + 8.0 / 1024, 1e-3);
 }
@@ -113,46 +114,46 @@ TEST(TaskArithmetic, HalfPrecisionIsAccumulatedInFloat) {
 // ---- averaging ---------------------------------------------------------------------------
 
 TEST(SimpleAverage, HandComputed) {
-  MemoryPool pool = two_expert_pool();
-  ConstModelPtr m = only_model(SimpleAverage().run(pool, nullptr, cpu_context()));
+  auto pool = two_expert_pool();
+  ConstModelPtr m = only_model(SimpleAverage().run(*pool, nullptr, cpu_context()));
   // The average of [2, 2] and [1, 4]; integer tensors are the first expert's (the pretrained is not read).
-  EXPECT_TRUE(state_dicts_equal(m->parameters(), sd({{"w", f32({1.5, 3})}, {"ids", ids({7, 7})}})));
+  EXPECT_EQ(exact_difference(m->parameters(), sd({{"w", f32({1.5, 3})}, {"ids", ids({7, 7})}})), "");
 }
 
 TEST(SimpleAverage, OfOneExpertIsThatExpert) {
   StateDict a = random_sd(5);
-  MemoryPool pool(random_sd(1), {{"a", a}});
-  ConstModelPtr m = only_model(SimpleAverage().run(pool, nullptr, cpu_context()));
-  EXPECT_TRUE(state_dicts_equal(m->parameters(), a));
+  auto pool = MemoryModelPool::from_state_dicts(random_sd(1), {{"a", a}});
+  ConstModelPtr m = only_model(SimpleAverage().run(*pool, nullptr, cpu_context()));
+  EXPECT_EQ(exact_difference(m->parameters(), a), "");
 }
 
 TEST(SimpleAverage, StreamsOneExpertAtATimeAndNeedsNoPretrained) {
-  MemoryPool pool(std::nullopt, {{"a", random_sd(2)}, {"b", random_sd(3)}, {"c", random_sd(4)}});
-  SimpleAverage().run(pool, nullptr, cpu_context());
+  auto pool = MemoryModelPool::from_state_dicts(std::nullopt, random_experts());
+  SimpleAverage().run(*pool, nullptr, cpu_context());
   // The running sum is the first expert's own tensors: one model's worth, never two.
-  EXPECT_GT(pool.max_lent_bytes_alive(), 0);
-  EXPECT_LE(pool.max_lent_bytes_alive(), pool.expert_bytes());
+  EXPECT_GT(pool->max_lent_bytes_alive(), 0);
+  EXPECT_LE(pool->max_lent_bytes_alive(), pool->expert_bytes());
 }
 
 TEST(WeightedAverage, OneHotWeightsGiveThatExpert) {
   StateDict b = random_sd(3);
-  MemoryPool pool(random_sd(1), {{"a", random_sd(2)}, {"b", b}, {"c", random_sd(4)}});
-  ConstModelPtr m = only_model(WeightedAverage({{0, 1, 0}, false}).run(pool, nullptr, cpu_context()));
-  EXPECT_TRUE(state_dicts_close(m->parameters(), b, 0, 0));
-  MemoryPool pool2(random_sd(1), {{"a", random_sd(2)}, {"b", b}});
-  m = only_model(WeightedAverage({{0, 3}, true}).run(pool2, nullptr, cpu_context()));
-  EXPECT_TRUE(state_dicts_close(m->parameters(), b, 0, 0));
+  auto pool = MemoryModelPool::from_state_dicts(random_sd(1), {{"a", random_sd(2)}, {"b", b}, {"c", random_sd(4)}});
+  ConstModelPtr m = only_model(WeightedAverage({{0, 1, 0}, false}).run(*pool, nullptr, cpu_context()));
+  EXPECT_EQ(state_dict_difference(m->parameters(), b, 0, 0), "");
+  auto pool2 = MemoryModelPool::from_state_dicts(random_sd(1), {{"a", random_sd(2)}, {"b", b}});
+  m = only_model(WeightedAverage({{0, 3}, true}).run(*pool2, nullptr, cpu_context()));
+  EXPECT_EQ(state_dict_difference(m->parameters(), b, 0, 0), "");
 }
 
 TEST(WeightedAverage, HandComputed) {
-  MemoryPool pool = two_expert_pool();
+  auto pool = two_expert_pool();
   // normalize: weights [1, 3] → [0.25, 0.75]: 0.25·[2, 2] + 0.75·[1, 4] = [1.25, 3.5].
-  ConstModelPtr m = only_model(WeightedAverage({{1, 3}, true}).run(pool, nullptr, cpu_context()));
-  EXPECT_TRUE(state_dicts_equal(m->parameters(), sd({{"w", f32({1.25, 3.5})}, {"ids", ids({7, 7})}})));
+  ConstModelPtr m = only_model(WeightedAverage({{1, 3}, true}).run(*pool, nullptr, cpu_context()));
+  EXPECT_EQ(exact_difference(m->parameters(), sd({{"w", f32({1.25, 3.5})}, {"ids", ids({7, 7})}})), "");
   // Without normalising: 1·[2, 2] + 3·[1, 4] = [5, 14].
-  MemoryPool pool2 = two_expert_pool();
-  m = only_model(WeightedAverage({{1, 3}, false}).run(pool2, nullptr, cpu_context()));
-  EXPECT_TRUE(state_dicts_equal(m->parameters(), sd({{"w", f32({5, 14})}, {"ids", ids({7, 7})}})));
+  auto pool2 = two_expert_pool();
+  m = only_model(WeightedAverage({{1, 3}, false}).run(*pool2, nullptr, cpu_context()));
+  EXPECT_EQ(exact_difference(m->parameters(), sd({{"w", f32({5, 14})}, {"ids", ids({7, 7})}})), "");
 }
 
 // ---- TIES ---------------------------------------------------------------------------------
@@ -161,24 +162,25 @@ TEST(TiesMerging, OneExpertThreshold100SumIsTaskArithmetic) {
   StateDict pre = random_sd(1);
   StateDict a = random_sd(2);
   for (double lambda : {0.3, 1.0}) {
-    MemoryPool p1(pre, {{"a", a}});
-    MemoryPool p2(pre, {{"a", a}});
+    auto p1 = MemoryModelPool::from_state_dicts(pre, {{"a", a}});
+    auto p2 = MemoryModelPool::from_state_dicts(pre, {{"a", a}});
     TiesMergingOptions o;
     o.threshold = 100;
     o.merge_func = "sum";
     o.scaling_factor = lambda;
-    ConstModelPtr ties = only_model(TiesMerging(o).run(p1, nullptr, cpu_context()));
-    ConstModelPtr ta = only_model(TaskArithmetic({lambda, {}}).run(p2, nullptr, cpu_context()));
-    EXPECT_TRUE(state_dicts_close(ties->parameters(), ta->parameters(), 1e-6, 1e-7));
+    ConstModelPtr ties = only_model(TiesMerging(o).run(*p1, nullptr, cpu_context()));
+    ConstModelPtr ta = only_model(TaskArithmetic({lambda, {}}).run(*p2, nullptr, cpu_context()));
+    EXPECT_EQ(state_dict_difference(ties->parameters(), ta->parameters(), 1e-6, 1e-7), "");
   }
 }
 
 namespace {
 // θ₀ = 0; τ₁ = [3, -1, 0.5, -2], τ₂ = [1, 2, 0.5, 1]; plus an integer key and a removed key.
-MemoryPool ties_pool() {
-  return MemoryPool(sd({{"w", f32({0, 0, 0, 0})}, {"ids", ids({0, 1})}, {"frozen", f32({5})}}),
-                    {{"t1", sd({{"w", f32({3, -1, 0.5, -2})}, {"ids", ids({3, 3})}, {"frozen", f32({9})}})},
-                     {"t2", sd({{"w", f32({1, 2, 0.5, 1})}, {"ids", ids({4, 4})}, {"frozen", f32({-9})}})}});
+std::shared_ptr<MemoryModelPool> ties_pool() {
+  return MemoryModelPool::from_state_dicts(
+      sd({{"w", f32({0, 0, 0, 0})}, {"ids", ids({0, 1})}, {"frozen", f32({5})}}),
+      {{"t1", sd({{"w", f32({3, -1, 0.5, -2})}, {"ids", ids({3, 3})}, {"frozen", f32({9})}})},
+       {"t2", sd({{"w", f32({1, 2, 0.5, 1})}, {"ids", ids({4, 4})}, {"frozen", f32({-9})}})}});
 }
 TiesMergingOptions ties_options(const std::string& merge) {
   TiesMergingOptions o;
@@ -197,10 +199,10 @@ TEST(TiesMerging, HandComputed) {
   const std::vector<std::pair<std::string, std::vector<float>>> cases = {
       {"sum", {4, 2, 0, -2}}, {"mean", {2, 2, 0, -2}}, {"max", {3, 2, 0, -2}}};
   for (const auto& [merge, expected] : cases) {
-    MemoryPool pool = ties_pool();
-    ConstModelPtr m = only_model(TiesMerging(ties_options(merge)).run(pool, nullptr, cpu_context()));
-    EXPECT_TRUE(state_dicts_equal(m->parameters(),
-                                  sd({{"w", f32(expected)}, {"ids", ids({0, 1})}, {"frozen", f32({5})}})))
+    auto pool = ties_pool();
+    ConstModelPtr m = only_model(TiesMerging(ties_options(merge)).run(*pool, nullptr, cpu_context()));
+    EXPECT_EQ(exact_difference(m->parameters(), sd({{"w", f32(expected)}, {"ids", ids({0, 1})}, {"frozen", f32({5})}})),
+              "")
         << merge;
   }
 }
@@ -208,40 +210,44 @@ TEST(TiesMerging, HandComputed) {
 TEST(TiesMerging, ZeroMajorityKeepsNegativeValuesAsFusionBench) {
   // τ₁ = [1, -1, 1], τ₂ = [-1, 1, -1] (threshold 100): Σ = 0 everywhere, s = 0 and Σ s = 0, so s stays
   // 0 and FusionBench's where(s > 0, τ > 0, τ < 0) keeps the negative entries: sum = [−1, −1, −1].
-  MemoryPool pool(sd({{"w", f32({0, 0, 0})}}),
-                  {{"a", sd({{"w", f32({1, -1, 1})}})}, {"b", sd({{"w", f32({-1, 1, -1})}})}});
+  auto pool = MemoryModelPool::from_state_dicts(
+      sd({{"w", f32({0, 0, 0})}}),
+      {{"a", sd({{"w", f32({1, -1, 1})}})}, {"b", sd({{"w", f32({-1, 1, -1})}})}});
   TiesMergingOptions o;
   o.threshold = 100;
   o.scaling_factor = 1.0;
-  ConstModelPtr m = only_model(TiesMerging(o).run(pool, nullptr, cpu_context()));
-  EXPECT_TRUE(state_dicts_equal(m->parameters(), sd({{"w", f32({-1, -1, -1})}})));
+  ConstModelPtr m = only_model(TiesMerging(o).run(*pool, nullptr, cpu_context()));
+  EXPECT_EQ(exact_difference(m->parameters(), sd({{"w", f32({-1, -1, -1})}})), "");
   // max: |.| max times s = 0.
-  MemoryPool pool2(sd({{"w", f32({0, 0, 0})}}),
-                   {{"a", sd({{"w", f32({1, -1, 1})}})}, {"b", sd({{"w", f32({-1, 1, -1})}})}});
+  auto pool2 = MemoryModelPool::from_state_dicts(
+      sd({{"w", f32({0, 0, 0})}}),
+      {{"a", sd({{"w", f32({1, -1, 1})}})}, {"b", sd({{"w", f32({-1, 1, -1})}})}});
   o.merge_func = "max";
-  m = only_model(TiesMerging(o).run(pool2, nullptr, cpu_context()));
-  EXPECT_TRUE(state_dicts_equal(m->parameters(), sd({{"w", f32({0, 0, 0})}})));
+  m = only_model(TiesMerging(o).run(*pool2, nullptr, cpu_context()));
+  EXPECT_EQ(exact_difference(m->parameters(), sd({{"w", f32({0, 0, 0})}})), "");
 }
 
 TEST(TiesMerging, TiesAtTheCutAreKept) {
   // All magnitudes equal: K = 20 keeps "20 %", but every entry ties with the cut and is kept.
-  MemoryPool pool(sd({{"w", f32({0, 0, 0, 0, 0})}}), {{"a", sd({{"w", f32({1, -1, 1, -1, 1})}})}});
+  auto pool = MemoryModelPool::from_state_dicts(
+      sd({{"w", f32({0, 0, 0, 0, 0})}}), {{"a", sd({{"w", f32({1, -1, 1, -1, 1})}})}});
   TiesMergingOptions o;
   o.scaling_factor = 1.0;
-  ConstModelPtr m = only_model(TiesMerging(o).run(pool, nullptr, cpu_context()));
-  EXPECT_TRUE(state_dicts_equal(m->parameters(), sd({{"w", f32({1, -1, 1, -1, 1})}})));
+  ConstModelPtr m = only_model(TiesMerging(o).run(*pool, nullptr, cpu_context()));
+  EXPECT_EQ(exact_difference(m->parameters(), sd({{"w", f32({1, -1, 1, -1, 1})}})), "");
 }
 
 TEST(TiesMerging, TrimsOverTheWholeModelNotPerTensor) {
   // Two tensors, d = 4; K = 25: k = 4 − int(1) = 3, the 3rd smallest |τ| is 10, so the two largest
   // overall are kept, both in "big". (FusionBench keeps int(K·d) + 1 entries, ties aside.)
-  MemoryPool pool(sd({{"big", f32({0, 0})}, {"small", f32({0, 0})}}),
-                  {{"a", sd({{"big", f32({10, -20})}, {"small", f32({1, -2})}})}});
+  auto pool = MemoryModelPool::from_state_dicts(
+      sd({{"big", f32({0, 0})}, {"small", f32({0, 0})}}),
+      {{"a", sd({{"big", f32({10, -20})}, {"small", f32({1, -2})}})}});
   TiesMergingOptions o;
   o.threshold = 25;
   o.scaling_factor = 1.0;
-  ConstModelPtr m = only_model(TiesMerging(o).run(pool, nullptr, cpu_context()));
-  EXPECT_TRUE(state_dicts_equal(m->parameters(), sd({{"big", f32({10, -20})}, {"small", f32({0, 0})}})));
+  ConstModelPtr m = only_model(TiesMerging(o).run(*pool, nullptr, cpu_context()));
+  EXPECT_EQ(exact_difference(m->parameters(), sd({{"big", f32({10, -20})}, {"small", f32({0, 0})}})), "");
 }
 
 TEST(TiesMerging, RemoveKeysTakesExactNamesAndWholeKeyRegexes) {
@@ -254,26 +260,27 @@ TEST(TiesMerging, RemoveKeysTakesExactNamesAndWholeKeyRegexes) {
   EXPECT_FALSE(t.removed("layers.12.ln.weight"));
   o.remove_keys = {"weird[name"};  // not a valid regex: an exact name only
   EXPECT_TRUE(TiesMerging(o).removed("weird[name"));
-  MemoryPool pool(sd({{"w", f32({0, 0})}, {"weird[name", f32({1})}}),
-                  {{"a", sd({{"w", f32({1, 2})}, {"weird[name", f32({5})}})}});
+  auto pool = MemoryModelPool::from_state_dicts(
+      sd({{"w", f32({0, 0})}, {"weird[name", f32({1})}}),
+      {{"a", sd({{"w", f32({1, 2})}, {"weird[name", f32({5})}})}});
   o.threshold = 100;
   o.scaling_factor = 1.0;
-  ConstModelPtr m = only_model(TiesMerging(o).run(pool, nullptr, cpu_context()));
-  EXPECT_TRUE(state_dicts_equal(m->parameters(), sd({{"w", f32({1, 2})}, {"weird[name", f32({1})}})));
+  ConstModelPtr m = only_model(TiesMerging(o).run(*pool, nullptr, cpu_context()));
+  EXPECT_EQ(exact_difference(m->parameters(), sd({{"w", f32({1, 2})}, {"weird[name", f32({1})}})), "");
 }
 
 TEST(TiesMerging, SweepAndStreaming) {
-  MemoryPool pool(random_sd(1), {{"a", random_sd(2)}, {"b", random_sd(3)}, {"c", random_sd(4)}});
+  auto pool = MemoryModelPool::from_state_dicts(random_sd(1), random_experts());
   TiesMergingOptions o;
   o.scaling_factors = std::vector<double>{0.0, 0.4};
-  Result r = TiesMerging(o).run(pool, nullptr, cpu_context());
+  Result r = TiesMerging(o).run(*pool, nullptr, cpu_context());
   ASSERT_EQ(r.models.size(), 2u);
   EXPECT_TRUE(r.sweep);
   EXPECT_EQ(r.models[1].label, "scaling_factor=0.4");
-  EXPECT_TRUE(state_dicts_equal(r.models[0].make()->parameters(), random_sd(1)));
-  EXPECT_EQ(pool.loads(), 6);  // two passes over three experts
-  EXPECT_EQ(pool.max_live_experts(), 1);
-  EXPECT_EQ(pool.max_lent_bytes_alive(), 0);  // each expert is dropped once flattened
+  EXPECT_EQ(exact_difference(r.models[0].make()->parameters(), random_sd(1)), "");
+  EXPECT_EQ(pool->loads(), 6);  // two passes over three experts
+  EXPECT_EQ(pool->max_live_experts(), 1);
+  EXPECT_EQ(pool->max_lent_bytes_alive(), 0);  // each expert is dropped once flattened
 }
 
 TEST(TiesMerging, KthSmallestMagnitudeMatchesKthvalue) {
@@ -300,26 +307,26 @@ TEST(TiesMerging, KthSmallestMagnitudeMatchesKthvalue) {
 
 TEST(ReferenceModels, PretrainedIsUnchanged) {
   StateDict pre = random_sd(1);
-  MemoryPool pool(pre, {{"a", random_sd(2)}});
-  Result r = Pretrained().run(pool, nullptr, cpu_context());
+  auto pool = MemoryModelPool::from_state_dicts(pre, {{"a", random_sd(2)}});
+  Result r = Pretrained().run(*pool, nullptr, cpu_context());
   ASSERT_EQ(r.models.size(), 1u);
   EXPECT_EQ(r.models[0].label, "pretrained");
-  EXPECT_TRUE(state_dicts_equal(r.models[0].make()->parameters(), pre));
-  EXPECT_EQ(pool.loads(), 0);
+  EXPECT_EQ(exact_difference(r.models[0].make()->parameters(), pre), "");
+  EXPECT_EQ(pool->loads(), 0);
 }
 
 TEST(ReferenceModels, IndividualIsOneLazyResultPerExpert) {
   StateDict a = random_sd(2), b = random_sd(3);
-  MemoryPool pool(random_sd(1), {{"a", a}, {"b", b}});
-  Result r = Individual().run(pool, nullptr, cpu_context());
+  auto pool = MemoryModelPool::from_state_dicts(random_sd(1), {{"a", a}, {"b", b}});
+  Result r = Individual().run(*pool, nullptr, cpu_context());
   ASSERT_EQ(r.models.size(), 2u);
   EXPECT_FALSE(r.sweep);  // unrelated models: the Pareto plot draws points, no line
-  EXPECT_EQ(pool.loads(), 0);  // nothing loaded until asked
+  EXPECT_EQ(pool->loads(), 0);  // nothing loaded until asked
   EXPECT_EQ(r.models[0].label, "a");
   EXPECT_EQ(r.models[1].metadata.at("model"), "b");
-  EXPECT_TRUE(state_dicts_equal(r.models[0].make()->parameters(), a));
-  EXPECT_TRUE(state_dicts_equal(r.models[1].make()->parameters(), b));
-  EXPECT_EQ(pool.max_live_experts(), 1);
+  EXPECT_EQ(exact_difference(r.models[0].make()->parameters(), a), "");
+  EXPECT_EQ(exact_difference(r.models[1].make()->parameters(), b), "");
+  EXPECT_EQ(pool->max_live_experts(), 1);
 }
 
 TEST(Registration, ComponentInfoNamesSchemasAndRequirements) {
@@ -387,12 +394,13 @@ TEST(Device, MergesOnTheContextsDevice) {
   methods.emplace_back("simple_average", std::make_unique<SimpleAverage>());
   methods.emplace_back("ties_merging", std::make_unique<TiesMerging>());
   for (auto& [name, m] : methods) {
-    MemoryPool cpu_pool(random_sd(1), experts), gpu_pool(random_sd(1), experts);
-    ConstModelPtr on_cpu = only_model(m->run(cpu_pool, nullptr, cpu_context()));
-    ConstModelPtr on_gpu = only_model(m->run(gpu_pool, nullptr, gpu));
+    auto cpu_pool = MemoryModelPool::from_state_dicts(random_sd(1), experts);
+    auto gpu_pool = MemoryModelPool::from_state_dicts(random_sd(1), experts);
+    ConstModelPtr on_cpu = only_model(m->run(*cpu_pool, nullptr, cpu_context()));
+    ConstModelPtr on_gpu = only_model(m->run(*gpu_pool, nullptr, gpu));
     for (const auto& [k, t] : on_gpu->parameters()) {
       if (is_mergeable(t)) EXPECT_TRUE(t.is_cuda()) << name << " " << k;
     }
-    EXPECT_TRUE(state_dicts_close(on_gpu->parameters(), on_cpu->parameters(), 1e-5, 1e-6)) << name;
+    EXPECT_EQ(state_dict_difference(on_gpu->parameters(), on_cpu->parameters(), 1e-5, 1e-6), "") << name;
   }
 }

@@ -4,23 +4,16 @@
 
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <stdexcept>
 #include <string>
 
 #include "data_convert.hpp"
+#include "fusion/testing/fixtures.hpp"
 
 namespace fs = std::filesystem;
 using namespace fusion::demo;
 
 namespace {
-
-fs::path temp_dir(const std::string& name) {
-  auto d = fs::temp_directory_path() / ("fusion_demo_data_test_" + name + "_" + std::to_string(std::random_device{}()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
 
 void write_bytes(const fs::path& p, const std::vector<uint8_t>& b, bool gz) {
   if (gz) {
@@ -55,7 +48,8 @@ TEST(Idx, EncodesTheMnistHeader) {
 }
 
 TEST(Idx, RoundTripThroughFilesPlainAndGzipped) {
-  const fs::path d = temp_dir("idx");
+  fusion::testing::ScratchDir scratch("fusion_demo_data_test_idx");
+  const fs::path& d = scratch.path();
   ImageSet s = three_images();
   write_idx_pair(s, d, "train");
   ImageSet back = read_idx_pair(d / "train-images-idx3-ubyte", d / "train-labels-idx1-ubyte");
@@ -69,7 +63,6 @@ TEST(Idx, RoundTripThroughFilesPlainAndGzipped) {
   ImageSet gz = read_idx_pair(d / "i.gz", d / "l.gz");
   EXPECT_EQ(gz.pixels, s.pixels);
   EXPECT_EQ(gz.labels, s.labels);
-  fs::remove_all(d);
 }
 
 TEST(Idx, RejectsMalformedFiles) {
@@ -84,11 +77,11 @@ TEST(Idx, RejectsMalformedFiles) {
     EXPECT_NE(std::string(e.what()).find("bad.idx"), std::string::npos);
   }
   // Image and label counts must agree.
-  const fs::path d = temp_dir("mismatch");
+  fusion::testing::ScratchDir scratch("fusion_demo_data_test_mismatch");
+  const fs::path& d = scratch.path();
   write_bytes(d / "i", encode_idx({{1, 1, 2}, {1, 2}}), false);
   write_bytes(d / "l", encode_idx({{2}, {0, 1}}), false);
   EXPECT_THROW(read_idx_pair(d / "i", d / "l"), std::runtime_error);
-  fs::remove_all(d);
 }
 
 TEST(NpmMnist, ParsesFloatsIntoBytes) {
@@ -142,7 +135,8 @@ TEST(Digits, TilesAGridRowByRow) {
 }
 
 TEST(Digits, ReadsAPngThroughStb) {
-  const fs::path d = temp_dir("png");
+  fusion::testing::ScratchDir scratch("fusion_demo_data_test_png");
+  const fs::path& d = scratch.path();
   std::vector<uint8_t> gray(6 * 4);
   for (size_t i = 0; i < gray.size(); ++i) gray[i] = static_cast<uint8_t>(i * 11);
   save_png_gray(d / "grid.png", gray, 6, 4);
@@ -152,7 +146,6 @@ TEST(Digits, ReadsAPngThroughStb) {
   EXPECT_EQ(h, 4);
   std::ofstream(d / "bad.png") << "not a png";
   EXPECT_THROW(load_png_gray(d / "bad.png", w, h), std::runtime_error);
-  fs::remove_all(d);
 }
 
 TEST(Digits, PadsAndUpscales) {
@@ -208,7 +201,8 @@ TEST(Split, StratifiedDeterministicAndDisjoint) {
 #include "fusion/safetensors.hpp"
 
 TEST(PlaceholderHead, IsAValidHeadFileWithTheClassCount) {
-  const fs::path d = temp_dir("head");
+  fusion::testing::ScratchDir scratch("fusion_demo_data_test_head");
+  const fs::path& d = scratch.path();
   write_placeholder_head(d / "h.safetensors", 10, 4, 6);
   fusion::StateDict h = fusion::load_safetensors(d / "h.safetensors");
   EXPECT_EQ(h.at("projection").sizes(), (std::vector<int64_t>{4, 6}));
@@ -217,5 +211,4 @@ TEST(PlaceholderHead, IsAValidHeadFileWithTheClassCount) {
   EXPECT_EQ(h.at("projection").abs().sum().item<float>(), 0.0f);
   fusion::SafetensorsFile f(d / "h.safetensors");
   EXPECT_EQ(f.metadata().at("placeholder"), "true");
-  fs::remove_all(d);
 }

@@ -1,24 +1,32 @@
-// PWEMoE benchmarks (issue 4, "Memory and speed"):
+// PWEMoE benchmarks (issue 4, "Memory and speed"; issue 9, "One training step"):
 //   memory: peak RSS while the Pareto weight-ensembling model is set up from a pool that makes
 //           its experts on demand, against 1.2 × (pretrained + T × upscaled task vectors + one expert);
-//   step:   one training step (LS and EPO) side by side with one forward + backward of the plain
-//           merged model on the same T batches (gradients of the upscaled parameters, and of all).
-// The model is CLIP's ViT-B/32 vision tower (plugins/clip) when built with it, else a wide tiny
+//   step:   one training step side by side, the variants alternated rep by rep so that the load of a
+//           shared machine falls on all of them alike:
+//             LS       today's LS step: the weights r are known first, one backward of Σ rₜ Lₜ;
+//             unified  LS weights through the per-task path EPO needs (T router gradients Gₜ, the
+//                      Gram matrix G Gᵀ, then Σ wₜ Gₜ): the single step both would share;
+//             EPO      (with --full 1) the EPO step;
+//           and one forward + backward of the plain merged model on the same T batches (gradients of
+//           the upscaled parameters, and of all).
+// The model is CLIP's ViT-B/32 vision tower (families/clip) when built with it, else a wide tiny
 // transformer. Usage:
 //   OMP_WAIT_POLICY=PASSIVE fusion_bench_pwe_moe memory --tasks 8
 //   OMP_WAIT_POLICY=PASSIVE fusion_bench_pwe_moe step --tasks 8 --batch 16 --reps 3 [--layers 12]
-//   (--full 0 times only the LS step and the plain pass with the upscaled gradients)
+//   (--full 0 times only LS, unified and the plain pass with the upscaled gradients)
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <functional>
 #include <set>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <iostream>
 #include <string>
@@ -31,7 +39,7 @@
 #include "tiny_model.hpp"
 
 #ifdef FUSION_BENCH_HAVE_CLIP
-#include "clip_vision.hpp"
+#include "fusion/clip/vision.hpp"
 #endif
 
 namespace {
@@ -76,7 +84,7 @@ Arch make_arch(int64_t layers, int64_t image) {
   (void)image;
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(1);
   a.pretrained = std::make_shared<pwe_test::TinyModel>(pwe_test::random_tiny_params(static_cast<int>(layers), g));
-  a.name = "tiny transformer (clip plugin not built)";
+  a.name = "tiny transformer (CLIP family not built)";
   a.feature_dim = pwe_test::kD;
   a.input_shape = {pwe_test::kDin};
 #endif
@@ -93,7 +101,7 @@ class SynthPool : public ModelPool {
     return n;
   }
   bool has_pretrained() const override { return true; }
-  ModelPtr pretrained() override { return pre_; }
+  ConstModelPtr pretrained() override { return pre_; }
   ModelPtr load(const std::string& name) override {
     at::Generator g = at::make_generator<at::CPUGeneratorImpl>(std::hash<std::string>{}(name));
     StateDict p;
@@ -136,12 +144,17 @@ class HeadTask : public Task {
   at::Tensor head_;
 };
 
+Context quiet_context() {
+  Context::Settings s;
+  s.progress = false;
+  return Context(s);
+}
+
 int run_memory(int T, int64_t layers, int64_t image) {
   const int64_t rss0 = status_kib("VmRSS:");
   Arch a = make_arch(layers, image);
   SynthPool pool(a.pretrained, T);
-  Context ctx;
-  ctx.set_progress_enabled(false);
+  const Context ctx = quiet_context();
   reset_peak_rss();
   const auto t0 = std::chrono::steady_clock::now();
   auto pwe = ParetoWeightEnsembling::from_pool(pool, ctx, {}, "bench");
@@ -171,11 +184,42 @@ double seconds_of(const std::function<void()>& fn, int reps) {
   return best;
 }
 
+// LS's weights (r) through the per-task-gradient path EPO takes: the unified step's cost for LS.
+class UnifiedLs : public PweMoeLs {
+ protected:
+  bool needs_gradient_gram() const override { return true; }
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? NAN : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+std::string series(const std::vector<double>& v) {
+  std::string out;
+  char buf[32];
+  for (double x : v) {
+    std::snprintf(buf, sizeof(buf), "%s%.3f", out.empty() ? "" : " ", x);
+    out += buf;
+  }
+  return out;
+}
+
+// The routers' gradients after one step (lr 0: the routers do not move), flattened.
+at::Tensor router_grads_after(PweMoeAlgorithm& algo, ParetoWeightEnsembling& pwe, Adam& adam,
+                              const std::vector<Task*>& tasks, const std::vector<Batch>& batches,
+                              const std::vector<double>& r) {
+  algo.step(pwe, adam, tasks, batches, r, 0.0, 1);
+  std::vector<at::Tensor> flat;
+  for (const at::Tensor& p : pwe.router_parameters()) flat.push_back(p.grad().reshape({-1}).clone());
+  return at::cat(flat);
+}
+
 int run_step(int T, int64_t batch, int reps, int64_t layers, int64_t image, bool full) {
   Arch a = make_arch(layers, image);
   SynthPool pool(a.pretrained, T);
-  Context ctx;
-  ctx.set_progress_enabled(false);
+  const Context ctx = quiet_context();
   auto pwe = ParetoWeightEnsembling::from_pool(pool, ctx, {}, "bench");
   std::vector<std::unique_ptr<HeadTask>> owned;
   std::vector<Task*> tasks;
@@ -188,12 +232,48 @@ int run_step(int T, int64_t batch, int reps, int64_t layers, int64_t image, bool
     shape.insert(shape.end(), a.input_shape.begin(), a.input_shape.end());
     batches.push_back({at::randn(shape, g), at::randint(10, {batch}, g)});
   }
-  std::vector<double> r(T, 1.0 / T);
+  // A preference off the centre, so that the weights differ from task to task.
+  std::vector<double> r(T);
+  double sum = 0;
+  for (int t = 0; t < T; ++t) sum += (r[t] = 1.0 + t);
+  for (double& v : r) v /= sum;
   PweMoeLs ls;
+  UnifiedLs unified;
   PweMoeEpo epo;
   fusion::Adam adam(pwe->router_parameters());
-  const double t_ls = seconds_of([&] { ls.step(*pwe, adam, tasks, batches, r, 1e-3, 1); }, reps);
-  const double t_epo = full ? seconds_of([&] { epo.step(*pwe, adam, tasks, batches, r, 1e-3, 1); }, reps) : NAN;
+  // Wall seconds, and the process's CPU seconds (all threads), which other load disturbs less.
+  std::vector<double> cpu_ls, cpu_unified;
+  auto time_step = [&](PweMoeAlgorithm& algo, std::vector<double>* cpu = nullptr) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::clock_t c0 = std::clock();
+    algo.step(*pwe, adam, tasks, batches, r, 0.0, 1);  // lr 0: every rep steps the same routers
+    if (cpu) cpu->push_back(static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  // Warm-up, and the same gradient both ways (they differ only in rounding).
+  const at::Tensor g_ls = router_grads_after(ls, *pwe, adam, tasks, batches, r);
+  const at::Tensor g_unified = router_grads_after(unified, *pwe, adam, tasks, batches, r);
+  const double grad_diff = (g_ls - g_unified).abs().max().item<double>() / g_ls.abs().max().item<double>();
+  if (full) time_step(epo);
+  std::vector<double> t_ls, t_unified, t_epo, ratios;
+  for (int i = 0; i < reps; ++i) {
+    if (i % 2 == 0) {
+      t_ls.push_back(time_step(ls, &cpu_ls));
+      t_unified.push_back(time_step(unified, &cpu_unified));
+    } else {
+      t_unified.push_back(time_step(unified, &cpu_unified));
+      t_ls.push_back(time_step(ls, &cpu_ls));
+    }
+    ratios.push_back(t_unified.back() / t_ls.back());
+    if (full) t_epo.push_back(time_step(epo));
+  }
+
+  // What the unified step adds for LS: a projection ⟨τ, ∂Lₜ/∂θ⟩ per task instead of one (each reads
+  // every upscaled task vector), T router backward passes, zeroing the merged tensors' gradients.
+  StateDict fake_grads;
+  for (const auto& grp : pwe->groups())
+    for (size_t k = 0; k < grp.keys.size(); ++k) fake_grads.set(grp.keys[k], at::randn(grp.base[k].sizes(), g));
+  const double t_projection = seconds_of([&] { pwe->group_weight_grads(fake_grads); }, 5);
 
   ModelPtr merged = pwe->merge_and_unload(r);
   std::set<std::string> upscaled;
@@ -207,17 +287,33 @@ int run_step(int T, int64_t batch, int reps, int64_t layers, int64_t image, bool
     }
     for (int t = 0; t < T; ++t) tasks[t]->loss(*merged, p, batches[t]).backward();
   };
-  const double t_plain_up = seconds_of([&] { plain(false); }, reps);
-  const double t_plain_all = full ? seconds_of([&] { plain(true); }, reps) : NAN;
-  std::printf("model: %s, T = %d, batch %lld per task, %d threads, best of %d\n", a.name.c_str(), T,
+  const int plain_reps = std::max(1, reps / 2);
+  const double t_plain_up = seconds_of([&] { plain(false); }, plain_reps);
+  const double t_plain_all = full ? seconds_of([&] { plain(true); }, plain_reps) : NAN;
+  const double ls_best = *std::min_element(t_ls.begin(), t_ls.end());
+  std::printf("model: %s, T = %d, batch %lld per task, %d threads, %d reps (alternated)\n", a.name.c_str(), T,
               static_cast<long long>(batch), at::get_num_threads(), reps);
-  std::printf("router parameters %lld in %zu groups\n", static_cast<long long>(pwe->num_router_parameters()),
-              pwe->groups().size());
-  std::printf("LS training step                      %8.3f s\n", t_ls);
-  std::printf("EPO training step                     %8.3f s\n", t_epo);
-  std::printf("plain merged fwd+bwd (upscaled grads) %8.3f s  -> LS/plain %.3fx, EPO/plain %.3fx\n", t_plain_up,
-              t_ls / t_plain_up, t_epo / t_plain_up);
-  std::printf("plain merged fwd+bwd (all grads)      %8.3f s  -> LS/plain %.3fx\n", t_plain_all, t_ls / t_plain_all);
+  std::printf("router parameters %lld in %zu groups; upscaled task vectors %.1f MiB\n",
+              static_cast<long long>(pwe->num_router_parameters()), pwe->groups().size(), mib(pwe->task_vector_bytes()));
+  std::printf("                          best      median    each rep (s)\n");
+  std::printf("LS step (today)        %8.3f  %8.3f    %s\n", ls_best, median(t_ls), series(t_ls).c_str());
+  std::printf("unified step (LS)      %8.3f  %8.3f    %s\n", *std::min_element(t_unified.begin(), t_unified.end()),
+              median(t_unified), series(t_unified).c_str());
+  if (full)
+    std::printf("EPO step               %8.3f  %8.3f    %s\n", *std::min_element(t_epo.begin(), t_epo.end()),
+                median(t_epo), series(t_epo).c_str());
+  std::printf("unified / LS: best %.3f, median %.3f, per rep pair %s (median %.3f)\n",
+              *std::min_element(t_unified.begin(), t_unified.end()) / ls_best, median(t_unified) / median(t_ls),
+              series(ratios).c_str(), median(ratios));
+  std::printf("CPU seconds: LS %s (median %.3f); unified %s (median %.3f) -> unified / LS %.3f\n",
+              series(cpu_ls).c_str(), median(cpu_ls), series(cpu_unified).c_str(), median(cpu_unified),
+              median(cpu_unified) / median(cpu_ls));
+  std::printf("one projection <tau, dL/dtheta> over the upscaled groups: %.3f s (best of 5); (T - 1) of them "
+              "= %.1f %% of the best LS step\n",
+              t_projection, 100.0 * (T - 1) * t_projection / ls_best);
+  std::printf("router gradient, unified vs LS: max |diff| / max |grad| = %.2e\n", grad_diff);
+  std::printf("plain merged fwd+bwd (upscaled grads) %8.3f s  -> LS/plain %.3fx\n", t_plain_up, ls_best / t_plain_up);
+  if (full) std::printf("plain merged fwd+bwd (all grads)      %8.3f s  -> LS/plain %.3fx\n", t_plain_all, ls_best / t_plain_all);
   return 0;
 }
 

@@ -114,7 +114,7 @@ EpoSolution epo_weights(const std::vector<double>& losses, const std::vector<dou
   for (double v : C)
     if (!std::isfinite(v)) return fail("non-finite gradient inner product");
 
-  // Step 1 (reference.md): rl, l̂, μ, a, Ca.
+  // Step 1 (docs/pwe_moe.md, "EPO"): rl, l̂, μ, a, Ca.
   std::vector<double> rl(T);
   double sum_rl = 0.0;
   for (size_t i = 0; i < T; ++i) {

@@ -14,7 +14,7 @@ struct EpoSolution {
 };
 
 /// Exact Pareto optimal search's descent weights (Mahapatra & Rajan, ICML 2020, as in the PWEMoE
-/// original's phn/solvers.py; reference.md "EPO"). `losses` and `r` have T entries, `C` = G Gᵀ is
+/// original's phn/solvers.py; docs/pwe_moe.md, "EPO"). `losses` and `r` have T entries, `C` = G Gᵀ is
 /// T × T row-major (G: the per-task gradients). With rl = r ⊙ l, l̂ = rl / Σ rl,
 /// μ = Σ l̂ᵢ log(T l̂ᵢ) (over l̂ᵢ > float epsilon), a = r ⊙ (log(T l̂) − μ):
 ///   μ > eps: balance LP   max αᵀCa  s.t. α ≥ 0, Σα = 1, (Cα)ᵢ ≥ rhsᵢ (rows with rhsᵢ = −∞ dropped);

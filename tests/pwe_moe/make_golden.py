@@ -48,7 +48,7 @@ def sd_json(sd):
 
 
 # --------------------------------------------------------------------------------------------
-# Simplex grid (reference.md): combinations with replacement of {0..m-1} of length n-1.
+# Simplex grid (docs/pwe_moe.md, "Evaluation"): combinations with replacement of {0..m-1} of length n-1.
 def simplex_grid(n, m):
     out = []
     for idx in itertools.combinations_with_replacement(range(m), n - 1):

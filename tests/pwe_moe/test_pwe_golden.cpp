@@ -173,7 +173,7 @@ TEST(PweGolden, RouterInitialisationStatistics) {
 }
 
 TEST(PweGolden, RouterCountsOfAVitB32ShapedStack) {
-  // 12 blocks as ViT-B/32: 264 router parameters for T = 2 and 3,360 for T = 8 (reference.md).
+  // 12 blocks as ViT-B/32: 264 router parameters for T = 2 and 3,360 for T = 8 (docs/pwe_moe.md, "The module").
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(3);
   auto pre = std::make_shared<TinyModel>(pwe_test::random_tiny_params(12, g));
   for (auto [T, want] : {std::pair{2, 264}, std::pair{8, 3360}}) {

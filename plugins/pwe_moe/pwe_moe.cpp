@@ -20,8 +20,10 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// What both components need from the run (checked by the host before any weight is read).
-Requirements pwe_moe_requirements() { return Requirements().pretrained().experts(2).task_pool(); }
+// What both components need from every run (checked by the host before any weight is read). The task
+// pool is needed only to train the routers (not to evaluate trained ones with checkpoint_path, which
+// may also just export merged models), so run() checks it when it trains.
+Requirements pwe_moe_requirements() { return Requirements().pretrained().experts(2); }
 
 // The task of each expert, by name, in the experts' order: the data training needs.
 std::vector<Task*> training_tasks(const std::string& method, const std::vector<std::string>& experts, TaskPool& pool) {
@@ -50,13 +52,14 @@ PweMoeAlgorithm::PweMoeAlgorithm(std::string name, PweMoeOptions options)
                 " are both set: ", resume, " continues training, ", checkpoint, " evaluates without training");
 }
 
-// The host has checked info().requirements: a pretrained model, two experts or more, a task pool.
+// The host has checked info().requirements: a pretrained model, two experts or more.
 Result PweMoeAlgorithm::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
   const bool train_routers = options_.checkpoint_path.empty();
   const std::vector<std::string> experts = models.expert_names();
   std::vector<Task*> task_list;
   if (train_routers) {
-    FUSION_ENSURE(tasks != nullptr, name_, ": run without a task pool (the host checks info().requirements first)");
+    FUSION_ENSURE(tasks != nullptr, name_, " trains its routers on the tasks' train splits: add a [taskpool], "
+                  "or set method.", option_name(&PweMoeOptions::checkpoint_path), " to evaluate trained routers");
     task_list = training_tasks(name_, experts, *tasks);
   }
   check_export_sizes(experts.size());  // before the (long) setup and training

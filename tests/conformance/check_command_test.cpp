@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "check_command.hpp"
+#include "run_binary.hpp"
 #include "fusion/error.hpp"
 
 namespace {
@@ -131,36 +132,16 @@ TEST(CheckCommand, UnknownAlgorithmsAreNamed) {
 // ---------------------------------------------------------------------------------------------
 // The `fusion` binary.
 
-std::string quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += (c == '\'') ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-std::string read(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-struct Outcome {
-  int code = -1;
-  std::string out, err;
-};
+using fusion::testing::Outcome;
+using fusion::testing::shell_quote;
 
 Outcome fusion_check(const std::vector<std::string>& args, const std::string& plugins) {
   const fs::path dir = fs::temp_directory_path() / ("fusion_check_e2e_" + std::to_string(::getpid()));
   fs::create_directories(dir);
-  std::string cmd = "cd " + quote(dir.string()) + " && env FUSION_NO_DEFAULT_PLUGINS=1 FUSION_PLUGIN_PATH=" +
-                    quote(plugins) + " " + quote(kBinary.string()) + " check";
-  for (const auto& a : args) cmd += " " + quote(a);
-  cmd += " > out.txt 2> err.txt";
-  const int status = std::system(cmd.c_str());
-  Outcome o;
-  o.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  o.out = read(dir / "out.txt");
-  o.err = read(dir / "err.txt");
+  std::string cmd = "env FUSION_NO_DEFAULT_PLUGINS=1 FUSION_PLUGIN_PATH=" + shell_quote(plugins) + " " +
+                    shell_quote(kBinary.string()) + " check";
+  for (const auto& a : args) cmd += " " + shell_quote(a);
+  Outcome o = fusion::testing::run_in(dir, cmd);
   fs::remove_all(dir);
   return o;
 }

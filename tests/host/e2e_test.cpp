@@ -13,6 +13,7 @@
 
 #include "fusion/config.hpp"
 #include "fusion/safetensors.hpp"
+#include "run_binary.hpp"
 #include "fusion/version.hpp"
 
 namespace {
@@ -25,38 +26,10 @@ const fs::path kPlugins = FUSION_HOST_TEST_PLUGIN_DIR;
 const fs::path kSimpleAverage = FUSION_SIMPLE_AVERAGE_PLUGIN;  // a real method that needs experts
 const std::string kAbi = std::to_string(FUSION_ABI_VERSION);
 
-std::string quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += (c == '\'') ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-std::string read(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) out.push_back(line);
-  return out;
-}
-
-struct Outcome {
-  int code = -1;
-  std::string out;
-  std::string err;
-  /// The lines of stderr that are the error line (should be exactly one).
-  std::vector<std::string> error_lines() const {
-    std::vector<std::string> r;
-    for (const auto& l : lines_of(err))
-      if (l.rfind("fusion: error: ", 0) == 0) r.push_back(l);
-    return r;
-  }
-};
+using fusion::testing::lines_of;
+using fusion::testing::Outcome;
+std::string quote(const std::string& s) { return fusion::testing::shell_quote(s); }
+std::string read(const fs::path& p) { return fusion::testing::read_text(p); }
 
 constexpr const char* kSweep = R"(out_dir = "out"
 progress = false
@@ -91,18 +64,11 @@ class E2E : public ::testing::Test {
 
   Outcome fusion(const std::vector<std::string>& args,
                  std::string plugin_path = (kPlugins / "good").string()) {
-    std::string cmd = "cd " + quote(dir_.string()) +
-                      " && env " + std::string(unset_omp_ ? "-u OMP_WAIT_POLICY" : "OMP_WAIT_POLICY=PASSIVE") +
+    std::string cmd = "env " + std::string(unset_omp_ ? "-u OMP_WAIT_POLICY" : "OMP_WAIT_POLICY=PASSIVE") +
                       " FUSION_NO_DEFAULT_PLUGINS=1 FUSION_PLUGIN_PATH=" + quote(plugin_path) +
                       " " + quote(kBinary.string());
     for (const auto& a : args) cmd += " " + quote(a);
-    cmd += " > " + quote((dir_ / "stdout.txt").string()) + " 2> " + quote((dir_ / "stderr.txt").string());
-    int status = std::system(cmd.c_str());
-    Outcome o;
-    o.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    o.out = read(dir_ / "stdout.txt");
-    o.err = read(dir_ / "stderr.txt");
-    return o;
+    return fusion::testing::run_in(dir_, cmd);
   }
 
   fs::path write(const std::string& name, const std::string& text) {

@@ -1,5 +1,6 @@
 #include "adamerging.hpp"
 
+#include <fusion/clip/vision.hpp>
 #include <fusion/error.hpp>
 #include <fusion/optim.hpp>
 #include <fusion/seed.hpp>
@@ -103,6 +104,12 @@ fusion::Result TaskWiseAdaMerging::run(fusion::ModelPool& models, fusion::TaskPo
 
   const fusion::ConstModelPtr pretrained = models.pretrained();
   const fusion::StateDict& theta0 = pretrained->parameters();
+  if (const auto* clip = dynamic_cast<const fusion::clip::ClipVisionModel*>(pretrained.get())) {
+    const fusion::clip::VisionConfig& c = clip->vision_config();
+    ctx.log().info("task_wise_adamerging: CLIP vision tower, " + std::to_string(c.num_hidden_layers) +
+                   " layers of width " + std::to_string(c.hidden_size) + ", " + std::to_string(c.image_size) +
+                   " px images");
+  }
   const std::vector<std::string> experts = models.expert_names();
   std::vector<fusion::StateDict> task_vectors;
   task_vectors.reserve(experts.size());

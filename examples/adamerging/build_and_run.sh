@@ -57,6 +57,10 @@ done
 out="$scratch/run"
 "$fusion" run "$here/adamerging.toml" "run.out_dir=\"$out\""
 
+# The plugin recognised the pool's CLIP vision tower: the type from the installed libfusion_clip,
+# shared by the clip_vision pool's module and this one.
+grep -q "task_wise_adamerging: CLIP vision tower, " "$out/log.txt" ||
+  { echo "error: the plugin did not recognise the CLIP vision tower (see $out/log.txt)" >&2; exit 1; }
 merged=$(find "$out" -name model.safetensors | head -n 1)
 [[ -n "$merged" && -s "$merged" ]] || { echo "error: the run wrote no model.safetensors under $out" >&2; exit 1; }
 # The report: the learnt λ, and the entropy went down (no jq needed: read the JSON with awk).

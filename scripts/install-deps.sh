@@ -14,7 +14,7 @@ packages=(
   libglpk-dev                        # the LP solver of PWEMoE-EPO
   libstb-dev zlib1g-dev              # image decoding, gzipped IDX files
   gnuplot-nox                        # Pareto plots
-  libgtest-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist              # real data for the demo
 )
 if [ "${1:-}" = "--dev" ]; then

@@ -193,11 +193,10 @@ class Options {
     return out;
   }
 
-  /// The option name bound to `member` (of T or of an included sub-struct, by address).
-  template <class M, class C>
-  std::string name_of(M C::*member) const {
-    const T& probe = default_instance();
-    const std::ptrdiff_t off = locate(probe, member);
+  /// The option name bound to `member` (found by its offset in T).
+  template <class M>
+  std::string name_of(M T::*member) const {
+    const std::ptrdiff_t off = offset_of(member);
     for (const auto& e : entries_)
       if (e.offset == off) return e.name;
     FUSION_FAIL("options: member not bound to an option");
@@ -231,26 +230,6 @@ class Options {
     const T& probe = default_instance();
     return reinterpret_cast<const char*>(&(probe.*member)) - reinterpret_cast<const char*>(&probe);
   }
-  // Offset of `member` (of T itself or of a struct T includes) within T.
-  template <class M, class C>
-  static std::ptrdiff_t locate(const T& probe, M C::*member) {
-    if constexpr (std::is_same_v<C, T>) {
-      return offset_of(member);
-    } else {
-      // A member of an included sub-struct: search the included entries by the sub-struct's own
-      // offsets (an included N sits at a fixed offset in T).
-      const Options<C>& sub = Options<C>::binding();
-      const std::ptrdiff_t inner = Options<C>::offset_of(member);
-      std::string name;
-      for (const auto& e : sub.entries_)
-        if (e.offset == inner) name = e.name;
-      (void)probe;
-      for (const auto& e : binding().entries_)
-        if (e.name == name) return e.offset;
-      return -1;
-    }
-  }
-
   Schema schema_;
   std::vector<Entry> entries_;
 };

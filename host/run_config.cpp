@@ -215,14 +215,6 @@ ResolvedSections resolved_sections(const ResolvedConfig& config) {
 
 namespace {
 
-// A key as TOML writes it: bare when it can be, quoted otherwise.
-std::string toml_key(const std::string& key) {
-  const bool bare = !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
-  });
-  return bare ? key : to_toml_string(Value(key));
-}
-
 std::string array_text(const toml::array& a) {
   std::ostringstream out;
   out << a;

@@ -67,7 +67,6 @@ std::string quote(const std::string& s) {
   return out + "\"";
 }
 
-std::string key_text(const std::string& key) { return is_bare_key(key) ? key : quote(key); }
 
 std::string format_double(double d) {
   if (std::isnan(d)) return "nan";
@@ -94,6 +93,8 @@ std::string format_number(double d) {  // bounds in messages: 0 rather than 0.0
 
 }  // namespace
 
+std::string toml_key(const std::string& key) { return is_bare_key(key) ? key : quote(key); }
+
 std::string to_toml_string(const Value& v) {
   struct Visitor {
     std::string operator()(bool b) const { return b ? "true" : "false"; }
@@ -119,7 +120,7 @@ std::string to_toml_string(const Value& v) {
       if (m.empty()) return "{}";
       std::string out = "{ ";
       for (size_t i = 0; i < m.size(); ++i)
-        out += (i ? ", " : "") + key_text(m[i].first) + " = " + quote(m[i].second);
+        out += (i ? ", " : "") + toml_key(m[i].first) + " = " + quote(m[i].second);
       return out + " }";
     }
   };
@@ -632,7 +633,7 @@ void write_table(std::ostringstream& out, const toml::table& t, const std::strin
       sub.push_back(k);
       continue;
     }
-    out << key_text(k) << " = ";
+    out << toml_key(k) << " = ";
     if (auto* a = n.as_array()) {
       // Arrays are written through toml++ so that any array (of tables too) round-trips.
       out << *a;
@@ -647,8 +648,8 @@ void write_table(std::ostringstream& out, const toml::table& t, const std::strin
   }
   for (const auto& k : sub) {
     out << '\n';
-    write_table(out, *t.get_as<toml::table>(k), prefix.empty() ? key_text(k)
-                                                               : prefix + "." + key_text(k));
+    write_table(out, *t.get_as<toml::table>(k), prefix.empty() ? toml_key(k)
+                                                               : prefix + "." + toml_key(k));
   }
 }
 }  // namespace
@@ -662,7 +663,7 @@ std::string RunConfig::to_toml() const {
   for (const auto& s : order) {
     if (!first) out << '\n';
     first = false;
-    write_table(out, *impl_->doc.get_as<toml::table>(s), key_text(s));
+    write_table(out, *impl_->doc.get_as<toml::table>(s), toml_key(s));
   }
   return out.str();
 }

@@ -29,6 +29,8 @@ FUSION_SDK_API const char* type_name(ValueType type);
 FUSION_SDK_API ValueType type_of(const Value& v);
 /// The value as TOML would write it (for describe, the saved config and the report).
 FUSION_SDK_API std::string to_toml_string(const Value& v);
+/// A key as TOML writes it: bare when it can be (letters, digits, '_', '-'), quoted otherwise.
+FUSION_SDK_API std::string toml_key(const std::string& key);
 
 /// One option of a component: its name, type, default (absent when required), meaning and bounds.
 struct FUSION_SDK_API OptionSpec {

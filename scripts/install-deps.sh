@@ -15,6 +15,7 @@ packages=(
   libopenblas0-pthread               # switches libblas.so.3 from reference BLAS (6 GFLOP/s) to OpenBLAS
   libboost-dev libboost-program-options-dev libboost-filesystem-dev
   libtomlplusplus-dev nlohmann-json3-dev
+  libutf8proc-dev                    # Unicode (NFC, case mapping, categories) for the CLIP tokenizer
   libglpk-dev                        # the LP solver of PWEMoE-EPO
   libstb-dev zlib1g-dev              # image decoding, gzipped IDX files
   gnuplot-nox                        # Pareto plots
@@ -26,7 +27,7 @@ packages=(
 demo=()
 command -v npm >/dev/null || demo+=(npm)
 bench=(hyperfine time python3 python3-torch python3-numpy)
-dev=(python3-cvxopt python3-pil clang libclang-rt-14-dev "${demo[@]}" "${bench[@]}")
+dev=(python3-cvxopt python3-pil python3-regex clang libclang-rt-14-dev "${demo[@]}" "${bench[@]}")
 for arg in "$@"; do
   case "$arg" in
     --demo) packages+=("${demo[@]}") ;;

@@ -12,18 +12,20 @@ Writes, under tests/clip/data/:
 The reference follows transformers' modeling_clip.py (CLIPVisionTransformer, CLIPTextTransformer,
 CLIPModel.get_image_features / get_text_features / forward) and tokenization_clip.py (CLIPTokenizer:
 bytes_to_unicode, bpe, the word pattern, special tokens, truncation) in plain torch: the machine has
-no transformers package. The forward runs in float64 from the stored weights, so the expected values
-are the exact outputs to which an f32 implementation must come within 1e-5.
+no transformers package. The tokenizer is make_tokenizer_golden.py's. The forward runs in float64 from
+the stored weights, so the expected values are the exact outputs to which an f32 implementation must
+come within 1e-5.
 """
 import json
 import math
 import os
 import struct
-import unicodedata
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from make_tokenizer_golden import BOS, EOS, Tokenizer, bytes_to_unicode, clean, split_words
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data")
@@ -61,117 +63,7 @@ def save_safetensors(path, tensors):
 
 
 # ---------------------------------------------------------------------------------------------
-# The tokenizer (tokenization_clip.py's CLIPTokenizer without ftfy; the pattern written out with
-# unicodedata because the `regex` module is not installed)
-
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-WHITE_SPACE = set([chr(c) for c in list(range(0x09, 0x0E)) + [0x20, 0x85, 0xA0, 0x1680] + list(range(0x2000, 0x200B))
-                   + [0x2028, 0x2029, 0x202F, 0x205F, 0x3000]])
-
-
-def is_letter(ch):
-    return unicodedata.category(ch).startswith("L")
-
-
-def is_number(ch):
-    return unicodedata.category(ch).startswith("N")
-
-
-def clean(text):
-    # whitespace_clean(text).lower(): runs of white space to one space, stripped, lower-cased
-    out, pending = [], False
-    for ch in text:
-        if ch in WHITE_SPACE:
-            pending = bool(out)
-            continue
-        if pending:
-            out.append(" ")
-        pending = False
-        out.append(ch)
-    return "".join(out).lower()
-
-
-def split_words(text):
-    """Special tokens first (added tokens), then findall of
-    '<|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+'."""
-    words, i = [], 0
-    special = lambda j: text.startswith(BOS, j) or text.startswith(EOS, j)
-    while i < len(text):
-        ch = text[i]
-        if text.startswith(BOS, i):
-            words.append(BOS); i += len(BOS)
-        elif text.startswith(EOS, i):
-            words.append(EOS); i += len(EOS)
-        elif ch in WHITE_SPACE:
-            i += 1
-        elif ch == "'" and any(text[i + 1:i + 1 + len(c)].lower() == c for c in ("s", "t", "re", "ve", "m", "ll", "d")):
-            c = next(c for c in ("s", "t", "re", "ve", "m", "ll", "d") if text[i + 1:i + 1 + len(c)].lower() == c)
-            words.append(text[i:i + 1 + len(c)]); i += 1 + len(c)
-        elif is_letter(ch):
-            j = i
-            while j < len(text) and is_letter(text[j]):
-                j += 1
-            words.append(text[i:j]); i = j
-        elif is_number(ch):
-            words.append(ch); i += 1
-        else:
-            j = i + 1
-            while j < len(text) and text[j] not in WHITE_SPACE and not is_letter(text[j]) and not is_number(text[j]) \
-                    and not special(j):
-                j += 1
-            words.append(text[i:j]); i = j
-    return words
-
-
-class Tokenizer:
-    def __init__(self, vocab, merges):
-        self.encoder = vocab
-        self.ranks = {tuple(m): r for r, m in enumerate(merges)}
-        self.byte_encoder = bytes_to_unicode()
-
-    def bpe(self, token):
-        word = tuple(token[:-1]) + (token[-1] + "</w>",)
-        while len(word) > 1:
-            pairs = set(zip(word[:-1], word[1:]))
-            bigram = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
-            if bigram not in self.ranks:
-                break
-            first, second = bigram
-            new_word, i = [], 0
-            while i < len(word):
-                if i < len(word) - 1 and word[i] == first and word[i + 1] == second:
-                    new_word.append(first + second); i += 2
-                else:
-                    new_word.append(word[i]); i += 1
-            word = tuple(new_word)
-        return list(word)
-
-    def tokenize(self, text):
-        tokens = []
-        for w in split_words(clean(text)):
-            if w in (BOS, EOS):
-                tokens.append(w)
-            else:
-                tokens.extend(self.bpe("".join(self.byte_encoder[b] for b in w.encode("utf-8"))))
-        return tokens
-
-    def encode(self, text, max_length=77):
-        ids = [self.encoder.get(t, self.encoder[EOS]) for t in self.tokenize(text)]
-        ids = ids[:max_length - 2]  # truncation=True: the sequence is cut, then the special tokens added
-        return [self.encoder[BOS]] + ids + [self.encoder[EOS]]
-
+# The test vocabulary (the tokenizer is make_tokenizer_golden.py's)
 
 # Merges by hand. Ranks matter: "o t" comes before "h o", so "photo" must not merge "h o" first.
 MERGES = [

@@ -1,6 +1,7 @@
 #include "fusion/clip/tokenizer.hpp"
 
 #include <nlohmann/json.hpp>
+#include <utf8proc.h>
 
 #include <algorithm>
 #include <fstream>
@@ -73,98 +74,142 @@ std::string encode_utf8(const std::u32string& s) {
   return out;
 }
 
-// ---- Unicode classes (approximate tables, see the header) -------------------------------------
+// ---- Unicode, by utf8proc -----------------------------------------------------------------------
+// The reference is Python: unicodedata.normalize("NFC"), str.lower(), str.strip() and the `regex`
+// module's classes. Categories, case mappings and compositions come from utf8proc (Unicode 15.0 in
+// Debian 12's 2.8); what it lacks is derived below from the Unicode files that define it.
 
-struct Range {
-  char32_t lo, hi;
-};
+utf8proc_category_t category(char32_t c) { return utf8proc_category(static_cast<utf8proc_int32_t>(c)); }
 
-template <size_t N>
-bool in_ranges(char32_t c, const Range (&r)[N]) {
-  for (size_t i = 0; i < N; ++i) {
-    if (c < r[i].lo) return false;  // ranges are sorted
-    if (c <= r[i].hi) return true;
+// \p{L}: Lu, Ll, Lt, Lm, Lo.
+bool is_letter(char32_t c) {
+  const auto k = category(c);
+  return k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO;
+}
+
+// \p{N}: Nd, Nl, No.
+bool is_number(char32_t c) {
+  const auto k = category(c);
+  return k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO;
+}
+
+// `\s` of the `regex` module (and of the fast tokenizer): the White_Space property, which PropList.txt
+// gives as the separators (Zs, Zl, Zp) and the controls TAB..CR and NEL.
+bool is_space(char32_t c) {
+  const auto k = category(c);
+  return k == UTF8PROC_CATEGORY_ZS || k == UTF8PROC_CATEGORY_ZL || k == UTF8PROC_CATEGORY_ZP ||
+         (c >= 0x09 && c <= 0x0D) || c == 0x85;
+}
+
+// What Python's str.strip() strips (str.isspace): bidirectional class WS, B or S, or category Zs;
+// White_Space and the separators U+001C..U+001F.
+bool is_python_space(char32_t c) {
+  const auto bidi = utf8proc_get_property(static_cast<utf8proc_int32_t>(c))->bidi_class;
+  return bidi == UTF8PROC_BIDI_CLASS_WS || bidi == UTF8PROC_BIDI_CLASS_B || bidi == UTF8PROC_BIDI_CLASS_S ||
+         category(c) == UTF8PROC_CATEGORY_ZS;
+}
+
+char32_t to_lower(char32_t c) { return static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c))); }
+char32_t to_upper(char32_t c) { return static_cast<char32_t>(utf8proc_toupper(static_cast<utf8proc_int32_t>(c))); }
+char32_t to_title(char32_t c) { return static_cast<char32_t>(utf8proc_totitle(static_cast<utf8proc_int32_t>(c))); }
+
+// Case_Ignorable (DerivedCoreProperties.txt): Mn, Me, Cf, Lm, Sk, and Word_Break = MidLetter, MidNumLet
+// or Single_Quote (WordBreakProperty.txt), a fixed set of punctuation utf8proc has no property for.
+bool is_case_ignorable(char32_t c) {
+  switch (category(c)) {
+    case UTF8PROC_CATEGORY_MN:
+    case UTF8PROC_CATEGORY_ME:
+    case UTF8PROC_CATEGORY_CF:
+    case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_SK:
+      return true;
+    default:
+      break;
+  }
+  switch (c) {
+    case 0x27: case 0x2E: case 0x3A: case 0xB7: case 0x387: case 0x55F: case 0x5F4: case 0x2018:
+    case 0x2019: case 0x2024: case 0x2027: case 0xFE13: case 0xFE52: case 0xFE55: case 0xFF07:
+    case 0xFF0E: case 0xFF1A:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Cased (DerivedCoreProperties.txt): Lu, Ll, Lt, Other_Lowercase, Other_Uppercase. Final_Sigma asks only
+// about characters that are not Case_Ignorable, and there it is exact: of Other_Lowercase and
+// Other_Uppercase (PropList.txt) the ones outside Lm and Mn have a case mapping (Ⅰ..ⅿ, Ⓐ..ⓩ), except
+// ª, º and the squared and negative Latin capitals U+1F130..U+1F189.
+bool is_cased(char32_t c) {
+  const auto k = category(c);
+  return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT ||
+         to_lower(c) != c || to_upper(c) != c || to_title(c) != c || c == 0xAA || c == 0xBA ||
+         (c >= 0x1F130 && c <= 0x1F149) || (c >= 0x1F150 && c <= 0x1F169) || (c >= 0x1F170 && c <= 0x1F189);
+}
+
+// The Final_Sigma condition of SpecialCasing.txt for the capital sigma at s[i]: a cased letter before it
+// and none after it, Case_Ignorable characters skipped both ways (as Python's str.lower() tests it).
+bool final_sigma(const std::u32string& s, size_t i) {
+  size_t j = i;
+  while (j > 0 && is_case_ignorable(s[j - 1])) --j;
+  if (j == 0 || !is_cased(s[j - 1])) return false;
+  size_t k = i + 1;
+  while (k < s.size() && is_case_ignorable(s[k])) ++k;
+  return k == s.size() || !is_cased(s[k]);
+}
+
+// Python's str.lower(): the full lowercase mapping. It differs from the simple one (UnicodeData.txt,
+// utf8proc_tolower) in the two language-independent entries of SpecialCasing.txt: U+0130 İ becomes
+// i + U+0307 COMBINING DOT ABOVE, and Σ becomes ς in the Final_Sigma context.
+std::u32string lower(const std::u32string& s) {
+  std::u32string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char32_t c = s[i];
+    if (c == 0x130) {
+      out.push_back('i');
+      out.push_back(0x307);
+    } else if (c == 0x3A3) {
+      out.push_back(final_sigma(s, i) ? 0x3C2 : 0x3C3);
+    } else {
+      out.push_back(to_lower(c));
+    }
+  }
+  return out;
+}
+
+// Canonical composition (NFC) by utf8proc.
+std::u32string nfc(const std::u32string& s) {
+  if (s.empty()) return s;
+  const std::string bytes = encode_utf8(s);
+  const auto* str = reinterpret_cast<const utf8proc_uint8_t*>(bytes.data());
+  const auto len = static_cast<utf8proc_ssize_t>(bytes.size());
+  const auto options = static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+  utf8proc_ssize_t n = utf8proc_decompose(str, len, nullptr, 0, options);
+  FUSION_ENSURE(n >= 0, "clip tokenizer: NFC failed: ", utf8proc_errmsg(n));
+  std::vector<utf8proc_int32_t> buf(static_cast<size_t>(n));
+  n = utf8proc_decompose(str, len, buf.data(), n, options);
+  FUSION_ENSURE(n >= 0 && static_cast<size_t>(n) == buf.size(), "clip tokenizer: NFC failed: ", utf8proc_errmsg(n));
+  n = utf8proc_normalize_utf32(buf.data(), n, options);
+  FUSION_ENSURE(n >= 0, "clip tokenizer: NFC failed: ", utf8proc_errmsg(n));
+  return std::u32string(buf.begin(), buf.begin() + n);
+}
+
+// Case-insensitive equality with an ASCII letter of the pattern, as re.IGNORECASE matches it (simple
+// case folding): `'s` also matches U+017F ſ.
+bool equal_ignoring_case(char32_t c, char32_t ascii) {
+  return c == ascii || to_lower(c) == ascii || to_lower(to_upper(c)) == ascii;
+}
+
+// Under re.IGNORECASE the negated class [^\s\p{L}\p{N}] also refuses a character whose case partner is a
+// letter or number, while [\p{L}] and [\p{N}] look at the character's own category: so findall skips
+// such a character (U+0345 COMBINING GREEK YPOGEGRAMMENI, whose upper case is Ι).
+bool matched_by_no_alternative(char32_t c) {
+  if (is_space(c) || is_letter(c) || is_number(c)) return false;
+  for (char32_t partner : {to_lower(c), to_upper(c), to_title(c)}) {
+    if (is_letter(partner) || is_number(partner)) return true;
   }
   return false;
-}
-
-// The White_Space property (what \s matches in the `regex` module and in the fast tokenizer).
-bool is_space(char32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
-         c == 0x3000;
-}
-
-// \p{L} over the common blocks.
-constexpr Range kLetters[] = {
-    {0x41, 0x5A},       {0x61, 0x7A},       {0xAA, 0xAA},       {0xB5, 0xB5},       {0xBA, 0xBA},
-    {0xC0, 0xD6},       {0xD8, 0xF6},       {0xF8, 0x2C1},      {0x2C6, 0x2D1},     {0x2E0, 0x2E4},
-    {0x2EC, 0x2EC},     {0x2EE, 0x2EE},     {0x370, 0x374},     {0x376, 0x377},     {0x37A, 0x37D},
-    {0x37F, 0x37F},     {0x386, 0x386},     {0x388, 0x38A},     {0x38C, 0x38C},     {0x38E, 0x3A1},
-    {0x3A3, 0x3F5},     {0x3F7, 0x481},     {0x48A, 0x52F},     {0x531, 0x556},     {0x559, 0x559},
-    {0x560, 0x588},     {0x5D0, 0x5EA},     {0x5EF, 0x5F2},     {0x620, 0x64A},     {0x66E, 0x66F},
-    {0x671, 0x6D3},     {0x6D5, 0x6D5},     {0x904, 0x939},     {0x93D, 0x93D},     {0x950, 0x950},
-    {0x958, 0x961},     {0xE01, 0xE30},     {0xE32, 0xE33},     {0xE40, 0xE46},     {0x10A0, 0x10FF},
-    {0x1100, 0x11FF},   {0x1E00, 0x1FBC},   {0x2071, 0x2071},   {0x207F, 0x207F},   {0x2090, 0x209C},
-    {0x2C00, 0x2CE4},   {0x3005, 0x3006},   {0x3031, 0x3035},   {0x303B, 0x303C},   {0x3041, 0x3096},
-    {0x309D, 0x309F},   {0x30A1, 0x30FA},   {0x30FC, 0x30FF},   {0x3105, 0x312F},   {0x3131, 0x318E},
-    {0x3400, 0x4DBF},   {0x4E00, 0x9FFF},   {0xA000, 0xA48C},   {0xAC00, 0xD7A3},   {0xF900, 0xFAFF},
-    {0xFB00, 0xFB06},   {0xFF21, 0xFF3A},   {0xFF41, 0xFF5A},   {0xFF66, 0xFFBE},   {0x1D400, 0x1D7CB},
-    {0x20000, 0x2FFFF}, {0x30000, 0x3134F},
-};
-
-// \p{N} (Nd, Nl, No) over the common blocks.
-constexpr Range kNumbers[] = {
-    {0x30, 0x39},     {0xB2, 0xB3},     {0xB9, 0xB9},     {0xBC, 0xBE},     {0x660, 0x669},
-    {0x6F0, 0x6F9},   {0x966, 0x96F},   {0x9E6, 0x9EF},   {0xE50, 0xE59},   {0x2070, 0x2070},
-    {0x2074, 0x2079}, {0x2080, 0x2089}, {0x2150, 0x2182}, {0x2185, 0x2189}, {0x2460, 0x249B},
-    {0x24EA, 0x24FF}, {0x2776, 0x2793}, {0x3007, 0x3007}, {0x3021, 0x3029}, {0x3038, 0x303A},
-    {0x3192, 0x3195}, {0x3220, 0x3229}, {0x3248, 0x324F}, {0x3251, 0x325F}, {0x3280, 0x3289},
-    {0x32B1, 0x32BF}, {0xFF10, 0xFF19}, {0x1D7CE, 0x1D7FF},
-};
-
-bool is_letter(char32_t c) { return in_ranges(c, kLetters); }
-bool is_number(char32_t c) { return in_ranges(c, kNumbers); }
-
-// Simple lower-casing of the common cased scripts; İ becomes i + combining dot, as Python does.
-void append_lower(std::u32string& out, char32_t c) {
-  auto even_in = [&](char32_t lo, char32_t hi) { return c >= lo && c <= hi && (c - lo) % 2 == 0; };
-  if (c < 0x80) {
-    out.push_back(c >= 'A' && c <= 'Z' ? c + 32 : c);
-  } else if ((c >= 0xC0 && c <= 0xDE && c != 0xD7) || (c >= 0x391 && c <= 0x3AB && c != 0x3A2) ||
-             (c >= 0x410 && c <= 0x42F) || (c >= 0xFF21 && c <= 0xFF3A)) {
-    out.push_back(c + 32);
-  } else if (c == 0x130) {
-    out.push_back('i');
-    out.push_back(0x307);
-  } else if (even_in(0x100, 0x12F) || even_in(0x132, 0x137) || even_in(0x14A, 0x177) ||
-             even_in(0x460, 0x481) || even_in(0x48A, 0x4BF) || even_in(0x4D0, 0x52F) ||
-             even_in(0x1E00, 0x1E95) || even_in(0x1EA0, 0x1EFF) || even_in(0x139, 0x148) ||
-             even_in(0x179, 0x17E) || even_in(0x4C1, 0x4CE)) {
-    out.push_back(c + 1);
-  } else if (c == 0x1E9E) {
-    out.push_back(0xDF);
-  } else if (c == 0x178) {
-    out.push_back(0xFF);
-  } else if (c == 0x386) {
-    out.push_back(0x3AC);
-  } else if (c >= 0x388 && c <= 0x38A) {
-    out.push_back(c + 37);
-  } else if (c == 0x38C) {
-    out.push_back(0x3CC);
-  } else if (c == 0x38E || c == 0x38F) {
-    out.push_back(c + 63);
-  } else if (c >= 0x400 && c <= 0x40F) {
-    out.push_back(c + 80);
-  } else if (c >= 0x531 && c <= 0x556) {
-    out.push_back(c + 48);
-  } else if (c >= 0x2160 && c <= 0x216F) {
-    out.push_back(c + 16);
-  } else if (c >= 0x24B6 && c <= 0x24CF) {
-    out.push_back(c + 26);
-  } else {
-    out.push_back(c);
-  }
 }
 
 // GPT-2's reversible map from bytes to printable code points: printable Latin-1 bytes map to
@@ -191,16 +236,20 @@ bool starts_with_at(const std::u32string& s, size_t i, const char* lit) {
   return true;
 }
 
+// The pattern's own `<\|startoftext\|>|<\|endoftext\|>` alternatives, case-insensitive.
+bool starts_with_ignoring_case_at(const std::u32string& s, size_t i, const char* lit) {
+  for (size_t k = 0; lit[k]; ++k) {
+    if (i + k >= s.size() || !equal_ignoring_case(s[i + k], static_cast<char32_t>(lit[k]))) return false;
+  }
+  return true;
+}
+
 // Length of the contraction 's 't 're 've 'm 'll 'd at i (0 if none); case-insensitive as the
 // pattern is compiled with re.IGNORECASE.
 size_t contraction_at(const std::u32string& s, size_t i) {
   if (s[i] != '\'' || i + 1 >= s.size()) return 0;
-  auto lower = [](char32_t c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; };
-  const char32_t a = lower(s[i + 1]);
-  if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
-  if (i + 2 < s.size()) {
-    const char32_t b = lower(s[i + 2]);
-    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return 3;
+  for (const char* c : {"s", "t", "m", "d", "re", "ve", "ll"}) {
+    if (starts_with_ignoring_case_at(s, i + 1, c)) return 1 + std::char_traits<char>::length(c);
   }
   return 0;
 }
@@ -218,20 +267,24 @@ std::string read_text_file(const std::filesystem::path& path, const char* what) 
 }  // namespace
 
 std::string ClipTokenizer::clean(const std::string& text) {
-  const std::u32string in = decode_utf8(text);
+  const std::u32string in = nfc(decode_utf8(text));
+  // whitespace_clean: each run of white space becomes one space, then str.strip().
   std::u32string out;
   out.reserve(in.size());
-  bool pending_space = false;
+  bool in_run = false;
   for (char32_t c : in) {
     if (is_space(c)) {
-      pending_space = !out.empty();
-      continue;
+      if (!in_run) out.push_back(' ');
+      in_run = true;
+    } else {
+      out.push_back(c);
+      in_run = false;
     }
-    if (pending_space) out.push_back(' ');
-    pending_space = false;
-    append_lower(out, c);
   }
-  return encode_utf8(out);
+  size_t b = 0, e = out.size();
+  while (b < e && is_python_space(out[b])) ++b;
+  while (e > b && is_python_space(out[e - 1])) --e;
+  return encode_utf8(lower(out.substr(b, e - b)));
 }
 
 std::vector<std::string> ClipTokenizer::split_words(const std::string& cleaned) {
@@ -242,14 +295,15 @@ std::vector<std::string> ClipTokenizer::split_words(const std::string& cleaned) 
     words.push_back(encode_utf8(s.substr(i, n)));
     i += n;
   };
-  auto special_at = [&](size_t j) { return starts_with_at(s, j, kBos) || starts_with_at(s, j, kEos); };
+  // The added tokens, split off (exactly) before the pattern runs on the pieces between them.
+  auto added_token_at = [&](size_t j) { return starts_with_at(s, j, kBos) || starts_with_at(s, j, kEos); };
   while (i < s.size()) {
     const char32_t c = s[i];
-    if (starts_with_at(s, i, kBos)) {
+    if (starts_with_ignoring_case_at(s, i, kBos)) {
       take(std::char_traits<char>::length(kBos));
-    } else if (starts_with_at(s, i, kEos)) {
+    } else if (starts_with_ignoring_case_at(s, i, kEos)) {
       take(std::char_traits<char>::length(kEos));
-    } else if (is_space(c)) {
+    } else if (is_space(c) || matched_by_no_alternative(c)) {
       ++i;
     } else if (size_t n = contraction_at(s, i); n > 0) {
       take(n);
@@ -260,9 +314,11 @@ std::vector<std::string> ClipTokenizer::split_words(const std::string& cleaned) 
     } else if (is_number(c)) {
       take(1);
     } else {
-      // A run of other characters. Special tokens are added tokens, split off before the pattern.
       size_t j = i + 1;
-      while (j < s.size() && !is_space(s[j]) && !is_letter(s[j]) && !is_number(s[j]) && !special_at(j)) ++j;
+      while (j < s.size() && !is_space(s[j]) && !is_letter(s[j]) && !is_number(s[j]) &&
+             !matched_by_no_alternative(s[j]) && !added_token_at(j)) {
+        ++j;
+      }
       take(j - i);
     }
   }

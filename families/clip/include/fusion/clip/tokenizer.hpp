@@ -13,17 +13,21 @@
 
 namespace fusion::clip {
 
-/// CLIP's byte-level BPE tokenizer, as Hugging Face's CLIPTokenizer / CLIPTokenizerFast (the one
-/// CLIPProcessor loads) encode a text:
-///  1. cleaning: runs of white space become one space, leading and trailing space is dropped, the
-///     text is lower-cased. Approximations, documented: no ftfy fixes, no HTML unescaping (the fast
-///     tokenizer does neither), no NFC normalisation; lower-casing covers Latin, Greek, Cyrillic,
-///     Armenian and full-width letters.
+/// CLIP's byte-level BPE tokenizer, as OpenAI's simple_tokenizer and Hugging Face's CLIPTokenizer (with
+/// ftfy) encode a text, ftfy's and HTML's fixes left out:
+///  1. cleaning: the text, decoded as UTF-8 (each byte of an invalid sequence becomes U+FFFD), is
+///     normalised to NFC; each run of white space (White_Space, what the pattern's `\s` matches) becomes
+///     one space and what Python's str.strip() strips goes from both ends; then the text is lower-cased
+///     as Python's str.lower() does it: the full lowercase mapping, so İ becomes i + U+0307 and Σ
+///     becomes ς at the end of a word (SpecialCasing.txt's Final_Sigma). No ftfy fixes and no HTML
+///     unescaping; Hugging Face's fallback without ftfy (BasicTokenizer: drops control characters,
+///     spaces out CJK ideographs) is not what this follows, and CLIPTokenizerFast may differ in
+///     corners (it lower-cases character by character, without the final sigma).
 ///  2. `<|startoftext|>` / `<|endoftext|>` in the text are taken as those special tokens; the rest is
-///     split into words by CLIP's pattern: `'s|'t|'re|'ve|'m|'ll|'d`, a run of letters (\p{L}), one
-///     digit (\p{N}), a run of other non-space characters. Letters and digits are recognised by
-///     UTF-8 decoding and tables of the common Unicode blocks (Latin, Greek, Cyrillic, Armenian,
-///     Hebrew, Arabic, Devanagari, Thai, CJK, kana, Hangul, full-width forms).
+///     split into words by CLIP's pattern, case-insensitive as re.IGNORECASE makes it:
+///     `'s|'t|'re|'ve|'m|'ll|'d`, a run of letters (\p{L}), one number (\p{N}), a run of other
+///     non-space characters. Normalisation, case mappings and general categories come from utf8proc
+///     (the Unicode version of the utf8proc in use; Debian 12's is 15.0).
 ///  3. each word's UTF-8 bytes map to printable characters (GPT-2's bytes→unicode table), so every
 ///     character is representable (byte fallback); the last symbol gets `</w>`; merges apply by
 ///     rank (merges.txt order); each resulting token is looked up in vocab.json, and one absent

@@ -1,6 +1,7 @@
 // What PWEMoE returns once its routers are set: the merged models θ(r) of the evaluated preference
 // vectors (the approximate Pareto set, made lazily for the host to evaluate on every task's test
-// split) and the exported models of method.export.
+// split: the grid, method.eval_preferences and the random ones) and the exported models of
+// method.export.
 #include <filesystem>
 #include <iomanip>
 #include <set>
@@ -42,20 +43,24 @@ std::vector<std::vector<double>> PweMoeAlgorithm::evaluation_preferences(int64_t
   return out;
 }
 
-void PweMoeAlgorithm::check_export_sizes(size_t num_tasks) const {
-  const std::string option = "method." + option_name(&PweMoeOptions::export_preferences);
-  for (size_t i = 0; i < options_.export_preferences.size(); ++i) {
-    const auto& r = options_.export_preferences[i];
-    FUSION_ENSURE(r.size() == num_tasks, option, "[", i, "]: the preference vector has ", r.size(),
-                  " entries, expected one per task (T = ", num_tasks, ")");
-  }
+void PweMoeAlgorithm::check_preference_sizes(size_t num_tasks) const {
+  const std::pair<const std::vector<std::vector<double>>*, std::string> lists[] = {
+      {&options_.eval_preferences, "method." + option_name(&PweMoeOptions::eval_preferences)},
+      {&options_.export_preferences, "method." + option_name(&PweMoeOptions::export_preferences)}};
+  for (const auto& [prefs, option] : lists)
+    for (size_t i = 0; i < prefs->size(); ++i) {
+      const auto& r = (*prefs)[i];
+      FUSION_ENSURE(r.size() == num_tasks, option, "[", i, "]: the preference vector has ", r.size(),
+                    " entries, expected one per task (T = ", num_tasks, ")");
+    }
 }
 
-std::vector<std::vector<double>> PweMoeAlgorithm::checked_exports(const ParetoWeightEnsembling& pwe) const {
-  const std::string option = "method." + option_name(&PweMoeOptions::export_preferences);
+std::vector<std::vector<double>> PweMoeAlgorithm::checked_preferences(const ParetoWeightEnsembling& pwe,
+                                                                      const std::vector<std::vector<double>>& prefs,
+                                                                      const std::string& option) const {
   std::vector<std::vector<double>> out;
-  for (size_t i = 0; i < options_.export_preferences.size(); ++i)
-    out.push_back(pwe.checked_preference(options_.export_preferences[i], option + "[" + std::to_string(i) + "]"));
+  for (size_t i = 0; i < prefs.size(); ++i)
+    out.push_back(pwe.checked_preference(prefs[i], "method." + option + "[" + std::to_string(i) + "]"));
   return out;
 }
 
@@ -75,22 +80,28 @@ void PweMoeAlgorithm::export_models(const ParetoWeightEnsembling& pwe, const std
   }
 }
 
-void PweMoeAlgorithm::add_pareto_set(std::shared_ptr<const ParetoWeightEnsembling> pwe, Result& result,
+void PweMoeAlgorithm::add_pareto_set(std::shared_ptr<const ParetoWeightEnsembling> pwe,
+                                     const std::vector<std::vector<double>>& chosen, Result& result,
                                      uint64_t seed) const {
-  const auto prefs = evaluation_preferences(pwe->num_tasks(), seed);
-  const size_t n_grid = prefs.size() - static_cast<size_t>(options_.eval_random);
+  const auto generated = evaluation_preferences(pwe->num_tasks(), seed);
+  const size_t n_grid = generated.size() - static_cast<size_t>(options_.eval_random);
+  // grid, then the chosen ones (eval_preferences), then the random ones
+  std::vector<std::pair<std::vector<double>, const char*>> prefs;
+  for (size_t i = 0; i < n_grid; ++i) prefs.emplace_back(generated[i], "grid");
+  for (const auto& r : chosen) prefs.emplace_back(r, "eval_preferences");
+  for (size_t i = n_grid; i < generated.size(); ++i) prefs.emplace_back(generated[i], "random");
   // Over two tasks the grid runs along one line, r = (1 − t, t); over more it fills a simplex, and
-  // random preferences are not in order: only the first is a curve to draw as one.
-  result.sweep = pwe->num_tasks() == 2 && options_.eval_random == 0;
+  // chosen or random preferences are not in order: only the grid alone is a curve to draw as one.
+  result.sweep = pwe->num_tasks() == 2 && options_.eval_random == 0 && chosen.empty();
   std::set<std::string> labels;
   for (size_t i = 0; i < prefs.size(); ++i) {
-    std::string label = preference_label(prefs[i]);
-    if (labels.count(label)) label = preference_label(prefs[i], 4);
+    std::string label = preference_label(prefs[i].first);
+    if (labels.count(label)) label = preference_label(prefs[i].first, 4);
     if (labels.count(label)) label += "#" + std::to_string(i);
     labels.insert(label);
-    const std::vector<double> r = prefs[i];
+    const std::vector<double> r = prefs[i].first;
     result.add_lazy(label, [pwe, r]() { return pwe->merge_and_unload(r); },
-                    {{"preference", r}, {"source", i < n_grid ? "grid" : "random"}});
+                    {{"preference", r}, {"source", prefs[i].second}});
   }
 }
 

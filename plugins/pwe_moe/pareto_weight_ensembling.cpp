@@ -215,17 +215,24 @@ int64_t ParetoWeightEnsembling::task_vector_bytes() const {
   return n;
 }
 
+std::string preference_problem(const std::vector<double>& r) {
+  double sum = 0.0;
+  for (size_t i = 0; i < r.size(); ++i) {
+    if (!std::isfinite(r[i])) return fusion::detail::concat("preference entry ", i, " is not finite");
+    if (!(r[i] >= 0)) return fusion::detail::concat("preference entry ", i, " is negative (", r[i], ")");
+    sum += r[i];
+  }
+  return sum > 0 ? "" : "the preference vector is all zero";
+}
+
 std::vector<double> ParetoWeightEnsembling::checked_preference(const std::vector<double>& r,
                                                                const std::string& what) const {
   FUSION_ENSURE(static_cast<int64_t>(r.size()) == num_tasks_, what, ": the preference vector has ", r.size(),
                 " entries, expected one per task (T = ", num_tasks_, ")");
+  const std::string problem = preference_problem(r);
+  FUSION_ENSURE(problem.empty(), what, ": ", problem);
   double sum = 0.0;
-  for (size_t i = 0; i < r.size(); ++i) {
-    FUSION_ENSURE(std::isfinite(r[i]), what, ": preference entry ", i, " is not finite");
-    FUSION_ENSURE(r[i] >= 0, what, ": preference entry ", i, " is negative (", r[i], ")");
-    sum += r[i];
-  }
-  FUSION_ENSURE(sum > 0, what, ": the preference vector is all zero");
+  for (double v : r) sum += v;
   std::vector<double> out(r);
   for (double& v : out) v /= sum;
   return out;

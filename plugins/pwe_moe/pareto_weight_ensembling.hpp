@@ -36,6 +36,11 @@ struct ParetoWeightEnsemblingOptions {
 /// follows the option's name in the error ("method.upscale: pattern ...").
 std::string upscale_pattern_problem(const std::vector<std::string>& patterns);
 
+/// What is wrong with a preference vector's entries ("" when nothing): "preference entry i is not
+/// finite", "preference entry i is negative (v)" or "the preference vector is all zero" (the
+/// length is not checked: see ParetoWeightEnsembling::checked_preference).
+std::string preference_problem(const std::vector<double>& r);
+
 /// One weight-ensembling module: a group of parameters θ(r) = θ₀ + Σₜ g(r)ₜ τₜ (PWEMoE,
 /// arXiv:2406.09770; docs/pwe_moe.md, "The module") with its router g: ℝᵀ → ℝᵀ.
 struct WeightEnsemblingGroup {

@@ -1,6 +1,6 @@
 // PWEMoE's run, top-down: the tasks to train on, the Pareto weight-ensembling model, its routers
-// (trained, or read from a checkpoint), the exported models and the Pareto set; then how LS and EPO
-// weight the per-task losses. docs/pwe_moe.md has the math.
+// (trained, or read from a checkpoint), the exported models and the Pareto set (with the chosen
+// eval_preferences); then how LS and EPO weight the per-task losses. docs/pwe_moe.md has the math.
 #include "pwe_moe.hpp"
 
 #include <chrono>
@@ -62,11 +62,15 @@ Result PweMoeAlgorithm::run(ModelPool& models, TaskPool* tasks, const Context& c
                   "or set method.", option_name(&PweMoeOptions::checkpoint_path), " to evaluate trained routers");
     task_list = training_tasks(name_, experts, *tasks);
   }
-  check_export_sizes(experts.size());  // before the (long) setup and training
+  check_preference_sizes(experts.size());  // before the (long) setup and training
+  if (train_routers) resume_point(experts, ctx);  // a resume with other options: refused before the setup
 
   const auto t_setup = std::chrono::steady_clock::now();
   std::shared_ptr<ParetoWeightEnsembling> pwe = ParetoWeightEnsembling::from_pool(models, ctx, options_.model, name_);
-  const std::vector<std::vector<double>> exports = checked_exports(*pwe);
+  const std::vector<std::vector<double>> exports =
+      checked_preferences(*pwe, options_.export_preferences, option_name(&PweMoeOptions::export_preferences));
+  const std::vector<std::vector<double>> chosen =
+      checked_preferences(*pwe, options_.eval_preferences, option_name(&PweMoeOptions::eval_preferences));
   const double setup_seconds = seconds_since(t_setup);
   std::ostringstream mib;
   mib << std::setprecision(4) << static_cast<double>(pwe->task_vector_bytes()) / (1 << 20);
@@ -91,7 +95,7 @@ Result PweMoeAlgorithm::run(ModelPool& models, TaskPool* tasks, const Context& c
     ctx.log().info(name_ + ": routers from " + options_.checkpoint_path + " (no training)");
   }
   export_models(*pwe, exports, models, result, ctx);
-  add_pareto_set(pwe, result, ctx.seed());
+  add_pareto_set(pwe, chosen, result, ctx.seed());
   return result;
 }
 

@@ -21,7 +21,9 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,9 +59,14 @@ struct PweMoeOptions {
   int64_t eval_grid_m = 11;
   /// Also evaluate this many Dirichlet(alpha) preference vectors (from the run's seed). Default 0.
   int64_t eval_random = 0;
+  /// Also evaluate these preference vectors (one entry per task, finite, ≥ 0, not all zero; each
+  /// normalised to sum 1), after the grid; with eval_grid = false, instead of it. Default none.
+  std::vector<std::vector<double>> eval_preferences;
   /// Preference vectors whose merged models are saved to run_dir/exports/. Default none.
   std::vector<std::vector<double>> export_preferences;
-  /// Continue from the latest checkpoint in run_dir/checkpoints/. Default false.
+  /// Continue from the latest checkpoint in run_dir/checkpoints/: refused when the options that
+  /// define the training differ from those the checkpoint records (a larger num_steps continues;
+  /// docs/pwe_moe.md, "Resuming"). Default false.
   bool resume = false;
   /// Router weights to evaluate without training ("" : train). Default "".
   std::string checkpoint_path;
@@ -89,8 +96,9 @@ std::vector<double> dirichlet_preference(int64_t T, double alpha, uint64_t seed)
 /// (loss_weights).
 ///
 /// Files: pwe_moe.cpp (run: the pipeline; LS and EPO), pwe_moe_options.cpp (the options),
-/// training.cpp (step, train), router_checkpoints.cpp, step_log.cpp (train_log.csv),
-/// evaluation.cpp (the preference vectors evaluated and exported).
+/// training.cpp (step, train), router_checkpoints.cpp, training_record.cpp (what a checkpoint
+/// records and how a resume is checked), step_log.cpp (train_log.csv), evaluation.cpp (the
+/// preference vectors evaluated and exported).
 class PweMoeAlgorithm : public Algorithm {
  public:
   using Options = PweMoeOptions;
@@ -104,7 +112,13 @@ class PweMoeAlgorithm : public Algorithm {
 
   /// Trains the routers of `pwe` on `tasks` (one per expert, in order) for options().num_steps,
   /// with checkpoints, train_log.csv and resume in ctx.run_dir(). Returns result information.
+  /// With resume, throws fusion::Error (before writing anything) when the latest checkpoint records
+  /// other training options (see resume_point).
   nlohmann::json train(ParetoWeightEnsembling& pwe, const std::vector<Task*>& tasks, const Context& ctx);
+  /// The options that define this run's training, as a checkpoint records them
+  /// (training_record.hpp): the method's name and training options, ctx's seed and dtype as
+  /// run.seed and run.dtype, and `experts` (in order) as modelpool.models.
+  nlohmann::json training_record(const std::vector<std::string>& experts, const Context& ctx) const;
   /// One step at preference `r` on one batch per task, then `adam.step(lr)`: θ(r) is merged once;
   /// the per-task losses Lₜ go to loss_weights for the weights wₜ; the routers get the gradient of
   /// Σₜ wₜ Lₜ. Activations of one task are alive at a time. Throws fusion::Error when a loss or a
@@ -112,8 +126,8 @@ class PweMoeAlgorithm : public Algorithm {
   PweMoeStepStats step(ParetoWeightEnsembling& pwe, Adam& adam, const std::vector<Task*>& tasks,
                        const std::vector<Batch>& batches, const std::vector<double>& r, double lr, int64_t step = 0);
 
-  /// The evaluated preference vectors: the grid (see PweMoeOptions::eval_grid) then eval_random
-  /// Dirichlet samples from `seed`.
+  /// The generated preference vectors: the grid (see PweMoeOptions::eval_grid) then eval_random
+  /// Dirichlet samples from `seed` (run() evaluates eval_preferences between the two).
   std::vector<std::vector<double>> evaluation_preferences(int64_t T, uint64_t seed) const;
   /// The preference vector of training step `step` (1-based): Dirichlet(alpha·1) from a generator
   /// seeded by (seed, step), so a resumed run samples what an uninterrupted one does.
@@ -134,22 +148,40 @@ class PweMoeAlgorithm : public Algorithm {
   /// empty and `C` undefined.
   virtual std::vector<double> loss_weights(const std::vector<double>& losses, const std::vector<double>& r,
                                            const at::Tensor& C, PweMoeStepStats& stats) = 0;
+  /// Adds the component's own options that change the training to the record's "method" object
+  /// (EPO: epo_eps). Default: none.
+  virtual void add_training_options(nlohmann::json& method) const { (void)method; }
 
   std::string name_;
   PweMoeOptions options_;
   int64_t lp_failures_ = 0;
 
  private:
-  /// Checks that every export preference has one entry per task (fusion::Error naming
-  /// method.export[i]): before the model is built.
-  void check_export_sizes(size_t num_tasks) const;
-  /// The export preferences checked (finite, ≥ 0, positive sum) and normalised: before training.
-  std::vector<std::vector<double>> checked_exports(const ParetoWeightEnsembling& pwe) const;
+  /// Where a resumed training starts: the latest checkpoint, its step and record.
+  struct ResumePoint {
+    std::filesystem::path checkpoint;              ///< "" when there is none (or resume is off)
+    int64_t step = 0;                              ///< the checkpoint's step
+    std::optional<nlohmann::json> record;          ///< nullopt: a checkpoint without a record
+    std::optional<int64_t> num_steps_changed_from; ///< the record's num_steps, when this run's differs
+  };
+  /// With resume, the latest checkpoint in run_dir/checkpoints/ and its record compared with this
+  /// run's (training_record(experts, ctx)): fusion::Error listing every difference that refuses the
+  /// resume (compare_training_records). Reads the checkpoint's header only.
+  ResumePoint resume_point(const std::vector<std::string>& experts, const Context& ctx) const;
+  /// Checks that every export and eval_preferences entry has one entry per task (fusion::Error
+  /// naming method.export[i] or method.eval_preferences[i]): before the model is built.
+  void check_preference_sizes(size_t num_tasks) const;
+  /// `prefs` (the option `option`) checked (finite, ≥ 0, positive sum) and normalised: before training.
+  std::vector<std::vector<double>> checked_preferences(const ParetoWeightEnsembling& pwe,
+                                                       const std::vector<std::vector<double>>& prefs,
+                                                       const std::string& option) const;
   /// Saves the merged model of each of `exports` to run_dir/exports/r_<r>/.
   void export_models(const ParetoWeightEnsembling& pwe, const std::vector<std::vector<double>>& exports,
                      const ModelPool& models, Result& result, const Context& ctx) const;
-  /// Adds one lazily merged model per evaluation preference to `result`.
-  void add_pareto_set(std::shared_ptr<const ParetoWeightEnsembling> pwe, Result& result, uint64_t seed) const;
+  /// Adds one lazily merged model per evaluation preference to `result`: the grid, `chosen` (the
+  /// checked eval_preferences), then the random ones.
+  void add_pareto_set(std::shared_ptr<const ParetoWeightEnsembling> pwe, const std::vector<std::vector<double>>& chosen,
+                      Result& result, uint64_t seed) const;
 };
 
 /// PWEMoE-LS: L = Σₜ rₜ Lₜ (linear scalarisation).
@@ -174,6 +206,7 @@ class PweMoeEpo : public PweMoeAlgorithm {
   bool needs_gradient_gram() const override { return true; }
   std::vector<double> loss_weights(const std::vector<double>& losses, const std::vector<double>& r,
                                    const at::Tensor& C, PweMoeStepStats& stats) override;
+  void add_training_options(nlohmann::json& method) const override;
 };
 
 }  // namespace fusion::methods

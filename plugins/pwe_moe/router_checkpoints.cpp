@@ -4,6 +4,7 @@
 
 #include "fusion/error.hpp"
 #include "fusion/safetensors.hpp"
+#include "training_record.hpp"
 
 namespace fusion::methods {
 
@@ -39,7 +40,7 @@ fs::path latest_router_checkpoint(const fs::path& dir) {
 }
 
 void save_router_checkpoint(const fs::path& path, const ParetoWeightEnsembling& pwe, Adam& adam, int64_t step,
-                            const std::string& method, uint64_t seed) {
+                            const std::string& method, uint64_t seed, const nlohmann::json& training) {
   const StateDict routers = pwe.router_state();
   StateDict sd = routers.detach();
   size_t i = 0;
@@ -52,16 +53,18 @@ void save_router_checkpoint(const fs::path& path, const ParetoWeightEnsembling& 
   for (size_t k = 0; k < pwe.expert_names().size(); ++k) tasks += (k ? "," : "") + pwe.expert_names()[k];
   std::error_code ec;
   fs::create_directories(path.parent_path(), ec);
-  save_safetensors(path, sd,
-                   {{"format", "pt"},
-                    {"method", method},
-                    {"step", std::to_string(step)},
-                    {"optimizer_steps", std::to_string(adam.steps())},
-                    {"num_tasks", std::to_string(pwe.num_tasks())},
-                    {"tasks", tasks},
-                    {"seed", std::to_string(seed)},
-                    {option_name(&ParetoWeightEnsemblingOptions::router_hidden_layers),
-                     std::to_string(pwe.options().router_hidden_layers)}});
+  std::map<std::string, std::string> metadata = {
+      {"format", "pt"},
+      {"method", method},
+      {"step", std::to_string(step)},
+      {"optimizer_steps", std::to_string(adam.steps())},
+      {"num_tasks", std::to_string(pwe.num_tasks())},
+      {"tasks", tasks},
+      {"seed", std::to_string(seed)},
+      {option_name(&ParetoWeightEnsemblingOptions::router_hidden_layers),
+       std::to_string(pwe.options().router_hidden_layers)}};
+  if (!training.is_null()) metadata[kTrainingRecordKey] = training.dump();
+  save_safetensors(path, sd, metadata);
 }
 
 int64_t load_router_checkpoint(const fs::path& path, ParetoWeightEnsembling& pwe, Adam* adam) {

@@ -1,5 +1,6 @@
 // PWEMoE training (docs/pwe_moe.md, "Training" and "One step"): sample r ~ Dir(α·1), take one
-// batch per task, step the routers on Σₜ wₜ Lₜ(θ(r)); checkpoints, train_log.csv and resume.
+// batch per task, step the routers on Σₜ wₜ Lₜ(θ(r)); checkpoints, train_log.csv and resume
+// (checked against the checkpoint's training record: "Resuming").
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -15,6 +16,7 @@
 #include "pwe_moe.hpp"
 #include "router_checkpoints.hpp"
 #include "step_log.hpp"
+#include "training_record.hpp"
 
 namespace fusion::methods {
 
@@ -179,22 +181,55 @@ nlohmann::json PweMoeAlgorithm::train(ParetoWeightEnsembling& pwe, const std::ve
   Adam adam(pwe.router_parameters());
   int64_t start = 0;
   fs::path last_good;
+  // What the checkpoints of this run record; with resume, first checked against the latest
+  // checkpoint's record (a difference throws here, before anything is written).
+  nlohmann::json record = training_record(pwe.expert_names(), ctx);
+  const std::string num_steps_key = "method." + option_name(&PweMoeOptions::num_steps);
   if (options_.resume) {
-    last_good = latest_router_checkpoint(ckpt_dir);
+    const ResumePoint point = resume_point(pwe.expert_names(), ctx);
+    last_good = point.checkpoint;
     if (last_good.empty()) {
       ctx.log().warn(name_ + ": " + option_name(&PweMoeOptions::resume) + " = true but " + ckpt_dir.string() +
                      " holds no checkpoint; starting at step 0");
     } else {
       start = load_router_checkpoint(last_good, pwe, &adam);
       ctx.log().info(name_ + ": resuming from " + last_good.string() + " (step " + std::to_string(start) + ")");
-      const std::map<std::string, std::string> meta = router_checkpoint_metadata(last_good);
-      auto it = meta.find("seed");
-      if (it != meta.end() && it->second != std::to_string(ctx.seed()))
-        ctx.log().warn(name_ + ": " + last_good.string() + " was written by a run with seed " + it->second +
-                       ", this run has seed " + std::to_string(ctx.seed()) +
-                       ": the resumed run will not equal an uninterrupted one");
-      if ((it = meta.find("method")) != meta.end() && it->second != name_)
-        ctx.log().warn(name_ + ": " + last_good.string() + " was written by " + it->second);
+      nlohmann::json schedule = nlohmann::json::array();
+      if (!point.record) {
+        ctx.log().warn(name_ + ": " + last_good.string() +
+                       " records no training options (it was written before they were recorded): resuming without "
+                       "checking that this run's options are those it was trained with");
+        const std::map<std::string, std::string> meta = router_checkpoint_metadata(last_good);
+        auto it = meta.find("seed");
+        if (it != meta.end() && it->second != std::to_string(ctx.seed()))
+          ctx.log().warn(name_ + ": " + last_good.string() + " was written by a run with seed " + it->second +
+                         ", this run has seed " + std::to_string(ctx.seed()) +
+                         ": the resumed run will not equal an uninterrupted one");
+        if ((it = meta.find("method")) != meta.end() && it->second != name_)
+          ctx.log().warn(name_ + ": " + last_good.string() + " was written by " + it->second);
+      } else {
+        const nlohmann::json& recorded = point.record->value("lr_schedule", nlohmann::json::array());
+        if (recorded.is_array()) schedule = recorded;
+      }
+      if (schedule.empty() || point.num_steps_changed_from)
+        schedule.push_back({{"from_step", start}, {option_name(&PweMoeOptions::num_steps), options_.num_steps}});
+      record["lr_schedule"] = schedule;
+      if (point.num_steps_changed_from) {
+        const int64_t was = *point.num_steps_changed_from, now = options_.num_steps;
+        std::string what;
+        if (now == start) {
+          what = "the checkpoint's step is the last: no step is trained";
+        } else {
+          what = "training continues from step " + std::to_string(start) + " to " + std::to_string(now) +
+                 " with the learning rates of a " + std::to_string(now) + "-step cosine schedule from step " +
+                 std::to_string(start + 1) + " on (" + fmt(cosine_lr(options_.lr, start + 1, now, kMinLrFactor)) +
+                 "; the checkpoint's step " + std::to_string(start) + " used " +
+                 fmt(cosine_lr(options_.lr, start, was, kMinLrFactor)) + "), so the routers will be those of neither "
+                 "an uninterrupted " + std::to_string(was) + "-step nor " + std::to_string(now) + "-step run";
+        }
+        ctx.log().warn(name_ + ": " + num_steps_key + " = " + std::to_string(now) + ", the checkpoint's training had " +
+                       std::to_string(was) + ": " + what);
+      }
     }
   }
   StepLog log(ctx.run_dir() / "train_log.csv", pwe.expert_names(), start);
@@ -250,7 +285,7 @@ nlohmann::json PweMoeAlgorithm::train(ParetoWeightEnsembling& pwe, const std::ve
     progress->advance();
     if (s % options_.save_interval == 0 || s == options_.num_steps) {
       const fs::path p = router_checkpoint_path(ckpt_dir, s);
-      save_router_checkpoint(p, pwe, adam, s, name_, ctx.seed());
+      save_router_checkpoint(p, pwe, adam, s, name_, ctx.seed(), record);
       last_good = p;
     }
   }
@@ -262,7 +297,31 @@ nlohmann::json PweMoeAlgorithm::train(ParetoWeightEnsembling& pwe, const std::ve
                          {"lp_failures", lp_failures_ - failures_before},
                          {"checkpoint", last_good.string()}};
   if (!last.losses.empty()) info["final_loss"] = last.loss;
+  if (record.at("lr_schedule").size() > 1) info["lr_schedule"] = record.at("lr_schedule");
   return info;
+}
+
+PweMoeAlgorithm::ResumePoint PweMoeAlgorithm::resume_point(const std::vector<std::string>& experts,
+                                                            const Context& ctx) const {
+  ResumePoint point;
+  if (!options_.resume) return point;
+  point.checkpoint = latest_router_checkpoint(ctx.run_dir() / "checkpoints");
+  if (point.checkpoint.empty()) return point;
+  const std::map<std::string, std::string> meta = router_checkpoint_metadata(point.checkpoint);
+  auto it = meta.find("step");
+  if (it != meta.end()) point.step = std::stoll(it->second);
+  point.record = training_record_of(meta, point.checkpoint.string());
+  if (!point.record) return point;
+  const TrainingComparison cmp = compare_training_records(*point.record, training_record(experts, ctx), point.step);
+  if (!cmp.refused.empty()) {
+    std::string list;
+    for (size_t i = 0; i < cmp.refused.size(); ++i) list += (i ? "; " : "") + cmp.refused[i];
+    FUSION_FAIL(name_, ": method.", option_name(&PweMoeOptions::resume), " = true, but ", point.checkpoint.string(),
+                " was trained with other options: ", list,
+                ". Set them back to continue it, or train anew in another run.out_dir");
+  }
+  point.num_steps_changed_from = cmp.num_steps_changed_from;
+  return point;
 }
 
 }  // namespace fusion::methods

@@ -16,49 +16,18 @@
 #include "fusion/safetensors.hpp"
 #include "pwe_moe.hpp"
 #include "tiny_model.hpp"
+#include "training_support.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 using namespace fusion::methods;
 
-fs::path fresh_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("pwe_moe_test_" + std::to_string(::getpid())) / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-fusion::Context context(const fs::path& dir, uint64_t seed = 42) {
-  fusion::Context::Settings s;
-  s.run_dir = dir;
-  s.seed = seed;
-  s.progress = false;
-  return fusion::Context(s);
-}
-
-PweMoeOptions small_options(int64_t steps = 40, int64_t save = 20) {
-  PweMoeOptions o;
-  o.num_steps = steps;
-  o.save_interval = save;
-  o.batch_size = 8;
-  o.lr = 5e-2;
-  return o;
-}
-
-fusion::StateDict routers_of(const fs::path& ckpt) {
-  fusion::StateDict out;
-  for (const auto& [k, v] : fusion::load_safetensors(ckpt))
-    if (k.rfind("optimizer.", 0) != 0) out.set(k, v);
-  return out;
-}
-
-double max_diff(const fusion::StateDict& a, const fusion::StateDict& b) {
-  double m = 0;
-  EXPECT_EQ(a.size(), b.size());
-  for (const auto& [k, v] : a) m = std::max(m, (v - b.at(k)).abs().max().item<double>());
-  return m;
-}
+using pwe_test::context;
+using pwe_test::fresh_dir;
+using pwe_test::max_diff;
+using pwe_test::routers_of;
+using pwe_test::small_options;
 
 // Mean Σ rₜ Lₜ on each task's whole train split over a few fixed preference vectors.
 double scalarised_loss(ParetoWeightEnsembling& pwe, pwe_test::BlobTaskPool& tasks) {
@@ -312,8 +281,8 @@ TEST(PweConfig, SchemaDefaultsAndOverrides) {
   for (const auto& spec : schema.options()) names.push_back(spec.name);
   EXPECT_EQ(names, (std::vector<std::string>{"init_lambda", "router_hidden_layers", "upscale", "upscale_attn", "lr",
                                              "num_steps", "save_interval", "batch_size", "alpha", "eval_grid",
-                                             "eval_grid_m", "eval_random", "export", "resume", "checkpoint_path",
-                                             "epo_eps"}));
+                                             "eval_grid_m", "eval_random", "eval_preferences", "export", "resume",
+                                             "checkpoint_path", "epo_eps"}));
   const fusion::Config c = fusion::Config::validate("method", {{"lr", 0.05}, {"upscale_attn", true}}, schema);
   const PweMoeOptions o = fusion::read_options<PweMoeOptions>(c);
   EXPECT_DOUBLE_EQ(o.lr, 0.05);
@@ -325,6 +294,7 @@ TEST(PweConfig, SchemaDefaultsAndOverrides) {
   EXPECT_EQ(o.model.router_hidden_layers, 2);
   EXPECT_EQ(o.model.upscale, std::vector<std::string>{"*.mlp.*"});
   EXPECT_TRUE(o.export_preferences.empty());
+  EXPECT_TRUE(o.eval_preferences.empty());
   EXPECT_EQ(o.checkpoint_path, "");
   EXPECT_THROW(fusion::Config::validate("method", {{"lr_typo", 0.1}}, schema), fusion::Error);
   // the binding's checks, each naming section.key

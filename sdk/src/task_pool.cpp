@@ -1,12 +1,18 @@
 #include "fusion/task_pool.hpp"
 
 #include "fusion/error.hpp"
+#include "fusion/model_aware.hpp"
 
 namespace fusion {
 
 BatchStream::~BatchStream() = default;
 Task::~Task() = default;
 TaskPool::~TaskPool() = default;
+ModelAwareTaskPool::~ModelAwareTaskPool() = default;
+
+void adapt_to_models(TaskPool& tasks, const ModelPool& models) {
+  if (auto* aware = dynamic_cast<ModelAwareTaskPool*>(&tasks)) aware->adapt_to(models);
+}
 
 std::unique_ptr<BatchStream> Task::test_stream(int64_t /*batch_size*/, uint64_t /*seed*/) {
   FUSION_FAIL("task '", name(), "' offers no test batches (its task pool does not implement test_stream)");

@@ -9,6 +9,7 @@
 
 #include "fusion/error.hpp"
 #include "head.hpp"
+#include "model_facts.hpp"
 
 namespace fusion::image_classification {
 namespace fs = std::filesystem;
@@ -36,6 +37,28 @@ clip::ZeroShotHead head_like(const clip::ZeroShotHead& h, const at::Tensor& like
   out.projection = h.projection.to(like.device(), like.scalar_type());
   out.text_embeds = h.text_embeds.to(like.device(), like.scalar_type());
   return out;
+}
+
+// The one line refusing images of the options' size for a model that takes `model.size`.
+std::string size_mismatch(const ImageClassificationOptions& o, const ImageSizeFact& model) {
+  const std::string size = std::to_string(model.size);
+  const std::string takes = "the model takes " + size + " x " + size + " images (" + model.source + ")";
+  if (o.image_size) {
+    return key(&PoolOptions::image_size) + " = " + std::to_string(*o.image_size) + " but " + takes +
+           ": set it to " + size + " or leave it unset";
+  }
+  const std::string have = std::to_string(o.preprocess.image_size);
+  return key(&PoolOptions::image_size) + " is unset and the images are " + have + " x " + have + " (" +
+         (o.image_size_from.empty() ? std::string("the default: the model pool did not tell the model's size")
+                                    : "from the model pool: " + o.image_size_from) +
+         "), but " + takes + ": set " + key(&PoolOptions::image_size) + " = " + size;
+}
+
+// The error for a task that has neither a head file nor a CLIPModel to compute its head from; `why`
+// (when not empty) says why the model pool's pretrained folder is no default.
+std::string no_head(const std::string& task, const std::string& why = "") {
+  return "task '" + task + "': no zero-shot head: set " + key(&PoolOptions::clip_model) + " (the CLIPModel folder) or " +
+         key(&PoolOptions::heads) + "." + task + (why.empty() ? "" : "; " + why);
 }
 
 // The device and dtype a model computes in: those of its first floating parameter.
@@ -174,9 +197,6 @@ ImageClassificationTask::ImageClassificationTask(TaskSpec spec, const ImageClass
     train_ = std::make_shared<SampleSource>(train, options_.preprocess, false);
   }
   if (templates_.empty()) templates_ = default_templates();
-  FUSION_ENSURE(spec_.head || !options_.clip_model.empty(), where,
-                ": no zero-shot head: set ", key(&PoolOptions::clip_model), " (the CLIPModel folder) or ",
-                key(&PoolOptions::heads), ".", spec_.name);
 
   const int64_t total = test->size();
   if (options_.max_test_samples > 0 && options_.max_test_samples < total) {
@@ -194,6 +214,26 @@ void ImageClassificationTask::keep_in_memory(bool test, bool train) {
   if (train_) train_ = std::make_shared<SampleSource>(train_->dataset_ptr(), options_.preprocess, train);
 }
 
+std::pair<bool, bool> ImageClassificationTask::kept_in_memory() const {
+  return {test_->keeps_in_memory(), train_ && train_->keeps_in_memory()};
+}
+
+void ImageClassificationTask::adapt(const ImageClassificationOptions& adapted) {
+  options_.preprocess = adapted.preprocess;
+  options_.image_size = adapted.image_size;
+  options_.image_size_from = adapted.image_size_from;
+  options_.clip_model = adapted.clip_model;
+  options_.clip_model_from = adapted.clip_model_from;
+}
+
+void ImageClassificationTask::check_head_source(const std::string& why) const {
+  {
+    std::lock_guard<std::mutex> lock(head_mutex_);
+    if (head_) return;
+  }
+  FUSION_ENSURE(spec_.head || !options_.clip_model.empty(), no_head(spec_.name, why));
+}
+
 const clip::ZeroShotHead& ImageClassificationTask::head() const {
   std::lock_guard<std::mutex> lock(head_mutex_);
   if (head_) return *head_;
@@ -202,6 +242,7 @@ const clip::ZeroShotHead& ImageClassificationTask::head() const {
   if (spec_.head) {
     h = load_head(*spec_.head, ctx_.device(), ctx_.dtype());
   } else {
+    FUSION_ENSURE(!options_.clip_model.empty(), no_head(spec_.name));
     fs::path cached;
     if (!options_.head_cache_dir.empty()) {
       cached = options_.head_cache_dir /
@@ -221,7 +262,8 @@ const clip::ZeroShotHead& ImageClassificationTask::head() const {
     if (!have) {
       ctx_.log().info(where + ": computing the zero-shot head (" + std::to_string(classnames_.size()) +
                       " classes x " + std::to_string(templates_.size()) + " templates) from " +
-                      options_.clip_model.string());
+                      options_.clip_model.string() +
+                      (options_.clip_model_from.empty() ? "" : " (" + options_.clip_model_from + ")"));
       h = clip::build_zero_shot_head(options_.clip_model, classnames_, templates_, ctx_.device(), ctx_.dtype());
       if (!cached.empty()) {
         try {
@@ -279,6 +321,10 @@ std::unique_ptr<BatchStream> ImageClassificationTask::test_stream(int64_t batch_
 
 nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
   const auto start = std::chrono::steady_clock::now();
+  // Images of another size than the model takes are refused before any is read, naming the option.
+  if (auto takes = model_image_size(model); takes && takes->size != options_.preprocess.image_size) {
+    FUSION_FAIL(size_mismatch(options_, *takes));
+  }
   head();  // made (or loaded) before the clock of the first batch, and errors before any decoding
   at::NoGradGuard no_grad;
   const auto [device, dtype] = model_placement(model, ctx_);
@@ -334,7 +380,8 @@ void ImageClassificationPoolOptions::bind(Options<ImageClassificationPoolOptions
   using O = ImageClassificationPoolOptions;
   o("clip_model", &O::clip_model,
     "CLIPModel folder (config.json, model.safetensors, vocab.json, merges.txt) whose text tower makes the "
-    "zero-shot heads; may stay empty when every task has a head file");
+    "zero-shot heads; empty: modelpool.pretrained when that is a CLIPModel folder with a text tower (a "
+    "clip_vision pool's), else every task needs a head file");
   o("data_dir", &O::data_dir,
     "folder with one subfolder per task of `tasks`, holding the splits as train/ and test/ class folders, "
     "train.csv and test.csv, or IDX files (train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz])");
@@ -367,7 +414,11 @@ void ImageClassificationPoolOptions::bind(Options<ImageClassificationPoolOptions
   o("batch_size", &O::batch_size, "evaluation batch size").min(1);
   o("num_workers", &O::num_workers, "threads decoding and preprocessing ahead of the model (0: none)").range(0, 256);
   o("prefetch_batches", &O::prefetch_batches, "batches prepared ahead at most").range(1, 4096);
-  o("image_size", &O::image_size, "shortest edge after the bicubic resize, and the centre crop").range(1, 8192);
+  o("image_size", &O::image_size,
+    "shortest edge after the bicubic resize, and the centre crop; unset: the model's input size (the "
+    "image_size in the config.json of a clip_vision pool's pretrained model), or 224 when the model pool does "
+    "not tell it (a model that is not CLIP's); a value other than the model's is refused before the run starts")
+      .range(1, 8192);
   o("on_bad_image", &O::on_bad_image,
     "an undecodable image: error (stop, naming the file) or skip (leave it out, counted as skipped_images)")
       .one_of({"error", "skip"});
@@ -398,7 +449,8 @@ std::pair<std::vector<TaskSpec>, ImageClassificationOptions> ImageClassification
   o.batch_size = c.batch_size;
   o.num_workers = c.num_workers;
   o.prefetch_batches = c.prefetch_batches;
-  o.preprocess.image_size = c.image_size;
+  if (c.image_size) o.preprocess.image_size = *c.image_size;
+  o.image_size = c.image_size;
   o.skip_bad_images = c.on_bad_image == "skip";
   o.cache_mb = c.cache_mb;
   o.max_test_samples = c.max_test_samples;
@@ -500,11 +552,29 @@ ImageClassificationPool::ImageClassificationPool(
     : ImageClassificationPool(std::move(parsed.first), std::move(parsed.second), ctx) {}
 
 ImageClassificationPool::ImageClassificationPool(std::vector<TaskSpec> tasks, ImageClassificationOptions options,
-                                                 Context ctx) {
+                                                 Context ctx)
+    : options_(std::move(options)), ctx_(std::move(ctx)) {
   for (TaskSpec& spec : tasks) {
-    tasks_.push_back(std::make_unique<ImageClassificationTask>(std::move(spec), options, ctx));
+    tasks_.push_back(std::make_unique<ImageClassificationTask>(std::move(spec), options_, ctx_));
   }
+  plan_memory();
+  for (const auto& task : tasks_) {
+    const auto& t = *task;
+    const auto [keep_test, keep_train] = t.kept_in_memory();
+    const Dataset* train = t.train_split();
+    ctx_.log().info("task " + t.name() + ": " + std::to_string(t.num_classes()) + " classes (from " +
+                    t.classes_source() + "), " +
+                    std::to_string(t.templates().size()) + " templates; test " + std::to_string(t.test_split().size()) +
+                    " (" + format_name(t.test_split().format()) + (keep_test ? ", kept in memory" : "") + ")" +
+                    (train ? "; train " + std::to_string(train->size()) + " (" + format_name(train->format()) +
+                                 (keep_train ? ", kept in memory" : "") + ")"
+                           : std::string("; no train split")));
+  }
+}
+
+void ImageClassificationPool::plan_memory() {
   // Memory for preprocessed images: test splits first (every evaluation reads them), then train.
+  const ImageClassificationOptions& options = options_;
   int64_t budget = options.cache_mb * (int64_t{1} << 20);
   const int64_t per_image = options.preprocess.image_size * options.preprocess.image_size * 3;
   std::vector<bool> keep_test(tasks_.size(), false), keep_train(tasks_.size(), false);
@@ -522,17 +592,52 @@ ImageClassificationPool::ImageClassificationPool(std::vector<TaskSpec> tasks, Im
       budget -= train->size() * per_image;
     }
   }
-  for (size_t i = 0; i < tasks_.size(); ++i) {
-    auto& t = *tasks_[i];
-    t.keep_in_memory(keep_test[i], keep_train[i]);
-    const Dataset* train = t.train_split();
-    ctx.log().info("task " + t.name() + ": " + std::to_string(t.num_classes()) + " classes (from " +
-                   t.classes_source() + "), " +
-                   std::to_string(t.templates().size()) + " templates; test " + std::to_string(t.test_split().size()) +
-                   " (" + format_name(t.test_split().format()) + (keep_test[i] ? ", kept in memory" : "") + ")" +
-                   (train ? "; train " + std::to_string(train->size()) + " (" + format_name(train->format()) +
-                                (keep_train[i] ? ", kept in memory" : "") + ")"
-                          : std::string("; no train split")));
+  for (size_t i = 0; i < tasks_.size(); ++i) tasks_[i]->keep_in_memory(keep_test[i], keep_train[i]);
+}
+
+void ImageClassificationPool::adapt_to(const ModelPool& models) {
+  const PretrainedFacts facts = pretrained_facts(models);
+  const std::string image_size = key(&PoolOptions::image_size);
+  if (facts.image_size) {
+    const ImageSizeFact& model = *facts.image_size;
+    FUSION_ENSURE(!options_.image_size || *options_.image_size == model.size, size_mismatch(options_, model));
+    if (!options_.image_size) {
+      const bool changed = model.size != options_.preprocess.image_size;
+      options_.preprocess.image_size = model.size;
+      options_.image_size_from = model.source;
+      const std::string s = std::to_string(model.size);
+      ctx_.log().info("taskpool: images resized and cropped to " + s + " x " + s + ", the model's input size (" +
+                      model.source + "), as " + image_size + " is unset");
+      std::vector<std::pair<bool, bool>> before;
+      for (const auto& t : tasks_) before.push_back(t->kept_in_memory());
+      for (const auto& t : tasks_) t->adapt(options_);
+      if (changed) {
+        plan_memory();
+        for (size_t i = 0; i < tasks_.size(); ++i) {
+          const auto [test, train] = tasks_[i]->kept_in_memory();
+          if (std::make_pair(test, train) == before[i]) continue;
+          ctx_.log().info("task " + tasks_[i]->name() + ": at " + s + " x " + s + ", test " +
+                          (test ? "kept in memory" : "not kept in memory") +
+                          (tasks_[i]->train_split() ? std::string("; train ") +
+                                                          (train ? "kept in memory" : "not kept in memory")
+                                                    : std::string()));
+        }
+      }
+    }
+  }
+  bool needs_clip_model = false;
+  for (const auto& t : tasks_) needs_clip_model = needs_clip_model || !t->has_head_file();
+  if (options_.clip_model.empty() && facts.text_tower) {
+    options_.clip_model = facts.folder;
+    options_.clip_model_from = facts.option;
+    for (const auto& t : tasks_) t->adapt(options_);
+    if (needs_clip_model) {
+      ctx_.log().info("taskpool: zero-shot heads from the text tower of " + facts.option + " (" +
+                      facts.folder.string() + "), as " + key(&PoolOptions::clip_model) + " is unset");
+    }
+  }
+  if (options_.clip_model.empty()) {
+    for (const auto& t : tasks_) t->check_head_source(facts.no_text_tower);
   }
 }
 

@@ -13,6 +13,7 @@
 #include "fusion/component.hpp"
 #include "fusion/config.hpp"
 #include "fusion/context.hpp"
+#include "fusion/model_aware.hpp"
 #include "fusion/options.hpp"
 #include "fusion/task_pool.hpp"
 #include "loader.hpp"
@@ -25,7 +26,8 @@ namespace fusion::image_classification {
 /// image_classification.cpp gives each its meaning and range). ImageClassificationPool::parse turns it
 /// into the tasks and the options they share.
 struct ImageClassificationPoolOptions {
-  /// CLIPModel folder whose text tower makes the zero-shot heads. Default "".
+  /// CLIPModel folder whose text tower makes the zero-shot heads. Default "" (the model pool's
+  /// pretrained folder when it is a CLIPModel with a text tower).
   std::string clip_model;
   /// Folder with one subfolder per task of `tasks`. Default "".
   std::string data_dir;
@@ -49,8 +51,9 @@ struct ImageClassificationPoolOptions {
   int64_t num_workers = 2;
   /// Batches a loader prepares ahead at most. Default 4.
   int64_t prefetch_batches = 4;
-  /// Shortest edge after the resize, and the centre crop. Default 224.
-  int64_t image_size = 224;
+  /// Shortest edge after the resize, and the centre crop. Default unset: the model's input size
+  /// when the model pool tells it (a clip_vision pool's config.json), else 224.
+  std::optional<int64_t> image_size;
   /// "error" or "skip". Default "error".
   std::string on_bad_image = "error";
   /// Head cache folder; "": the user's cache folder; "none": no cache. Default "".
@@ -68,6 +71,8 @@ struct ImageClassificationOptions {
   /// CLIPModel folder whose text tower makes the zero-shot heads. Default "" (then every task
   /// needs a head file).
   std::filesystem::path clip_model;
+  /// Where clip_model came from when not from taskpool.clip_model: "modelpool.pretrained". Default "".
+  std::string clip_model_from;
   /// Evaluation batch size. Default 128.
   int64_t batch_size = 128;
   /// Decoding threads per loader; 0 decodes on the caller's thread. Default 2.
@@ -76,6 +81,12 @@ struct ImageClassificationOptions {
   int64_t prefetch_batches = 4;
   /// Resize, crop and normalisation. Default: CLIP's at 224.
   PreprocessOptions preprocess;
+  /// taskpool.image_size as given (then preprocess.image_size equals it). Default unset: the size is
+  /// the model's, learned by ImageClassificationPool::adapt_to, or preprocess.image_size.
+  std::optional<int64_t> image_size;
+  /// Where preprocess.image_size came from when image_size is unset: the model's file
+  /// ("vision_config.image_size in m/config.json"); "" for the default. Default "".
+  std::string image_size_from;
   /// on_bad_image = "skip": leave undecodable images out (counted in the report). Default false.
   bool skip_bad_images = false;
   /// Where computed heads are cached. Default "" (no cache).
@@ -121,7 +132,9 @@ class ImageClassificationTask : public Task {
   /// apply_head(head, model.forward(params, inputs)); the head follows the features' device/dtype.
   at::Tensor logits(const Model& model, const StateDict& params, const at::Tensor& inputs) const override;
   /// {"accuracy", "loss", "num_samples", "skipped_images", "seconds", "images_per_second"} on the
-  /// test split (or its max_test_samples subset), in file order, without gradients.
+  /// test split (or its max_test_samples subset), in file order, without gradients. A model that
+  /// says it takes images of another size (model_image_size) is refused first, in one line naming
+  /// taskpool.image_size.
   nlohmann::json evaluate(const Model& model) override;
 
   const std::vector<std::string>& classnames() const { return classnames_; }
@@ -137,6 +150,18 @@ class ImageClassificationTask : public Task {
   void set_head(clip::ZeroShotHead head);
   /// Keep preprocessed images of the splits in memory (set by the pool within cache_mb).
   void keep_in_memory(bool test, bool train);
+  /// Whether the splits' preprocessed images are kept in memory (test, train).
+  std::pair<bool, bool> kept_in_memory() const;
+  /// Takes what the pool learned of the models (ImageClassificationPool::adapt_to): the image size
+  /// and where it came from, and the CLIPModel folder of the zero-shot head and where it came from.
+  /// The splits' sources are made again by the next keep_in_memory().
+  void adapt(const ImageClassificationOptions& adapted);
+  /// Whether the task has a head file (else its head is computed from clip_model).
+  bool has_head_file() const { return spec_.head.has_value(); }
+  /// Throws fusion::Error ("task 'x': no zero-shot head: set taskpool.clip_model ...") when the task
+  /// has neither a head file, nor a head set, nor a clip_model; `why` (when not empty) says why the
+  /// model pool's pretrained folder is no default for clip_model.
+  void check_head_source(const std::string& why = "") const;
 
  private:
   TaskSpec spec_;
@@ -152,7 +177,7 @@ class ImageClassificationTask : public Task {
 
 /// The `image_classification` task pool: CLIP zero-shot classification tasks read from image
 /// folders, CSV manifests or IDX files, evaluated with FusionBench's report keys.
-class ImageClassificationPool : public TaskPool {
+class ImageClassificationPool : public TaskPool, public ModelAwareTaskPool {
  public:
   using Options = ImageClassificationPoolOptions;
   /// The pool a checked [taskpool] table describes (parse, then the constructor below).
@@ -169,9 +194,24 @@ class ImageClassificationPool : public TaskPool {
   Task& task(const std::string& name) override;
   ImageClassificationTask& classification_task(const std::string& name);
 
+  /// Learns from the model pool's pretrained folder (its config.json; no weight read), before
+  /// anything runs: with taskpool.image_size unset, the images take the model's size (the image
+  /// size of a clip_vision pool's config.json; 224 when the pool does not tell); with
+  /// taskpool.clip_model empty, the zero-shot heads come from the pretrained folder when it is a
+  /// CLIPModel with a text tower. Throws fusion::Error, one line naming taskpool.image_size, its
+  /// value, the model's size and the file, when a set image_size differs from the model's; and the
+  /// no-zero-shot-head error when a task without a head file has no CLIPModel folder.
+  void adapt_to(const ModelPool& models) override;
+  /// The options every task shares (after adapt_to, with what it learned).
+  const ImageClassificationOptions& options() const { return options_; }
+
  private:
   ImageClassificationPool(std::pair<std::vector<TaskSpec>, ImageClassificationOptions> parsed, const Context& ctx);
+  /// Which splits' preprocessed images fit in cache_mb (test splits first), applied to the tasks.
+  void plan_memory();
 
+  ImageClassificationOptions options_;
+  Context ctx_;
   std::vector<std::unique_ptr<ImageClassificationTask>> tasks_;
 };
 

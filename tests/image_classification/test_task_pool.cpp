@@ -433,7 +433,12 @@ TEST(Config, ErrorsNameTheKey) {
   EXPECT_TRUE(contains(msg, "has no test split under '" + (tmp / "mnist").string())) << msg;
   msg = err({{"test_datasets", StringMap{{"mnist", t}}}, {"clip_model", (tmp / "nope").string()}});
   EXPECT_TRUE(contains(msg, "taskpool.clip_model: '")) << msg;
-  msg = err({{"test_datasets", StringMap{{"mnist", t}}}});
+  // No head file and no clip_model: said when the head is needed (or when the pool learns that the
+  // model pool has no CLIPModel either: test_model_defaults.cpp).
+  msg = error_of([&] {
+    make_pool(quiet_context("cpu", taskpool_config({{"test_datasets", StringMap{{"mnist", t}}}})))
+        ->evaluate(Model("checkpoint", StateDict()));
+  });
   EXPECT_TRUE(contains(msg, "task 'mnist': no zero-shot head: set taskpool.clip_model")) << msg;
   msg = err({{"test_datasets", StringMap{{"mnist", t}}}, {"templates", std::vector<std::string>{"no placeholder"}}});
   EXPECT_TRUE(contains(msg, "taskpool.templates[0]")) << msg;

@@ -1,0 +1,157 @@
+// End-to-end: the `fusion` binary with the real clip, image_classification and reference_models
+// plugins, on the tiny CLIPModel of tests/clip/data/clip_model (16 x 16 images, a text tower): the
+// task pool takes taskpool.image_size and taskpool.clip_model from the model pool when they are
+// unset, and refuses an image_size other than the model's before anything runs.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "run_binary.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using fusion::testing::Outcome;
+
+const fs::path kBinary = FUSION_BINARY;
+const fs::path kClipModel = fs::path(FUSION_CLIP_TEST_DATA) / "clip_model";
+const fs::path kClipVisionModel = fs::path(FUSION_CLIP_TEST_DATA) / "clip_vision_model";
+const std::string kPlugins = std::string(FUSION_CLIP_PLUGIN) + ":" + FUSION_IMAGE_CLASSIFICATION_PLUGIN + ":" +
+                             FUSION_REFERENCE_MODELS_PLUGIN;
+
+void be32(std::vector<uint8_t>& out, uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<uint8_t>(v >> shift));
+}
+
+class E2EImageClassification : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() / (std::string("fusion_e2e_") + info->test_suite_name() + "_" + info->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_ / "data");
+    // Six 4 x 4 grey images in IDX files (labels 0, 1, 2, 0, 1, 2) and the task's class names.
+    std::vector<uint8_t> images, labels;
+    be32(images, 0x00000803);
+    be32(images, 6);
+    be32(images, 4);
+    be32(images, 4);
+    be32(labels, 0x00000801);
+    be32(labels, 6);
+    for (int i = 0; i < 6; ++i) {
+      for (int p = 0; p < 16; ++p) images.push_back(static_cast<uint8_t>(40 * i + 3 * p));
+      labels.push_back(static_cast<uint8_t>(i % 3));
+    }
+    std::ofstream(dir_ / "data" / "t10k-images-idx3-ubyte", std::ios::binary)
+        .write(reinterpret_cast<const char*>(images.data()), static_cast<std::streamsize>(images.size()));
+    std::ofstream(dir_ / "data" / "t10k-labels-idx1-ubyte", std::ios::binary)
+        .write(reinterpret_cast<const char*>(labels.data()), static_cast<std::streamsize>(labels.size()));
+    std::ofstream(dir_ / "colours.json") << R"({"classnames": ["red", "green", "blue"], "templates": ["a {} thing."]})";
+  }
+  void TearDown() override {
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+
+  // The pretrained model of `pretrained` evaluated on the task, with `extra` lines in [taskpool].
+  void write_config(const fs::path& pretrained, const std::string& extra = "") {
+    std::ofstream(dir_ / "run.toml") << "out_dir = \"out\"\nprogress = false\n"
+                                        "[method]\nname = \"pretrained\"\n"
+                                        "[modelpool]\nname = \"clip_vision\"\npretrained = \""
+                                     << pretrained.string()
+                                     << "\"\n"
+                                        "[taskpool]\nname = \"image_classification\"\nhead_cache_dir = \"none\"\n"
+                                     << extra
+                                     << "[taskpool.test_datasets]\ncolours = \"data/t10k-images-idx3-ubyte\"\n"
+                                        "[taskpool.task_info]\ncolours = \"colours.json\"\n";
+  }
+
+  Outcome fusion(const std::vector<std::string>& args) {
+    std::string cmd = "env OMP_WAIT_POLICY=PASSIVE FUSION_NO_DEFAULT_PLUGINS=1 FUSION_PLUGIN_PATH=" +
+                      fusion::testing::shell_quote(kPlugins) + " " + fusion::testing::shell_quote(kBinary.string());
+    for (const auto& a : args) cmd += " " + fusion::testing::shell_quote(a);
+    return fusion::testing::run_in(dir_, cmd);
+  }
+
+  // exit 1, exactly `line` as the one error line, no report.json, and nothing run.
+  void expect_refused_before_the_run(const Outcome& o, const std::string& line) {
+    EXPECT_EQ(o.code, 1) << o.err;
+    const auto errs = o.error_lines();
+    ASSERT_EQ(errs.size(), 1u) << o.err;
+    EXPECT_EQ(errs[0], "fusion: error: " + line);
+    EXPECT_FALSE(fs::exists(dir_ / "out" / "report.json"));
+    EXPECT_FALSE(fs::exists(dir_ / "out" / "results.csv"));
+    EXPECT_EQ(o.err.find("running pretrained"), std::string::npos) << o.err;
+    EXPECT_EQ(o.err.find("zero-shot head ("), std::string::npos) << o.err;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(E2EImageClassification, ImageSizeAndClipModelDefaultToTheModelPools) {
+  write_config(kClipModel);
+  Outcome o = fusion({"run", "run.toml"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_NE(o.err.find("taskpool: images resized and cropped to 16 x 16, the model's input size "
+                       "(vision_config.image_size in " + (kClipModel / "config.json").string() +
+                       "), as taskpool.image_size is unset"),
+            std::string::npos)
+      << o.err;
+  EXPECT_NE(o.err.find("taskpool: zero-shot heads from the text tower of modelpool.pretrained (" +
+                       kClipModel.string() + "), as taskpool.clip_model is unset"),
+            std::string::npos)
+      << o.err;
+  EXPECT_NE(o.err.find("task 'colours': computing the zero-shot head (3 classes x 1 templates) from " +
+                       kClipModel.string() + " (modelpool.pretrained)"),
+            std::string::npos)
+      << o.err;
+  const json r = json::parse(fusion::testing::read_text(dir_ / "out" / "report.json"));
+  const json& got = r["models"][0]["report"]["colours"];
+  EXPECT_EQ(got["num_samples"], 6);
+  // The resolved config leaves image_size unset, as the user did.
+  EXPECT_EQ(r["config"]["taskpool"].count("image_size"), 0u) << r["config"]["taskpool"];
+
+  // The same values set by hand give the same evaluation.
+  Outcome by_hand = fusion({"run", "run.toml", "run.out_dir=out2", "taskpool.image_size=16",
+                            "taskpool.clip_model=" + kClipModel.string()});
+  ASSERT_EQ(by_hand.code, 0) << by_hand.err;
+  EXPECT_EQ(by_hand.err.find("as taskpool.image_size is unset"), std::string::npos) << by_hand.err;
+  EXPECT_EQ(by_hand.err.find("as taskpool.clip_model is unset"), std::string::npos) << by_hand.err;
+  const json expected =
+      json::parse(fusion::testing::read_text(dir_ / "out2" / "report.json"))["models"][0]["report"]["colours"];
+  EXPECT_EQ(got["accuracy"], expected["accuracy"]);
+  EXPECT_EQ(got["loss"], expected["loss"]);
+}
+
+TEST_F(E2EImageClassification, AnImageSizeOtherThanTheModelsIsRefusedBeforeTheRun) {
+  write_config(kClipModel, "image_size = 64\n");
+  expect_refused_before_the_run(fusion({"run", "run.toml"}),
+                                "taskpool.image_size = 64 but the model takes 16 x 16 images "
+                                "(vision_config.image_size in " + (kClipModel / "config.json").string() +
+                                    "): set it to 16 or leave it unset");
+}
+
+TEST_F(E2EImageClassification, NoTextTowerAndNoClipModelIsTheNoHeadError) {
+  write_config(kClipVisionModel);
+  expect_refused_before_the_run(fusion({"run", "run.toml"}),
+                                "task 'colours': no zero-shot head: set taskpool.clip_model (the CLIPModel folder) "
+                                "or taskpool.heads.colours; modelpool.pretrained (" + kClipVisionModel.string() +
+                                    ") has no text tower (its config.json has no text_config: not a CLIPModel)");
+}
+
+TEST_F(E2EImageClassification, DescribeSaysTheDefaults) {
+  Outcome o = fusion({"describe", "image_classification"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_NE(o.out.find("image_size        int, optional, in [1, 8192]"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("unset: the model's input size"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("or 224 when the model pool does not tell it"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("empty: modelpool.pretrained when that is a CLIPModel folder with a text tower"),
+            std::string::npos)
+      << o.out;
+}
+
+}  // namespace

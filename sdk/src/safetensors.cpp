@@ -199,7 +199,78 @@ std::string shape_string(const std::vector<int64_t>& shape) {
 // ---------------------------------------------------------------------------------------------
 // Reader
 
-struct SafetensorsFile::Impl {
+namespace {
+
+// The finiteness check (detail::load_weights): fused into the copy out of the mapping, so the data
+// is read from memory once, as without it. An IEEE binary float is NaN or ±Inf exactly when its bits
+// less the sign, read as an integer, exceed those of its largest finite value (and ±Inf is that
+// value + 1): one AND and one compare per element, which the compiler vectorises beside the copy.
+
+/// The first NaN or ±Inf of a tensor: its element index and "nan", "inf" or "-inf".
+struct NonFinite {
+  uint64_t index;
+  const char* value;
+};
+
+/// Copies `count` elements of `Bits` from `src` (no alignment needed: a file's data need not be
+/// aligned) to `dst`; true when one of them is NaN or ±Inf.
+template <typename Bits, Bits kMaxFinite>
+bool copy_checking(const uint8_t* __restrict src, uint8_t* __restrict dst, size_t count) {
+  constexpr Bits kMagnitude = std::numeric_limits<Bits>::max();  // every bit but the sign
+  Bits bad = 0;
+  for (size_t i = 0; i < count; ++i) {
+    Bits x;
+    std::memcpy(&x, src + i * sizeof(Bits), sizeof(Bits));
+    std::memcpy(dst + i * sizeof(Bits), &x, sizeof(Bits));
+    bad |= static_cast<Bits>(-static_cast<Bits>((x & kMagnitude) > kMaxFinite));
+  }
+  return bad != 0;
+}
+
+/// The first NaN or ±Inf among `count` elements at `p` (copied out, so aligned), if any.
+template <typename Bits, Bits kMaxFinite>
+std::optional<NonFinite> first_non_finite(const uint8_t* p, size_t count) {
+  constexpr Bits kMagnitude = std::numeric_limits<Bits>::max();
+  for (size_t i = 0; i < count; ++i) {
+    Bits x;
+    std::memcpy(&x, p + i * sizeof(Bits), sizeof(Bits));
+    if ((x & kMagnitude) > kMaxFinite) {
+      return NonFinite{i, (x & kMagnitude) > kMaxFinite + 1 ? "nan" : x < 0 ? "-inf" : "inf"};
+    }
+  }
+  return std::nullopt;
+}
+
+struct FiniteCheck {
+  size_t itemsize;
+  bool (*copy)(const uint8_t* __restrict src, uint8_t* __restrict dst, size_t count);
+  std::optional<NonFinite> (*first)(const uint8_t* p, size_t count);
+};
+
+template <typename Bits, Bits kMaxFinite>
+constexpr FiniteCheck kFiniteCheck{sizeof(Bits), &copy_checking<Bits, kMaxFinite>,
+                                   &first_non_finite<Bits, kMaxFinite>};
+
+/// The check for a floating-point dtype; nullptr for the others (integers and bool are not checked).
+const FiniteCheck* finite_check(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return &kFiniteCheck<int32_t, 0x7f7fffff>;
+    case at::kHalf: return &kFiniteCheck<int16_t, 0x7bff>;
+    case at::kBFloat16: return &kFiniteCheck<int16_t, 0x7f7f>;
+    case at::kDouble: return &kFiniteCheck<int64_t, 0x7fefffffffffffff>;
+    default: return nullptr;
+  }
+}
+
+/// What names a model in a non-finite value's message (a pool's option, "modelpool.models.mnist";
+/// may be empty).
+struct FiniteLabel {
+  const std::string& label;
+};
+
+/// The reader: SafetensorsFile's Impl is one, and the checkpoint loaders (load_safetensors,
+/// detail::load_weights, which alone checks finiteness) open their files as these directly.
+struct MappedFile {
   fs::path path;
   const uint8_t* base = nullptr;  ///< the whole file, mapped read-only
   size_t size = 0;
@@ -209,7 +280,10 @@ struct SafetensorsFile::Impl {
   std::unordered_map<std::string, size_t> index;
   std::map<std::string, std::string> metadata;
 
-  ~Impl() {
+  MappedFile() = default;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile() {
     if (base != nullptr) ::munmap(const_cast<uint8_t*>(base), size);
   }
 
@@ -219,13 +293,30 @@ struct SafetensorsFile::Impl {
   void parse_header(const char* begin, const char* end);
   void parse_entry(const std::string& name, const nlohmann::json& value);
   void check_offsets();
+  const TensorInfo* find(const std::string& name) const {
+    auto it = index.find(name);
+    return it == index.end() ? nullptr : &tensors[it->second];
+  }
   /// Copies bytes [begin, end) of the data section to `dst`, then drops the copied pages from this
   /// process's resident set: the mapping is a view of the page cache, and keeping the pages
-  /// resident would double a checkpoint's footprint while it is read into tensors.
-  void copy_out(uint64_t begin, uint64_t end, void* dst) const;
+  /// resident would double a checkpoint's footprint while it is read into tensors. With `check`,
+  /// the elements are checked for NaN and ±Inf in the loop that copies them; the first one found
+  /// is returned and the copy stops there.
+  std::optional<NonFinite> copy_out(uint64_t begin, uint64_t end, void* dst, const FiniteCheck* check) const;
+  /// One tensor, copied out (SafetensorsFile::tensor). With `finite`, a NaN or ±Inf in a
+  /// floating-point tensor throws, naming `finite->label` (when not empty), the file, the tensor,
+  /// the element and the value; integer and bool tensors are not checked.
+  at::Tensor read(const TensorInfo& info, const FiniteLabel* finite) const;
+  /// Every tensor, in file order (SafetensorsFile::read_all), checked as read() with `finite`.
+  StateDict read_all(const at::Device& device, std::optional<at::ScalarType> dtype,
+                     const FiniteLabel* finite) const;
 };
 
-void SafetensorsFile::Impl::open() {
+}  // namespace
+
+struct SafetensorsFile::Impl : MappedFile {};
+
+void MappedFile::open() {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
@@ -272,7 +363,7 @@ void SafetensorsFile::Impl::open() {
   ::madvise(const_cast<uint8_t*>(base), data_start, MADV_DONTNEED);
 }
 
-void SafetensorsFile::Impl::parse_header(const char* begin, const char* end) {
+void MappedFile::parse_header(const char* begin, const char* end) {
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(begin, end);
@@ -302,7 +393,7 @@ void SafetensorsFile::Impl::parse_header(const char* begin, const char* end) {
   check_offsets();
 }
 
-void SafetensorsFile::Impl::parse_entry(const std::string& name, const nlohmann::json& value) {
+void MappedFile::parse_entry(const std::string& name, const nlohmann::json& value) {
   const std::string where = "tensor " + qname(name);
   if (!value.is_object()) fail(where + ": entry must be an object, not " + value.type_name());
   const auto dtype_it = value.find("dtype");
@@ -359,7 +450,7 @@ void SafetensorsFile::Impl::parse_entry(const std::string& name, const nlohmann:
   tensors.push_back(std::move(info));
 }
 
-void SafetensorsFile::Impl::check_offsets() {
+void MappedFile::check_offsets() {
   std::stable_sort(tensors.begin(), tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
@@ -387,23 +478,74 @@ void SafetensorsFile::Impl::check_offsets() {
   for (size_t i = 0; i < tensors.size(); ++i) index.emplace(tensors[i].name, i);
 }
 
-void SafetensorsFile::Impl::copy_out(uint64_t begin, uint64_t end, void* dst) const {
-  constexpr size_t kChunk = size_t{32} << 20;
+std::optional<NonFinite> MappedFile::copy_out(uint64_t begin, uint64_t end, void* dst,
+                                              const FiniteCheck* check) const {
+  constexpr size_t kChunk = size_t{32} << 20;  // a multiple of every itemsize
   const size_t page = page_size();
   auto* out = static_cast<uint8_t*>(dst);
-  size_t pos = data_start + static_cast<size_t>(begin);
+  const size_t start = data_start + static_cast<size_t>(begin);
   const size_t stop = data_start + static_cast<size_t>(end);
-  while (pos < stop) {
+  for (size_t pos = start; pos < stop;) {
     const size_t n = std::min(kChunk, stop - pos);
-    std::memcpy(out, base + pos, n);
-    out += n;
+    bool bad = false;
+    if (check != nullptr) {
+      bad = check->copy(base + pos, out, n / check->itemsize);
+    } else {
+      std::memcpy(out, base + pos, n);
+    }
     // Drop every page this chunk touched (a page shared with a neighbour is simply faulted in
     // again from the page cache if needed). The mapping is read-only, so nothing is lost.
     const size_t first = pos / page * page;
     const size_t last = std::min(size, (pos + n + page - 1) / page * page);
     ::madvise(const_cast<uint8_t*>(base) + first, last - first, MADV_DONTNEED);
+    if (bad) {
+      std::optional<NonFinite> found = check->first(out, n / check->itemsize);
+      found->index += (pos - start) / check->itemsize;
+      return found;
+    }
+    out += n;
     pos += n;
   }
+  return std::nullopt;
+}
+
+at::Tensor MappedFile::read(const TensorInfo& info, const FiniteLabel* finite) const {
+  const DtypeSpec* spec = find_dtype(info.dtype);
+  at::Tensor t = at::empty(info.shape, at::TensorOptions().dtype(spec->type));
+  const FiniteCheck* check = finite != nullptr ? finite_check(spec->type) : nullptr;
+  if (info.end > info.begin) {
+    if (const std::optional<NonFinite> bad = copy_out(info.begin, info.end, t.data_ptr(), check)) {
+      const std::string what = "tensor " + qname(info.name) + ": " + info.dtype + " element " +
+                               std::to_string(bad->index) + " holds " + bad->value +
+                               " (weights must be finite)";
+      if (finite->label.empty()) fail(what);
+      throw Error(printable(finite->label) + ": " + printable(path.string(), 4096) + ": " +
+                  printable(what, 4096));
+    }
+  }
+  if (spec->type == at::kBool) {
+    // A bool byte other than 0 or 1 is undefined behaviour for every consumer: refuse it here.
+    const auto* p = static_cast<const uint8_t*>(t.data_ptr());
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      if (p[i] > 1) {
+        fail("tensor " + qname(info.name) + ": BOOL element " + std::to_string(i) + " holds byte " +
+             std::to_string(p[i]) + " (must be 0 or 1)");
+      }
+    }
+  }
+  return t;
+}
+
+StateDict MappedFile::read_all(const at::Device& device, std::optional<at::ScalarType> dtype,
+                               const FiniteLabel* finite) const {
+  StateDict out;
+  for (const auto& info : tensors) {
+    at::Tensor t = read(info, finite);
+    if (dtype && at::isFloatingType(t.scalar_type()) && t.scalar_type() != *dtype) t = t.to(*dtype);
+    if (t.device() != device) t = t.to(device);
+    out.set(info.name, std::move(t));
+  }
+  return out;
 }
 
 SafetensorsFile::SafetensorsFile(const fs::path& path) : impl_(std::make_unique<Impl>()) {
@@ -419,39 +561,16 @@ std::vector<TensorInfo> SafetensorsFile::tensors() && { return std::move(impl_->
 const std::map<std::string, std::string>& SafetensorsFile::metadata() const& { return impl_->metadata; }
 std::map<std::string, std::string> SafetensorsFile::metadata() && { return std::move(impl_->metadata); }
 
-const TensorInfo* SafetensorsFile::find(const std::string& name) const {
-  auto it = impl_->index.find(name);
-  return it == impl_->index.end() ? nullptr : &impl_->tensors[it->second];
-}
+const TensorInfo* SafetensorsFile::find(const std::string& name) const { return impl_->find(name); }
 
 at::Tensor SafetensorsFile::tensor(const std::string& name) const {
   const TensorInfo* info = find(name);
   if (info == nullptr) impl_->fail("no tensor named " + qname(name));
-  const DtypeSpec* spec = find_dtype(info->dtype);
-  at::Tensor t = at::empty(info->shape, at::TensorOptions().dtype(spec->type));
-  if (info->end > info->begin) impl_->copy_out(info->begin, info->end, t.data_ptr());
-  if (spec->type == at::kBool) {
-    // A bool byte other than 0 or 1 is undefined behaviour for every consumer: refuse it here.
-    const auto* p = static_cast<const uint8_t*>(t.data_ptr());
-    for (int64_t i = 0; i < t.numel(); ++i) {
-      if (p[i] > 1) {
-        impl_->fail("tensor " + qname(name) + ": BOOL element " + std::to_string(i) + " holds byte " +
-                    std::to_string(p[i]) + " (must be 0 or 1)");
-      }
-    }
-  }
-  return t;
+  return impl_->read(*info, nullptr);
 }
 
 StateDict SafetensorsFile::read_all(const at::Device& device, std::optional<at::ScalarType> dtype) const {
-  StateDict out;
-  for (const auto& info : impl_->tensors) {
-    at::Tensor t = tensor(info.name);
-    if (dtype && at::isFloatingType(t.scalar_type()) && t.scalar_type() != *dtype) t = t.to(*dtype);
-    if (t.device() != device) t = t.to(device);
-    out.set(info.name, std::move(t));
-  }
-  return out;
+  return impl_->read_all(device, dtype, nullptr);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -462,8 +581,15 @@ namespace {
 constexpr const char* kSingleName = "model.safetensors";
 constexpr const char* kIndexName = "model.safetensors.index.json";
 
+std::unique_ptr<MappedFile> open_mapped(const fs::path& path) {
+  auto file = std::make_unique<MappedFile>();
+  file->path = path;
+  file->open();
+  return file;
+}
+
 /// A sharded checkpoint's shards (in file-name order), opened and checked against the index.
-std::vector<std::unique_ptr<SafetensorsFile>> open_sharded(const fs::path& index_path) {
+std::vector<std::unique_ptr<MappedFile>> open_sharded(const fs::path& index_path) {
   const nlohmann::json index = parse_json_file(index_path, "the shard index");
   if (!index.is_object()) fail_file(index_path, "the shard index must be a JSON object");
   const auto wm = index.find("weight_map");
@@ -481,7 +607,7 @@ std::vector<std::unique_ptr<SafetensorsFile>> open_sharded(const fs::path& index
     shard_of[name] = shard.get<std::string>();
   }
   const fs::path dir = index_path.parent_path();
-  std::vector<std::unique_ptr<SafetensorsFile>> shards;
+  std::vector<std::unique_ptr<MappedFile>> shards;
   for (const auto& [shard, names] : by_shard) {
     const fs::path shard_path = dir / shard;
     std::error_code ec;
@@ -489,14 +615,14 @@ std::vector<std::unique_ptr<SafetensorsFile>> open_sharded(const fs::path& index
       fail_file(index_path, "shard " + qname(shard) + " (listed for tensor " + qname(names.front()) +
                                 ") does not exist: " + shard_path.string());
     }
-    auto file = std::make_unique<SafetensorsFile>(shard_path);
+    auto file = open_mapped(shard_path);
     for (const auto& name : names) {
       if (file->find(name) == nullptr) {
         fail_file(index_path, "the index puts tensor " + qname(name) + " in shard " + qname(shard) +
                                   ", which does not hold it");
       }
     }
-    for (const auto& info : file->tensors()) {
+    for (const auto& info : file->tensors) {
       auto it = shard_of.find(info.name);
       if (it == shard_of.end()) {
         fail_file(index_path, "shard " + qname(shard) + " holds tensor " + qname(info.name) +
@@ -513,11 +639,11 @@ std::vector<std::unique_ptr<SafetensorsFile>> open_sharded(const fs::path& index
 }
 
 /// The files of a checkpoint, opened (headers checked), in reading order.
-std::vector<std::unique_ptr<SafetensorsFile>> open_checkpoint(const fs::path& path) {
+std::vector<std::unique_ptr<MappedFile>> open_checkpoint(const fs::path& path) {
   const fs::path file = resolve_checkpoint(path);
   if (file.filename() == kIndexName && fs::is_directory(path)) return open_sharded(file);
-  std::vector<std::unique_ptr<SafetensorsFile>> out;
-  out.push_back(std::make_unique<SafetensorsFile>(file));
+  std::vector<std::unique_ptr<MappedFile>> out;
+  out.push_back(open_mapped(file));
   return out;
 }
 
@@ -535,22 +661,37 @@ fs::path resolve_checkpoint(const fs::path& path) {
   return path;
 }
 
-StateDict load_safetensors(const fs::path& path, const at::Device& device,
-                           std::optional<at::ScalarType> dtype) {
+namespace {
+StateDict load_checkpoint(const fs::path& path, const at::Device& device, std::optional<at::ScalarType> dtype,
+                          const FiniteLabel* finite) {
   const auto files = open_checkpoint(path);
-  if (files.size() == 1) return files.front()->read_all(device, dtype);
+  if (files.size() == 1) return files.front()->read_all(device, dtype, finite);
   StateDict out;
   for (const auto& file : files) {
-    for (const auto& [name, t] : file->read_all(device, dtype)) out.set(name, t);
+    for (const auto& [name, t] : file->read_all(device, dtype, finite)) out.set(name, t);
   }
   return out;
 }
+}  // namespace
+
+StateDict load_safetensors(const fs::path& path, const at::Device& device,
+                           std::optional<at::ScalarType> dtype) {
+  return load_checkpoint(path, device, dtype, nullptr);
+}
+
+namespace detail {
+StateDict load_weights(const fs::path& path, const at::Device& device, std::optional<at::ScalarType> dtype,
+                       const std::string& label) {
+  const FiniteLabel finite{label};
+  return load_checkpoint(path, device, dtype, &finite);
+}
+}  // namespace detail
 
 namespace detail {
 std::vector<TensorInfo> read_checkpoint_layout(const fs::path& path) {
   std::vector<TensorInfo> out;
   for (const auto& file : open_checkpoint(path)) {
-    out.insert(out.end(), file->tensors().begin(), file->tensors().end());
+    out.insert(out.end(), file->tensors.begin(), file->tensors.end());
   }
   return out;
 }

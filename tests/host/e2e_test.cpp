@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -24,6 +25,7 @@ using json = nlohmann::json;
 const fs::path kBinary = FUSION_BINARY;
 const fs::path kPlugins = FUSION_HOST_TEST_PLUGIN_DIR;
 const fs::path kSimpleAverage = FUSION_SIMPLE_AVERAGE_PLUGIN;  // a real method that needs experts
+const fs::path kTaskArithmetic = FUSION_TASK_ARITHMETIC_PLUGIN;
 const std::string kAbi = std::to_string(FUSION_ABI_VERSION);
 
 using fusion::testing::lines_of;
@@ -437,6 +439,49 @@ TEST_F(E2E, BuiltinSafetensorsPool) {
   expert.set("layer.weight", at::tensor({2.0f, 2.0f, 2.0f}));
   fusion::save_safetensors(dir_ / "expert.safetensors", expert);
   run_builtin_pool(base, "[modelpool.models]\ne = \"expert.safetensors\"\n");
+}
+
+TEST_F(E2E, NonFiniteWeightsAreRefusedAsTheyAreRead) {
+  // A NaN or ±Inf in a model's weights is refused while the pool reads them, for every method
+  // (not noticed later as a NaN loss or metric): one line naming the option, the file, the tensor
+  // and the element; exit 1; no report.json and no merged model.
+  fusion::StateDict base, good, broken;
+  base.set("layer.weight", at::tensor({1.0f, 2.0f, 3.0f}));
+  good.set("layer.weight", at::tensor({2.0f, 2.0f, 2.0f}));
+  broken.set("layer.weight", at::tensor({2.0f, std::numeric_limits<float>::quiet_NaN(), 2.0f}));
+  fusion::save_safetensors(dir_ / "base.safetensors", base);
+  fusion::save_safetensors(dir_ / "good.safetensors", good);
+  fusion::save_safetensors(dir_ / "broken.safetensors", broken);
+  write("st.toml", R"(out_dir = "st"
+progress = false
+[method]
+name = "task_arithmetic"
+[modelpool]
+name = "safetensors"
+pretrained = "base.safetensors"
+[modelpool.models]
+good = "good.safetensors"
+broken = "broken.safetensors"
+)");
+  const std::string plugins =
+      kSimpleAverage.string() + ":" + kTaskArithmetic.string() + ":" + (kPlugins / "good").string();
+  // The path as the config gives it.
+  const std::string line = "fusion: error: modelpool.models.broken: broken.safetensors: tensor 'layer.weight': "
+                           "F32 element 1 holds nan (weights must be finite)";
+  for (const char* method : {"task_arithmetic", "simple_average"}) {
+    SCOPED_TRACE(method);
+    Outcome o = fusion({"run", "st.toml", std::string("method.name=") + method}, plugins);
+    expect_failure(o, line);
+    EXPECT_EQ(o.error_lines(), std::vector<std::string>{line});
+    EXPECT_FALSE(fs::exists(dir_ / "st" / "models"));
+  }
+  // The pretrained model, here BF16, is read through the same check.
+  base.set("layer.weight", at::tensor({1.0f, -std::numeric_limits<float>::infinity(), 3.0f}).to(at::kBFloat16));
+  fusion::save_safetensors(dir_ / "base.safetensors", base);
+  Outcome o = fusion({"run", "st.toml", "method.name=test_pretrained"}, plugins);
+  expect_failure(o, "fusion: error: modelpool.pretrained: base.safetensors: tensor 'layer.weight': BF16 element 1 "
+                    "holds -inf (weights must be finite)");
+  EXPECT_FALSE(fs::exists(dir_ / "st" / "models"));
 }
 
 TEST_F(E2E, SafetensorsPoolWithoutExperts) {

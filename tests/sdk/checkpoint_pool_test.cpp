@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <limits>
+
 #include "fusion/checkpoint_pool.hpp"
 #include "fusion/safetensors.hpp"
 #include "error_of.hpp"
@@ -211,6 +213,178 @@ TEST_F(CheckpointPool, UnwritableOutputFolderIsNamed) {
     fs::permissions(dir_ / "ro", fs::perms::owner_all);
     EXPECT_TRUE(fs::is_empty(dir_ / "ro"));
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Non-finite weights: checked while the pool copies them out of the file
+
+/// The tensor's bytes (to compare bit for bit: -0.0 and 0.0 differ).
+std::string bytes_of(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  return std::string(static_cast<const char*>(c.data_ptr()), c.nbytes());
+}
+
+/// Finite values at the edges of every float type (±0, the smallest subnormal, the largest finite),
+/// then ordinary ones: `n` elements (odd, so the vectorised loop has a tail; as many edges as fit).
+at::Tensor edge_values(at::ScalarType dtype, int64_t n = 1003) {
+  at::Tensor t = at::randn({n}, at::TensorOptions().dtype(at::kDouble)).to(dtype);
+  auto put = [&](int64_t i, const at::Scalar& v) {
+    if (i < n) t[i] = v;
+  };
+  switch (dtype) {
+    case at::kFloat:
+      put(2, std::numeric_limits<float>::denorm_min());
+      put(3, std::numeric_limits<float>::max());
+      put(4, std::numeric_limits<float>::lowest());
+      break;
+    case at::kDouble:
+      put(2, std::numeric_limits<double>::denorm_min());
+      put(3, std::numeric_limits<double>::max());
+      put(4, std::numeric_limits<double>::lowest());
+      break;
+    case at::kHalf:
+      put(2, c10::Half(0x0001, c10::Half::from_bits()));  // smallest subnormal
+      put(3, 65504.0);
+      put(4, -65504.0);
+      break;
+    default:  // kBFloat16
+      put(2, c10::BFloat16(0x0001, c10::BFloat16::from_bits()));
+      put(3, c10::BFloat16(0x7f7f, c10::BFloat16::from_bits()));  // largest finite
+      put(4, c10::BFloat16(0xff7f, c10::BFloat16::from_bits()));
+      break;
+  }
+  put(0, 0.0);
+  put(1, -0.0);
+  if (n > 5) put(n - 1, -0.0);
+  return t;
+}
+
+class NonFiniteWeights : public CheckpointPool {
+ protected:
+  /// A pool whose pretrained model is `pre` (a file) and whose expert 'e' is `expert`, on `dtype`.
+  std::unique_ptr<CheckpointModelPool> pool_of(const StateDict& pre, const StateDict& expert,
+                                               at::ScalarType dtype = at::kFloat) {
+    fusion::save_safetensors(dir_ / "pre.safetensors", pre);
+    fusion::save_safetensors(dir_ / "e.safetensors", expert);
+    return std::make_unique<CheckpointModelPool>(
+        context(dir_ / "pre.safetensors", {{"e", (dir_ / "e.safetensors").string()}}, dtype));
+  }
+};
+
+TEST_F(NonFiniteWeights, NanAndInfinitiesAreRefusedNamingTheModelFileTensorAndElement) {
+  const std::vector<std::pair<at::ScalarType, std::string>> dtypes = {
+      {at::kFloat, "F32"}, {at::kHalf, "F16"}, {at::kBFloat16, "BF16"}, {at::kDouble, "F64"}};
+  const std::vector<std::pair<double, std::string>> values = {
+      {std::numeric_limits<double>::quiet_NaN(), "nan"},
+      {std::numeric_limits<double>::infinity(), "inf"},
+      {-std::numeric_limits<double>::infinity(), "-inf"}};
+  for (const auto& [dtype, dtype_name] : dtypes) {
+    for (const auto& [value, value_name] : values) {
+      SCOPED_TRACE(dtype_name + " " + value_name);
+      StateDict good = toy(1.0);
+      good.set("layer.weight", good.at("layer.weight").to(dtype));
+      StateDict bad = good;
+      bad.set("layer.weight", at::ones({2, 3}, dtype));
+      bad.at("layer.weight")[1][1] = value;  // element 4
+      auto p = pool_of(good, bad);
+      EXPECT_EQ(fusion::testing::error_of([&] { p->load("e"); }),
+                "modelpool.models.e: " + (dir_ / "e.safetensors").string() + ": tensor 'layer.weight': " +
+                    dtype_name + " element 4 holds " + value_name + " (weights must be finite)");
+      // The pretrained model is read through the same check.
+      auto q = pool_of(bad, good);
+      EXPECT_EQ(fusion::testing::error_of([&] { q->pretrained(); }),
+                "modelpool.pretrained: " + (dir_ / "pre.safetensors").string() + ": tensor 'layer.weight': " +
+                    dtype_name + " element 4 holds " + value_name + " (weights must be finite)");
+      // The public reader reads the file as it is (the golden files hold NaN and ±Inf on purpose).
+      const at::Tensor raw = fusion::load_safetensors(dir_ / "pre.safetensors").at("layer.weight");
+      EXPECT_EQ(bytes_of(raw), bytes_of(bad.at("layer.weight")));
+    }
+  }
+}
+
+TEST_F(NonFiniteWeights, FiniteValuesLoadBitForBit) {
+  for (const at::ScalarType dtype : {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    StateDict sd;
+    sd.set("w", edge_values(dtype));
+    sd.set("short", edge_values(dtype, 3));  // shorter than one vector
+    // Integer bit patterns that would be NaN or Inf as floats are not checked.
+    sd.set("i32", at::tensor({0x7fc00000, 0x7f800000, -0x00800000}, at::kInt));
+    sd.set("i16", at::tensor({0x7c01, 0x7f80}, at::kShort));
+    sd.set("i64", at::tensor({int64_t{0x7ff8000000000000}}, at::kLong));
+    auto p = pool_of(sd, sd, dtype);  // the pool's dtype: no conversion
+    for (const fusion::ConstModelPtr& m : {p->pretrained(), fusion::ConstModelPtr(p->load("e"))}) {
+      for (const auto& [k, v] : sd) {
+        ASSERT_EQ(m->parameters().at(k).scalar_type(), v.scalar_type()) << k;
+        EXPECT_EQ(bytes_of(m->parameters().at(k)), bytes_of(v)) << k;
+      }
+    }
+  }
+}
+
+TEST_F(NonFiniteWeights, ConvertedAfterTheCheck) {
+  // An F16 checkpoint on a float32 pool: the file's values are checked, then converted exactly.
+  StateDict sd;
+  sd.set("w", edge_values(at::kHalf));
+  auto p = pool_of(sd, sd, at::kFloat);
+  EXPECT_EQ(bytes_of(p->load("e")->parameters().at("w")), bytes_of(sd.at("w").to(at::kFloat)));
+  sd.at("w")[1002] = std::numeric_limits<float>::infinity();  // the last element (the loop's tail)
+  fusion::save_safetensors(dir_ / "e.safetensors", sd);
+  expect_error([&] { p->load("e"); }, {"tensor 'w': F16 element 1002 holds inf"});
+}
+
+TEST_F(NonFiniteWeights, ElementIndexBeyondTheFirstCopyChunk) {
+  // The copy works in chunks of 32 MiB; the index counts from the tensor's start across them.
+  const int64_t n = (int64_t{34} << 20) / 4 + 5;  // 34 MiB of F32 and an odd tail
+  StateDict sd;
+  sd.set("a", at::zeros({3}, at::kFloat));  // the big tensor does not start the data section
+  sd.set("w", at::zeros({n}, at::kFloat));
+  StateDict bad = sd;
+  bad.set("w", sd.at("w").clone());
+  bad.at("w")[n - 7] = -std::numeric_limits<float>::infinity();
+  bad.at("w")[n - 3] = std::numeric_limits<float>::quiet_NaN();
+  auto p = pool_of(sd, bad);
+  expect_error([&] { p->load("e"); }, {"tensor 'w': F32 element " + std::to_string(n - 7) + " holds -inf"});
+}
+
+TEST_F(NonFiniteWeights, UnalignedDataIsCheckedToo) {
+  // The format does not align tensors: after a one-byte tensor the others start at odd offsets.
+  using fusion::testing::make_file;
+  const std::string header =
+      R"({"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+      R"("h":{"dtype":"F16","shape":[3],"data_offsets":[1,7]},)"
+      R"("w":{"dtype":"F32","shape":[5],"data_offsets":[7,27]}})";
+  auto data = [](float w3) {
+    const at::Tensor h = at::tensor({1.0f, -2.0f, 0.5f}).to(at::kHalf);
+    const at::Tensor w = at::tensor({1.0f, 2.0f, 3.0f, w3, 5.0f});
+    return std::string(1, '\x01') + bytes_of(h) + bytes_of(w);
+  };
+  write_bytes(dir_ / "pre.safetensors", make_file(header, data(4.0f)));
+  write_bytes(dir_ / "e.safetensors", make_file(header, data(std::numeric_limits<float>::quiet_NaN())));
+  CheckpointModelPool p(context(dir_ / "pre.safetensors", {{"e", (dir_ / "e.safetensors").string()}}));
+  const StateDict& pre = p.pretrained()->parameters();
+  EXPECT_TRUE(at::equal(pre.at("w"), at::tensor({1.0f, 2.0f, 3.0f, 4.0f, 5.0f})));
+  EXPECT_TRUE(at::equal(pre.at("h"), at::tensor({1.0f, -2.0f, 0.5f})));
+  expect_error([&] { p.load("e"); }, {"tensor 'w': F32 element 3 holds nan"});
+}
+
+TEST_F(NonFiniteWeights, ShardedCheckpointNamesTheShard) {
+  // The sharded test checkpoint, its second shard rewritten with an Inf: the message names the shard.
+  const fs::path sharded = dir_ / "sharded";
+  fs::copy(kData / "sharded", sharded);
+  const nlohmann::json index = nlohmann::json::parse(read_bytes(sharded / "model.safetensors.index.json"));
+  const std::string name = "layer.1.weight";
+  const fs::path shard_path = sharded / index["weight_map"][name].get<std::string>();
+  ASSERT_EQ(shard_path.filename(), "model-00002-of-00002.safetensors");
+  StateDict sd = fusion::load_safetensors(shard_path);
+  at::Tensor t = sd.at(name).clone().to(at::kFloat);
+  t.view({-1})[0] = std::numeric_limits<float>::infinity();
+  sd.set(name, t.to(sd.at(name).scalar_type()));
+  fusion::save_safetensors(shard_path, sd);
+  CheckpointModelPool p(context(sharded, {}));
+  EXPECT_EQ(fusion::testing::error_of([&] { p.pretrained(); }),
+            "modelpool.pretrained: " + shard_path.string() + ": tensor '" + name + "': " +
+                fusion::safetensors_dtype(sd.at(name).scalar_type()) + " element 0 holds inf (weights must be finite)");
 }
 
 }  // namespace

@@ -120,7 +120,7 @@ if [ "$only_deb" -eq 0 ] || [ ! -d "$work/root-build/root/fusion/build" ]; then
   say "cloned $head into a fresh bookworm root"
   timed "scripts/demo.sh" "$rb" "$work/demo.log" scripts/demo.sh || status=1
   timed "scripts/test.sh" "$rb" "$work/test.log" scripts/test.sh || status=1
-  grep -E "tests passed|tests failed" "$work/test.log" | tail -1 | sed 's/^/check-fresh-debian:   /' || true
+  grep -E "% tests passed" "$work/test.log" | tail -1 | sed 's/^/check-fresh-debian:   /' || true
 else
   rb="$work/root-build"
   mount_into "$rb"

@@ -262,7 +262,10 @@ Dataset Dataset::open(const fs::path& path, DataFormat format, const std::string
                 labels_path.string(), "' is not an IDX file of 8-bit labels (magic 0x00000801 expected)");
   const int64_t n = be32(images.data() + 4), rows = be32(images.data() + 8), cols = be32(images.data() + 12);
   const int64_t n_labels = be32(labels.data() + 4);
-  FUSION_ENSURE(rows > 0 && cols > 0 && static_cast<int64_t>(images.size()) == 16 + n * rows * cols, where,
+  // n · rows · cols of three 32-bit header fields can exceed int64 (found by fuzz/fuzz_idx).
+  int64_t pixels = 0;
+  const bool fits = !__builtin_mul_overflow(n, rows, &pixels) && !__builtin_mul_overflow(pixels, cols, &pixels);
+  FUSION_ENSURE(rows > 0 && cols > 0 && fits && static_cast<int64_t>(images.size()) - 16 == pixels, where,
                 ": '", path.string(), "' holds ", images.size() - 16, " bytes of pixels, but its header says ",
                 n, " images of ", rows, " x ", cols);
   FUSION_ENSURE(static_cast<int64_t>(labels.size()) == 8 + n_labels, where, ": '", labels_path.string(),

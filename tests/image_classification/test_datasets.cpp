@@ -154,5 +154,20 @@ TEST(IdxSourceErrors, NameTheFile) {
   EXPECT_TRUE(contains(msg, "cannot tell the format")) << msg;
 }
 
+// Found by fuzz/fuzz_idx: a header whose count · rows · cols overflows int64 (signed overflow, UB)
+// is a size mismatch like any other. 0x00200000³ = 2^63; 0xFFFFFFFF³ wraps around too.
+TEST(IdxSourceErrors, HugeHeaderDimensionsAreAMismatch) {
+  TempDir tmp("idx_huge");
+  for (uint8_t b1 : {uint8_t{0x20}, uint8_t{0xFF}}) {
+    SCOPED_TRACE(static_cast<int>(b1));
+    const uint8_t b0 = b1 == 0xFF ? 0xFF : 0x00, rest = b1 == 0xFF ? 0xFF : 0x00;
+    write_bytes(tmp / "h-images-idx3-ubyte", {0, 0, 8, 3, b0, b1, rest, rest, b0, b1, rest, rest, b0, b1, rest,
+                                              rest, 1, 2, 3, 4});
+    write_bytes(tmp / "h-labels-idx1-ubyte", {0, 0, 8, 1, 0, 0, 0, 1, 0});
+    const std::string msg = error_of([&] { Dataset::open(tmp / "h-images-idx3-ubyte", DataFormat::Idx, "t"); });
+    EXPECT_TRUE(contains(msg, "holds 4 bytes of pixels, but its header says")) << msg;
+  }
+}
+
 }  // namespace
 }  // namespace fusion::image_classification

@@ -51,6 +51,46 @@ bool jpeg_has_end_marker(const uint8_t* data, size_t size) {
   return false;
 }
 
+// stb_image 2.27 (Debian 12's libstb-dev) does not check that a DHT segment's 16 code counts add
+// up to at most 256: with more, stbi__build_huffman and the symbol loop write past the Huffman
+// table into the rest of its decoder state on the heap (found by fuzz/fuzz_image; stb fixed it in
+// 2.28, CVE-2021-37789). Walks the JPEG's markers as stb does (segments by their length, scans
+// until the next marker) and refuses a table with more than 256 codes, before stb sees the file.
+bool jpeg_huffman_tables_fit(const uint8_t* data, size_t size) {
+  auto byte = [&](size_t i) -> unsigned { return i < size ? data[i] : 0; };  // stb reads 0 past the end
+  // stb takes any file that starts with FF ... FF D8 for a JPEG.
+  size_t i = 0;
+  while (i < size && data[i] == 0xFF) ++i;
+  if (i == 0 || i == size || data[i] != 0xD8) return true;
+  ++i;  // after SOI
+  while (i + 1 < size) {
+    if (data[i] != 0xFF) {  // entropy-coded data or junk: stb scans on to the next marker too
+      ++i;
+      continue;
+    }
+    const unsigned m = data[i + 1];
+    if (m == 0xFF || m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8)) {  // fill, stuffing, RSTn, SOI
+      i += m == 0xFF ? 1 : 2;
+      continue;
+    }
+    if (m == 0xD9) break;  // EOI
+    const size_t length = (byte(i + 2) << 8) | byte(i + 3);
+    if (m == 0xC4) {
+      long left = static_cast<long>(length) - 2;
+      size_t p = i + 4;
+      while (left > 0 && p < size) {  // tables: class/id byte, 16 counts, the symbols
+        unsigned codes = 0;
+        for (size_t k = 1; k <= 16; ++k) codes += byte(p + k);
+        if (codes > 256) return false;
+        left -= 17 + static_cast<long>(codes);
+        p += 17 + codes;
+      }
+    }
+    i += 2 + length;
+  }
+  return true;
+}
+
 }  // namespace
 
 Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
@@ -58,9 +98,18 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
   if (size > static_cast<size_t>(INT32_MAX))
     throw BadImage("cannot decode image '" + name + "': the file is larger than 2 GiB");
   const int len = static_cast<int>(size);
+  if (!jpeg_huffman_tables_fit(data, size)) {
+    throw BadImage("cannot decode image '" + name + "': corrupt JPEG (a Huffman table holds more than 256 codes)");
+  }
   int w = 0, h = 0, channels = 0;
   if (!stbi_info_from_memory(data, len, &w, &h, &channels)) {
     throw BadImage("cannot decode image '" + name + "': " + stbi_failure_reason());
+  }
+  // stb 2.27 accepts a PNM header whose width or height is 0 (or no number at all) and returns an
+  // empty image (found by fuzz/fuzz_image).
+  if (w <= 0 || h <= 0) {
+    throw BadImage("cannot decode image '" + name + "': " + std::to_string(w) + " x " + std::to_string(h) +
+                   " pixels (an image has at least one)");
   }
   if (static_cast<int64_t>(w) * h > kMaxPixels) {
     throw BadImage("cannot decode image '" + name + "': " + std::to_string(w) + " x " +
@@ -73,6 +122,10 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
   // reduced to their high byte.
   stbi_uc* pixels = stbi_load_from_memory(data, len, &w, &h, &channels, 3);
   if (!pixels) throw BadImage("cannot decode image '" + name + "': " + stbi_failure_reason());
+  if (w <= 0 || h <= 0) {
+    stbi_image_free(pixels);
+    throw BadImage("cannot decode image '" + name + "': no pixels");
+  }
   Image img;
   img.width = w;
   img.height = h;

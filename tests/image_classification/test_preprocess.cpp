@@ -128,6 +128,58 @@ TEST(Decode, BadImagesNameTheFile) {
   EXPECT_NE(error_of([&] { read_image(tmp / "cut_photo_420.jpg"); }).find("truncated JPEG"), std::string::npos);
 }
 
+// Found by fuzz/fuzz_image. stb_image 2.27 writes past its Huffman table when a JPEG's DHT segment
+// declares more than 256 codes (CVE-2021-37789); decode_image refuses such a file before stb reads
+// it, also when the table comes after fill bytes or after a scan.
+TEST(Decode, JpegHuffmanTableOverCodesIsRefused) {
+  auto dht = [](std::vector<uint8_t> counts, size_t symbols) {
+    std::vector<uint8_t> seg{0xFF, 0xC4, 0, 0, 0x00};
+    seg.insert(seg.end(), counts.begin(), counts.end());
+    seg.insert(seg.end(), symbols, 0x01);
+    const size_t len = seg.size() - 2;
+    seg[2] = static_cast<uint8_t>(len >> 8);
+    seg[3] = static_cast<uint8_t>(len & 0xFF);
+    return seg;
+  };
+  std::vector<uint8_t> counts(16, 0);
+  counts[14] = 255;
+  counts[15] = 255;  // 510 codes
+  for (const std::vector<uint8_t>& prefix : {std::vector<uint8_t>{0xFF, 0xD8}, std::vector<uint8_t>{0xFF, 0xFF, 0xD8},
+                                             std::vector<uint8_t>{0xFF, 0xD8, 0xFF, 0xDA, 0, 2, 0x12, 0x34}}) {
+    std::vector<uint8_t> bytes = prefix;
+    const std::vector<uint8_t> seg = dht(counts, 510);
+    bytes.insert(bytes.end(), seg.begin(), seg.end());
+    bytes.insert(bytes.end(), {0xFF, 0xD9});
+    const std::string msg = error_of([&] { decode_image(bytes.data(), bytes.size(), "x.jpg"); });
+    EXPECT_EQ(msg, "cannot decode image 'x.jpg': corrupt JPEG (a Huffman table holds more than 256 codes)");
+  }
+  // 256 codes is the most a table has: stb's own checks decide (here: no frame).
+  std::vector<uint8_t> ok{0xFF, 0xD8};
+  counts.assign(16, 0);
+  counts[15] = 255;
+  counts[14] = 1;
+  const std::vector<uint8_t> seg = dht(counts, 256);
+  ok.insert(ok.end(), seg.begin(), seg.end());
+  ok.insert(ok.end(), {0xFF, 0xD9});
+  const std::string msg = error_of([&] { decode_image(ok.data(), ok.size(), "ok.jpg"); });
+  EXPECT_EQ(msg.find("Huffman table holds"), std::string::npos) << msg;
+}
+
+// Found by fuzz/fuzz_image: stb 2.27 reads "P5 -" as a PNM of width 0 and returns an empty image.
+TEST(Decode, EmptyImageIsABadImage) {
+  for (const std::string text : {"P5\n0 2\n255\n", "P5-\n16 12\n255\n", "P6\n3 0\n255\n"}) {
+    SCOPED_TRACE(text);
+    std::vector<uint8_t> bytes(text.begin(), text.end());
+    bytes.resize(bytes.size() + 64, 7);
+    try {
+      const Image img = decode_image(bytes.data(), bytes.size(), "e.pgm");
+      ADD_FAILURE() << "decoded " << img.width << " x " << img.height;
+    } catch (const BadImage& e) {
+      EXPECT_NE(std::string(e.what()).find("cannot decode image 'e.pgm'"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(Resize, IdentityAndWindowEqualsCrop) {
   const Image img = read_image(data_dir() / "images" / "rgb_tall_large.png");
   // Same size: a copy (Pillow skips both passes).

@@ -254,6 +254,18 @@ TEST_F(RunConfigTest, MalformedOverrides) {
   EXPECT_EQ(msg, "override 'modelpool.pretrained.x=1': modelpool.pretrained is a string, not a table");
 }
 
+// Found by fuzz/fuzz_config: an override or a quoted key holding a newline put the newline into the
+// error message, which must be one line (fusion::Error escapes control characters).
+TEST_F(RunConfigTest, ErrorsStayOnOneLine) {
+  RunConfig rc = RunConfig::from_string("[method]\n\"a\\nb\" = 1\n", "t.toml");
+  std::string msg = error_of([&] { rc.apply_override("method.x y\nz\t=1"); });
+  EXPECT_EQ(msg, "override 'method.x y\\nz\\t=1': 'method.x y\\nz' is not a key like section.option (letters, "
+                 "digits, '_' and '-' separated by dots)");
+  msg = error_of([&] { Config::validate("method", rc.section("method"), method_schema()); });
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  EXPECT_EQ(msg.rfind("method.a\\nb: unknown option", 0), 0u) << msg;
+}
+
 TEST_F(RunConfigTest, UnsupportedValueTypes) {
   RunConfig rc = RunConfig::from_string("[method]\nwhen = 1979-05-27\nmixed = [1, \"a\"]\n"
                                         "[modelpool.models]\nx = 3\n",

@@ -8,8 +8,9 @@
 namespace fusion {
 
 /// The one error type that crosses the SDK's C++ interfaces. Its message is a single line that names
-/// what is wrong and where (file, key, option), written for the user. Defined in libfusion_sdk so
-/// that its typeinfo is shared by the host and every plugin.
+/// what is wrong and where (file, key, option), written for the user: control characters in the
+/// text given (a newline in a quoted key or an override) are kept as escapes (\n, \t, \x01).
+/// Defined in libfusion_sdk so that its typeinfo is shared by the host and every plugin.
 class FUSION_SDK_API Error : public std::runtime_error {
  public:
   explicit Error(const std::string& message);

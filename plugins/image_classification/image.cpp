@@ -53,9 +53,10 @@ bool jpeg_has_end_marker(const uint8_t* data, size_t size) {
 
 // stb_image 2.27 (Debian 12's libstb-dev) does not check that a DHT segment's 16 code counts add
 // up to at most 256: with more, stbi__build_huffman and the symbol loop write past the Huffman
-// table into the rest of its decoder state on the heap (found by fuzz/fuzz_image; stb fixed it in
-// 2.28, CVE-2021-37789). Walks the JPEG's markers as stb does (segments by their length, scans
-// until the next marker) and refuses a table with more than 256 codes, before stb sees the file.
+// table into the rest of its decoder state on the heap (found by fuzz/fuzz_image; fixed upstream
+// after 2.27: nothings/stb issue 1289, pull request 1297). Walks the JPEG's markers as stb does
+// (segments by their length, scans until the next marker) and refuses a table with more than 256
+// codes, before stb sees the file.
 bool jpeg_huffman_tables_fit(const uint8_t* data, size_t size) {
   auto byte = [&](size_t i) -> unsigned { return i < size ? data[i] : 0; };  // stb reads 0 past the end
   // stb takes any file that starts with FF ... FF D8 for a JPEG.

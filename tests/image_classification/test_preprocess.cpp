@@ -129,8 +129,8 @@ TEST(Decode, BadImagesNameTheFile) {
 }
 
 // Found by fuzz/fuzz_image. stb_image 2.27 writes past its Huffman table when a JPEG's DHT segment
-// declares more than 256 codes (CVE-2021-37789); decode_image refuses such a file before stb reads
-// it, also when the table comes after fill bytes or after a scan.
+// declares more than 256 codes (nothings/stb issue 1289); decode_image refuses such a file before
+// stb reads it, also when the table comes after fill bytes or after a scan.
 TEST(Decode, JpegHuffmanTableOverCodesIsRefused) {
   auto dht = [](std::vector<uint8_t> counts, size_t symbols) {
     std::vector<uint8_t> seg{0xFF, 0xC4, 0, 0, 0x00};

@@ -26,8 +26,9 @@ class BadImage : public Error {
 /// Decodes JPEG, PNG, BMP, GIF (first frame) or PNM bytes into RGB exactly as PIL's
 /// `Image.convert("RGB")` would: grey is replicated, alpha dropped (not composited), palettes
 /// expanded. 16-bit samples keep their high byte (as PIL does for 16-bit RGB; for 16-bit grey PIL
-/// clips to 255 instead, which is a known PIL defect we do not copy). `name` names the source in
-/// errors. Throws BadImage. Thread-safe.
+/// clips to 255 instead, which is a known PIL defect we do not copy); 16-bit PNM is refused (the
+/// stb_image of Debian 12 misreads it). `name` names the source in errors. Throws BadImage.
+/// Thread-safe.
 Image decode_image(const uint8_t* data, size_t size, const std::string& name);
 
 /// Reads and decodes the file at `path`. Throws BadImage naming the file.

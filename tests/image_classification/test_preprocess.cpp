@@ -180,6 +180,26 @@ TEST(Decode, EmptyImageIsABadImage) {
   }
 }
 
+// Found by fuzz/fuzz_image: stb 2.27 reads past the pixels of a 16-bit grey PGM (it converts the
+// channels as 8-bit data, then the samples as 16-bit) and keeps the low byte of 16-bit PNM samples.
+// 16-bit PNM is refused; 8-bit PNM decodes as before.
+TEST(Decode, SixteenBitPnmIsRefused) {
+  const std::vector<uint8_t> pgm = {'P', '5', '\n', '3', ' ', '1', '\n', '6', '5', '5', '3', '5', '\n',
+                                    0x12, 0x34, 0xAB, 0xCD, 0xFF, 0x01};
+  const std::vector<uint8_t> ppm = {'P', '6', '\n', '1', ' ', '1', '\n', '1', '0', '0', '0', '\n',
+                                    0x01, 0x02, 0x03, 0x04, 0x05, 0x06};
+  EXPECT_EQ(error_of([&] { decode_image(pgm.data(), pgm.size(), "g16.pgm"); }),
+            "cannot decode image 'g16.pgm': 16-bit PNM (maxval over 255) is not supported");
+  EXPECT_EQ(error_of([&] { decode_image(ppm.data(), ppm.size(), "c16.ppm"); }),
+            "cannot decode image 'c16.ppm': 16-bit PNM (maxval over 255) is not supported");
+  const std::vector<uint8_t> pgm8 = {'P', '5', ' ', '2', ' ', '1', ' ', '2', '5', '5', '\n', 7, 200};
+  Image img = decode_image(pgm8.data(), pgm8.size(), "g8.pgm");
+  EXPECT_EQ(img.rgb, (std::vector<uint8_t>{7, 7, 7, 200, 200, 200}));
+  const std::vector<uint8_t> ppm8 = {'P', '6', ' ', '1', ' ', '1', ' ', '2', '5', '5', '\n', 1, 2, 3};
+  img = decode_image(ppm8.data(), ppm8.size(), "c8.ppm");
+  EXPECT_EQ(img.rgb, (std::vector<uint8_t>{1, 2, 3}));
+}
+
 TEST(Resize, IdentityAndWindowEqualsCrop) {
   const Image img = read_image(data_dir() / "images" / "rgb_tall_large.png");
   // Same size: a copy (Pillow skips both passes).

@@ -8,7 +8,8 @@
 #
 #   sudo scripts/check-fresh-debian.sh [--deb] [--keep] [--only-deb] [--prepare] [WORK_DIR]
 #
-# --prepare only makes the cached bare root; --only-deb reuses a kept build root (--keep) for --deb.
+# --prepare only makes the cached bare root; --only-deb reuses a kept build root (--keep) for --deb,
+# with this checkout's install-deps.sh and package-deb.sh copied into it.
 #
 # Needs root, debootstrap and network access to a Debian archive. The archive is the one this
 # machine's apt uses (its sources are copied into the roots), else debootstrap's default. The bare
@@ -124,6 +125,8 @@ if [ "$only_deb" -eq 0 ] || [ ! -d "$work/root-build/root/fusion/build" ]; then
 else
   rb="$work/root-build"
   mount_into "$rb"
+  cp "$repo/scripts/install-deps.sh" "$repo/scripts/package-deb.sh" "$rb/root/fusion/scripts/"
+  timed "scripts/install-deps.sh (this checkout's)" "$rb" "$work/deps.log" scripts/install-deps.sh || status=1
 fi
 
 # --- the Debian package --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ packages=(
   libglpk-dev                        # the LP solver of PWEMoE-EPO
   libstb-dev zlib1g-dev              # image decoding, gzipped IDX files
   gnuplot-nox                        # Pareto plots
-  dpkg-dev                           # dpkg-shlibdeps, for the Debian package (scripts/package-deb.sh)
+  dpkg-dev file                      # dpkg-shlibdeps and file(1): CPack's Depends for the Debian package
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist              # real data for the demo
 )

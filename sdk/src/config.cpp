@@ -42,6 +42,28 @@ bool is_bare_key(const std::string& key) {
   });
 }
 
+// Whether `s` is well-formed UTF-8 (no overlong forms, surrogates or values past U+10FFFF), as a
+// TOML document must be.
+bool is_utf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (len == 0 || i + len > s.size()) return false;
+    uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
+    for (size_t k = 1; k < len; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc >> 6) != 2) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) {
+      return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
 std::string quote(const std::string& s) {
   std::string out = "\"";
   for (char ch : s) {
@@ -559,6 +581,9 @@ void RunConfig::apply_override(const std::string& assignment) {
   if (path.size() == 1) path.insert(path.begin(), "run");
   FUSION_ENSURE(!text.empty(), "override '", assignment,
                 "': missing value after '=' (write ", key, "=\"\" for an empty string)");
+  // A bare word becomes a TOML string, which must be UTF-8, or config.toml would not read again
+  // (found by fuzz/fuzz_config).
+  FUSION_ENSURE(is_utf8(text), "override of ", key, ": the value is not valid UTF-8");
 
   // The value: a TOML value when it parses as one, otherwise the text as a bare string.
   toml::table parsed;

@@ -266,6 +266,23 @@ TEST_F(RunConfigTest, ErrorsStayOnOneLine) {
   EXPECT_EQ(msg.rfind("method.a\\nb: unknown option", 0), 0u) << msg;
 }
 
+// Found by fuzz/fuzz_config: a bare-word override that is not UTF-8 became a string that to_toml
+// wrote as it was, so run_dir/config.toml did not read again.
+TEST_F(RunConfigTest, OverrideValueMustBeUtf8) {
+  RunConfig rc = RunConfig::from_string(kDoc, "t.toml");
+  // Latin-1, a surrogate, an overlong '/', a code point past U+10FFFF.
+  for (const char* bad :
+       {"method.x=caf\xe9", "method.x=\xed\xa0\x80", "method.x=\xc0\xaf", "x=ab\xf4\x90\x80\x80"}) {
+    SCOPED_TRACE(bad);
+    const std::string msg = error_of([&] { rc.apply_override(bad); });
+    EXPECT_NE(msg.find(": the value is not valid UTF-8"), std::string::npos) << msg;
+  }
+  rc.apply_override("method.label=caf\xc3\xa9 \xf0\x9f\x98\x80");  // UTF-8: a string as before
+  EXPECT_EQ(std::get<std::string>(rc.section("method").at("label")), "caf\xc3\xa9 \xf0\x9f\x98\x80");
+  const RunConfig back = RunConfig::from_string(rc.to_toml(), "config.toml");
+  EXPECT_EQ(std::get<std::string>(back.section("method").at("label")), "caf\xc3\xa9 \xf0\x9f\x98\x80");
+}
+
 TEST_F(RunConfigTest, UnsupportedValueTypes) {
   RunConfig rc = RunConfig::from_string("[method]\nwhen = 1979-05-27\nmixed = [1, \"a\"]\n"
                                         "[modelpool.models]\nx = 3\n",

@@ -92,6 +92,31 @@ bool jpeg_huffman_tables_fit(const uint8_t* data, size_t size) {
   return true;
 }
 
+// stb_image 2.27 reads a PNM header's numbers (width, height, maxval) into an int without a bound:
+// "P5 99999999999 ..." overflows it (signed overflow, found by fuzz/fuzz_image; fixed upstream in
+// 2.28). Reads the header as stb does (white space and # comments between numbers) and refuses a
+// number of more than 9 digits, which no valid PNM has (stb takes at most 65,535 per side and as
+// maxval).
+bool pnm_header_numbers_fit(const uint8_t* data, size_t size) {
+  if (size < 2 || data[0] != 'P' || (data[1] != '5' && data[1] != '6')) return true;
+  auto space = [](uint8_t c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r';
+  };
+  size_t i = 2;
+  for (int number = 0; number < 3; ++number) {
+    for (;;) {
+      while (i < size && space(data[i])) ++i;
+      if (i >= size || data[i] != '#') break;
+      while (i < size && data[i] != '\n' && data[i] != '\r') ++i;
+    }
+    size_t digits = 0;
+    while (i < size && data[i] >= '0' && data[i] <= '9') ++i, ++digits;
+    if (digits > 9) return false;
+    if (digits == 0) break;  // stb reads no further number either
+  }
+  return true;
+}
+
 }  // namespace
 
 Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
@@ -101,6 +126,9 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
   const int len = static_cast<int>(size);
   if (!jpeg_huffman_tables_fit(data, size)) {
     throw BadImage("cannot decode image '" + name + "': corrupt JPEG (a Huffman table holds more than 256 codes)");
+  }
+  if (!pnm_header_numbers_fit(data, size)) {
+    throw BadImage("cannot decode image '" + name + "': corrupt PNM (a header number of more than 9 digits)");
   }
   int w = 0, h = 0, channels = 0;
   if (!stbi_info_from_memory(data, len, &w, &h, &channels)) {

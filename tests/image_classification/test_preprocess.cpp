@@ -200,6 +200,23 @@ TEST(Decode, SixteenBitPnmIsRefused) {
   EXPECT_EQ(img.rgb, (std::vector<uint8_t>{1, 2, 3}));
 }
 
+// Found by fuzz/fuzz_image: stb 2.27 parses a PNM header's numbers into an int without a bound
+// (signed overflow); a number of more than 9 digits is refused first, wherever it is.
+TEST(Decode, PnmHeaderNumberTooLongIsRefused) {
+  for (const std::string text :
+       {"P5 44444444440 1 255\n", "P6\n1 # c\n44444444440\n255\n", "P5 1 1\n#\n444444444444\n"}) {
+    SCOPED_TRACE(text);
+    std::vector<uint8_t> bytes(text.begin(), text.end());
+    bytes.resize(bytes.size() + 8, 1);
+    EXPECT_EQ(error_of([&] { decode_image(bytes.data(), bytes.size(), "n.pgm"); }),
+              "cannot decode image 'n.pgm': corrupt PNM (a header number of more than 9 digits)");
+  }
+  const std::string ok = "P5 000000002 1 255\n";  // nine digits: stb's own checks decide (here: fine)
+  std::vector<uint8_t> bytes(ok.begin(), ok.end());
+  bytes.insert(bytes.end(), {5, 6});
+  EXPECT_EQ(decode_image(bytes.data(), bytes.size(), "ok.pgm").rgb, (std::vector<uint8_t>{5, 5, 5, 6, 6, 6}));
+}
+
 TEST(Resize, IdentityAndWindowEqualsCrop) {
   const Image img = read_image(data_dir() / "images" / "rgb_tall_large.png");
   // Same size: a copy (Pillow skips both passes).

@@ -476,7 +476,9 @@ Value node_to_value(const toml::node& n, const std::string& where) {
           FUSION_ENSURE(e.is_number(), w,
                         ": expected a list of numbers, strings or lists of numbers, found a ",
                         node_kind(e), " in the list");
-          out.push_back(*e.value<double>());
+          // toml++'s value<double>() of an integer past ±2^53 is empty (found by fuzz/fuzz_config):
+          // such an integer is rounded to the nearest double, as a scalar int option read as a float is.
+          out.push_back(e.is_integer() ? static_cast<double>(*e.value<int64_t>()) : *e.value<double>());
         }
         return out;
       };

@@ -283,6 +283,19 @@ TEST_F(RunConfigTest, OverrideValueMustBeUtf8) {
   EXPECT_EQ(std::get<std::string>(back.section("method").at("label")), "caf\xc3\xa9 \xf0\x9f\x98\x80");
 }
 
+// Found by fuzz/fuzz_config: an integer past 2^53 in a list of numbers was read through an empty
+// std::optional (toml++ gives no double for it). It is rounded, as a scalar integer read as a float.
+TEST_F(RunConfigTest, HugeIntegersInListsAreRounded) {
+  RunConfig rc = RunConfig::from_string(
+      "[method]\nweights = [9007199254740993, 1, -9223372036854775808]\ngrid = [[555000500005557555]]\n",
+      "t.toml");
+  const auto method = rc.section("method");
+  EXPECT_EQ(std::get<std::vector<double>>(method.at("weights")),
+            (std::vector<double>{9007199254740992.0, 1.0, -9223372036854775808.0}));
+  EXPECT_EQ(std::get<std::vector<std::vector<double>>>(method.at("grid")),
+            (std::vector<std::vector<double>>{{555000500005557555.0}}));
+}
+
 TEST_F(RunConfigTest, UnsupportedValueTypes) {
   RunConfig rc = RunConfig::from_string("[method]\nwhen = 1979-05-27\nmixed = [1, \"a\"]\n"
                                         "[modelpool.models]\nx = 3\n",

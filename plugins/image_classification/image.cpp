@@ -51,19 +51,24 @@ bool jpeg_has_end_marker(const uint8_t* data, size_t size) {
   return false;
 }
 
-// stb_image 2.27 (Debian 12's libstb-dev) does not check that a DHT segment's 16 code counts add
-// up to at most 256: with more, stbi__build_huffman and the symbol loop write past the Huffman
-// table into the rest of its decoder state on the heap (found by fuzz/fuzz_image; fixed upstream
-// after 2.27: nothings/stb issue 1289, pull request 1297). Walks the JPEG's markers as stb does
-// (segments by their length, scans until the next marker) and refuses a table with more than 256
-// codes, before stb sees the file.
-bool jpeg_huffman_tables_fit(const uint8_t* data, size_t size) {
+// Two defects of stb_image 2.27 (Debian 12's libstb-dev) in JPEG Huffman tables, both found by
+// fuzz/fuzz_image and fixed upstream after 2.27 (nothings/stb issue 1289, pull request 1297):
+// - it does not check that a DHT segment's 16 code counts add up to at most 256: with more,
+//   stbi__build_huffman and the symbol loop write past the table into the rest of its decoder
+//   state on the heap;
+// - a scan may use a table no DHT segment defined: stb then decodes with uninitialised heap memory
+//   and indexes its symbol array with it (out of bounds).
+// Walks the JPEG's markers as stb does (segments by their length, scans until the next marker) and
+// refuses either, before stb sees the file. "" when the file is fine (or not a JPEG), else why not.
+std::string jpeg_huffman_problem(const uint8_t* data, size_t size) {
   auto byte = [&](size_t i) -> unsigned { return i < size ? data[i] : 0; };  // stb reads 0 past the end
   // stb takes any file that starts with FF ... FF D8 for a JPEG.
   size_t i = 0;
   while (i < size && data[i] == 0xFF) ++i;
-  if (i == 0 || i == size || data[i] != 0xD8) return true;
+  if (i == 0 || i == size || data[i] != 0xD8) return "";
   ++i;  // after SOI
+  bool defined[2][4] = {};  // [DC, AC][table id]
+  bool progressive = false;
   while (i + 1 < size) {
     if (data[i] != 0xFF) {  // entropy-coded data or junk: stb scans on to the next marker too
       ++i;
@@ -76,20 +81,35 @@ bool jpeg_huffman_tables_fit(const uint8_t* data, size_t size) {
     }
     if (m == 0xD9) break;  // EOI
     const size_t length = (byte(i + 2) << 8) | byte(i + 3);
+    if (m >= 0xC0 && m <= 0xC2) progressive = m == 0xC2;  // the frames stb reads
     if (m == 0xC4) {
       long left = static_cast<long>(length) - 2;
       size_t p = i + 4;
       while (left > 0 && p < size) {  // tables: class/id byte, 16 counts, the symbols
         unsigned codes = 0;
         for (size_t k = 1; k <= 16; ++k) codes += byte(p + k);
-        if (codes > 256) return false;
+        if (codes > 256) return "a Huffman table holds more than 256 codes";
+        const unsigned table_class = byte(p) >> 4, id = byte(p) & 15;
+        if (table_class <= 1 && id <= 3) defined[table_class][id] = true;
         left -= 17 + static_cast<long>(codes);
         p += 17 + codes;
       }
     }
+    if (m == 0xDA) {  // the tables this scan decodes with, as stb picks them
+      const unsigned n = byte(i + 4);
+      const unsigned spectral_start = byte(i + 5 + 2 * n), successive_high = byte(i + 7 + 2 * n) >> 4;
+      for (unsigned c = 0; c < n && c < 4; ++c) {
+        const unsigned dc = byte(i + 6 + 2 * c) >> 4, ac = byte(i + 6 + 2 * c) & 15;
+        const bool uses_dc = !progressive || (spectral_start == 0 && successive_high == 0);
+        const bool uses_ac = !progressive || spectral_start != 0;
+        if ((uses_dc && dc <= 3 && !defined[0][dc]) || (uses_ac && ac <= 3 && !defined[1][ac])) {
+          return "a scan uses a Huffman table that is not defined";
+        }
+      }
+    }
     i += 2 + length;
   }
-  return true;
+  return "";
 }
 
 // stb_image 2.27 reads a PNM header's numbers (width, height, maxval) into an int without a bound:
@@ -124,8 +144,8 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
   if (size > static_cast<size_t>(INT32_MAX))
     throw BadImage("cannot decode image '" + name + "': the file is larger than 2 GiB");
   const int len = static_cast<int>(size);
-  if (!jpeg_huffman_tables_fit(data, size)) {
-    throw BadImage("cannot decode image '" + name + "': corrupt JPEG (a Huffman table holds more than 256 codes)");
+  if (const std::string problem = jpeg_huffman_problem(data, size); !problem.empty()) {
+    throw BadImage("cannot decode image '" + name + "': corrupt JPEG (" + problem + ")");
   }
   if (!pnm_header_numbers_fit(data, size)) {
     throw BadImage("cannot decode image '" + name + "': corrupt PNM (a header number of more than 9 digits)");

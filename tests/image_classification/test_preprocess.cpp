@@ -145,7 +145,7 @@ TEST(Decode, JpegHuffmanTableOverCodesIsRefused) {
   counts[14] = 255;
   counts[15] = 255;  // 510 codes
   for (const std::vector<uint8_t>& prefix : {std::vector<uint8_t>{0xFF, 0xD8}, std::vector<uint8_t>{0xFF, 0xFF, 0xD8},
-                                             std::vector<uint8_t>{0xFF, 0xD8, 0xFF, 0xDA, 0, 2, 0x12, 0x34}}) {
+                                             std::vector<uint8_t>{0xFF, 0xD8, 0xFF, 0xDA, 0, 3, 0, 0x12, 0x34}}) {
     std::vector<uint8_t> bytes = prefix;
     const std::vector<uint8_t> seg = dht(counts, 510);
     bytes.insert(bytes.end(), seg.begin(), seg.end());
@@ -163,6 +163,24 @@ TEST(Decode, JpegHuffmanTableOverCodesIsRefused) {
   ok.insert(ok.end(), {0xFF, 0xD9});
   const std::string msg = error_of([&] { decode_image(ok.data(), ok.size(), "ok.jpg"); });
   EXPECT_EQ(msg.find("Huffman table holds"), std::string::npos) << msg;
+}
+
+// Found by fuzz/fuzz_image: a scan that names a Huffman table no DHT segment defined made stb 2.27
+// decode with uninitialised memory and index its symbols out of bounds. Refused, also for
+// progressive scans; the files as written decode.
+TEST(Decode, JpegScanWithUndefinedHuffmanTableIsRefused) {
+  for (const char* name : {"photo_420.jpg", "photo_444.jpg"}) {
+    SCOPED_TRACE(name);
+    std::ifstream in(data_dir() / "images" / name, std::ios::binary);
+    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_GT(decode_image(bytes.data(), bytes.size(), name).width, 0);
+    size_t sos = 2;
+    while (sos + 1 < bytes.size() && !(bytes[sos] == 0xFF && bytes[sos + 1] == 0xDA)) ++sos;
+    ASSERT_LT(sos + 1, bytes.size());
+    for (unsigned c = 0; c < bytes[sos + 4]; ++c) bytes[sos + 6 + 2 * c] = 0x33;  // DC and AC table 3
+    EXPECT_EQ(error_of([&] { decode_image(bytes.data(), bytes.size(), "x.jpg"); }),
+              "cannot decode image 'x.jpg': corrupt JPEG (a scan uses a Huffman table that is not defined)");
+  }
 }
 
 // Found by fuzz/fuzz_image: stb 2.27 reads "P5 -" as a PNM of width 0 and returns an empty image.

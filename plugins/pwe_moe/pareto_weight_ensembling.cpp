@@ -252,9 +252,15 @@ std::vector<at::Tensor> ParetoWeightEnsembling::route(const at::Tensor& r) const
 }
 
 namespace {
-// θ₀ + Σₜ gₜ τₜ as one matrix product: [1, T] × [T, n].
-at::Tensor combine(const at::Tensor& base, const at::Tensor& tv, const at::Tensor& g) {
+// θ₀ + Σₜ gₜ τₜ as one matrix product: [1, T] × [T, n]; written into `out` (base's shape, dtype and
+// device, contiguous) when it is given, by the same kernel.
+at::Tensor combine(const at::Tensor& base, const at::Tensor& tv, const at::Tensor& g, at::Tensor out = {}) {
   const int64_t T = tv.size(0);
+  if (out.defined()) {
+    at::Tensor flat = out.view({1, -1});
+    at::addmm_out(flat, base.reshape({1, -1}), g.to(tv.scalar_type()).view({1, T}), tv.view({T, -1}));
+    return out;
+  }
   return at::addmm(base.reshape({1, -1}), g.to(tv.scalar_type()).view({1, T}), tv.view({T, -1})).view(base.sizes());
 }
 }  // namespace
@@ -314,6 +320,27 @@ ModelPtr ParetoWeightEnsembling::merge_and_unload(const std::vector<double>& r) 
   at::Tensor rt = at::tensor(std::vector<float>(p.begin(), p.end()), at::TensorOptions().dtype(at::kFloat)).to(device);
   std::vector<at::Tensor> g = route(rt);
   return pretrained_->with_parameters(merge(g));
+}
+
+void ParetoWeightEnsembling::merge_into(const std::vector<double>& r, Model& model) const {
+  const std::vector<double> p = checked_preference(r, method_ + " merge_into");
+  c10::NoGradGuard no_grad;
+  const at::Device device = groups_.front().router[0].device();
+  at::Tensor rt = at::tensor(std::vector<float>(p.begin(), p.end()), at::TensorOptions().dtype(at::kFloat)).to(device);
+  const std::vector<at::Tensor> g = route(rt);
+  StateDict& params = model.parameters();
+  for (size_t i = 0; i < groups_.size(); ++i) {
+    const auto& grp = groups_[i];
+    for (size_t k = 0; k < grp.keys.size(); ++k) {
+      const at::Tensor& base = grp.base[k];
+      FUSION_ENSURE(params.contains(grp.keys[k]), method_, " merge_into: the model has no '", grp.keys[k], "'");
+      at::Tensor& out = params.at(grp.keys[k]);
+      FUSION_ENSURE(out.sizes() == base.sizes() && out.scalar_type() == base.scalar_type() &&
+                        out.device() == base.device() && out.is_contiguous(),
+                    method_, " merge_into: '", grp.keys[k], "' is not a tensor merge_and_unload made");
+      combine(base, grp.task_vectors[k], g[i].detach(), out);
+    }
+  }
 }
 
 std::unique_ptr<ParetoWeightEnsembling> ParetoWeightEnsembling::from_models(

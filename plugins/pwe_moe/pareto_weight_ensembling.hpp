@@ -115,6 +115,12 @@ class ParetoWeightEnsembling {
   std::vector<at::Tensor> group_weight_grads(const StateDict& grads) const;
   /// A plain model with the merged parameters for preference `r` (checked, normalised), detached.
   ModelPtr merge_and_unload(const std::vector<double>& r) const;
+  /// merge_and_unload(r) written over `model`, a model merge_and_unload made from this object: each
+  /// upscaled group's tensor in model.parameters() is overwritten in place by the same kernel
+  /// (bitwise merge_and_unload's values); nothing is allocated, the other tensors are left as they
+  /// are. The caller makes sure no one reads those tensors meanwhile. Throws fusion::Error for a
+  /// model without a group's key, or with a tensor of another shape, dtype or device.
+  void merge_into(const std::vector<double>& r, Model& model) const;
 
   /// Names of the non-upscaled floating parameters (merged by task arithmetic).
   const std::vector<std::string>& merged_keys() const { return merged_keys_; }

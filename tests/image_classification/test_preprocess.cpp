@@ -235,6 +235,26 @@ TEST(Decode, PnmHeaderNumberTooLongIsRefused) {
   EXPECT_EQ(decode_image(bytes.data(), bytes.size(), "ok.pgm").rgb, (std::vector<uint8_t>{5, 5, 5, 6, 6, 6}));
 }
 
+// Found by fuzz/fuzz_image: stb_image 2.27 grew its buffer to an IDAT chunk's claimed length
+// (here 1.2 GB in a file of a few hundred bytes) before reading the chunk.
+TEST(Decode, PngChunkLongerThanTheFileIsRefused) {
+  std::ifstream in(data_dir() / "images" / "rgb_tall_large.png", std::ios::binary);
+  std::vector<uint8_t> png((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_GT(png.size(), 33u);
+  const Image good = decode_image(png.data(), png.size(), "p.png");
+  // Bytes after IEND are not chunks: stb never reads them, nor does the check.
+  std::vector<uint8_t> trailing = png;
+  trailing.insert(trailing.end(), {0xff, 0xff, 0xff, 0xff, 'I', 'D', 'A', 'T'});
+  EXPECT_EQ(decode_image(trailing.data(), trailing.size(), "p.png").rgb, good.rgb);
+  // The chunk after IHDR (8 + 25 bytes in) claims 0x48000000 bytes.
+  std::vector<uint8_t> bad = png;
+  const std::string type(bad.begin() + 37, bad.begin() + 41);
+  bad[33] = 0x48, bad[34] = 0, bad[35] = 0, bad[36] = 0;
+  EXPECT_EQ(error_of([&] { decode_image(bad.data(), bad.size(), "p.png"); }),
+            "cannot decode image 'p.png': corrupt PNG (chunk '" + type + "' at byte 33 claims 1207959552 bytes but the file has " +
+                std::to_string(png.size() - 41) + " left)");
+}
+
 TEST(Resize, IdentityAndWindowEqualsCrop) {
   const Image img = read_image(data_dir() / "images" / "rgb_tall_large.png");
   // Same size: a copy (Pillow skips both passes).

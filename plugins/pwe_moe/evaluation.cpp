@@ -1,9 +1,10 @@
 // What PWEMoE returns once its routers are set: the merged models θ(r) of the evaluated preference
 // vectors (the approximate Pareto set, made lazily for the host to evaluate on every task's test
-// split: the grid, method.eval_preferences and the random ones) and the exported models of
-// method.export.
+// split: the grid, method.eval_preferences and the random ones; each merged in place over the one
+// before when that one is dropped) and the exported models of method.export.
 #include <filesystem>
 #include <iomanip>
+#include <mutex>
 #include <set>
 #include <sstream>
 
@@ -15,6 +16,51 @@
 namespace fusion::methods {
 
 namespace fs = std::filesystem;
+
+namespace {
+
+// The models of the evaluated preference vectors, made one after another into one set of tensors:
+// the first by merge_and_unload; each next one by merge_into over the last one's upscaled tensors
+// when no one holds that model or any of those tensors any more (the host drops each model before
+// it makes the next), else by merge_and_unload again. A grid of N points then allocates the
+// upscaled tensors once instead of N times; the values are merge_and_unload's, bit for bit.
+class ParetoSetMaker {
+ public:
+  explicit ParetoSetMaker(std::shared_ptr<const ParetoWeightEnsembling> pwe) : pwe_(std::move(pwe)) {}
+
+  ConstModelPtr make(const std::vector<double>& r) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (last_ && only_mine()) {
+      pwe_->merge_into(r, *last_);
+    } else {
+      last_ = pwe_->merge_and_unload(r);
+    }
+    return last_;
+  }
+
+ private:
+  // Whether this maker holds the last model and its upscaled tensors alone (no model, tensor or
+  // view of them elsewhere): then overwriting them changes nothing anyone can see.
+  bool only_mine() const {
+    if (last_.use_count() != 1) return false;
+    for (const WeightEnsemblingGroup& g : pwe_->groups()) {
+      for (size_t k = 0; k < g.keys.size(); ++k) {
+        const at::Tensor* t = last_->parameters().find(g.keys[k]);
+        // A view (merge's tensors are) keeps its base alive: one more owner of the storage.
+        if (t == nullptr || t->use_count() != 1 || t->storage().use_count() != (t->is_view() ? 2 : 1)) return false;
+        // what merge_into writes into (else a fresh model, rather than an error)
+        if (t->scalar_type() != g.base[k].scalar_type() || !t->is_contiguous()) return false;
+      }
+    }
+    return true;
+  }
+
+  std::shared_ptr<const ParetoWeightEnsembling> pwe_;
+  std::mutex mutex_;
+  ModelPtr last_;
+};
+
+}  // namespace
 
 std::string PweMoeAlgorithm::preference_label(const std::vector<double>& r, int decimals) {
   std::ostringstream o;
@@ -93,6 +139,7 @@ void PweMoeAlgorithm::add_pareto_set(std::shared_ptr<const ParetoWeightEnsemblin
   // Over two tasks the grid runs along one line, r = (1 − t, t); over more it fills a simplex, and
   // chosen or random preferences are not in order: only the grid alone is a curve to draw as one.
   result.sweep = pwe->num_tasks() == 2 && options_.eval_random == 0 && chosen.empty();
+  auto maker = std::make_shared<ParetoSetMaker>(pwe);
   std::set<std::string> labels;
   for (size_t i = 0; i < prefs.size(); ++i) {
     std::string label = preference_label(prefs[i].first);
@@ -100,7 +147,7 @@ void PweMoeAlgorithm::add_pareto_set(std::shared_ptr<const ParetoWeightEnsemblin
     if (labels.count(label)) label += "#" + std::to_string(i);
     labels.insert(label);
     const std::vector<double> r = prefs[i].first;
-    result.add_lazy(label, [pwe, r]() { return pwe->merge_and_unload(r); },
+    result.add_lazy(label, [maker, r]() { return maker->make(r); },
                     {{"preference", r}, {"source", prefs[i].second}});
   }
 }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -154,6 +155,61 @@ TEST(PweEvalPreferences, BadEntriesAreRefusedNamingTheOption) {
   o.eval_preferences = {{1.0, -0.5}};
   EXPECT_EQ(msg_of(o, dir), "method.eval_preferences[0]: preference entry 1 is negative (-0.5)");
   EXPECT_FALSE(fs::exists(dir / "train_log.csv"));
+}
+
+// The host makes, evaluates and drops the Pareto set's models one at a time: each is merged into
+// the tensors of the one before (no new allocation) when that one is dropped, into fresh tensors
+// while it is held; either way bit for bit merge_and_unload's values, and a tensor someone still
+// holds is never overwritten.
+TEST(PweEvalPreferences, GridModelsAreMergedInPlaceOverTheDroppedOne) {
+  auto s = pwe_test::make_blob_setup(2);
+  const fusion::Result res = PweMoeLs(small_options(10, 10)).run(*s.pool, s.tasks.get(), context(fresh_dir("in_place")));
+  ASSERT_EQ(res.models.size(), 11u);
+  using Params = std::map<std::string, at::Tensor>;
+  auto copy_of = [](const fusion::Model& m) {
+    Params out;
+    for (const auto& [k, v] : m.parameters()) out[k] = v.clone();
+    return out;
+  };
+  auto data_of = [](const fusion::Model& m) {
+    std::map<std::string, const void*> out;
+    for (const auto& [k, v] : m.parameters()) out[k] = v.data_ptr();
+    return out;
+  };
+  auto equals = [](const fusion::Model& m, const Params& want) {
+    for (const auto& [k, v] : m.parameters())
+      if (!at::equal(v, want.at(k))) return false;
+    return true;
+  };
+  // Both held at once: the second cannot reuse the first's tensors. Made by merge_and_unload.
+  fusion::ConstModelPtr a = res.models[2].make();
+  fusion::ConstModelPtr b = res.models[8].make();
+  const Params want_a = copy_of(*a), want_b = copy_of(*b);
+  std::vector<std::string> upscaled;  // the keys whose tensors differ between the two preferences
+  for (const auto& [k, v] : want_a)
+    if (!at::equal(v, want_b.at(k))) upscaled.push_back(k);
+  ASSERT_FALSE(upscaled.empty());
+  for (const std::string& k : upscaled) EXPECT_NE(a->parameters().at(k).data_ptr(), b->parameters().at(k).data_ptr());
+  const auto where_b = data_of(*b);
+  a.reset();
+  b.reset();
+
+  // b dropped: a is merged into b's tensors, with a's values.
+  fusion::ConstModelPtr a2 = res.models[2].make();
+  EXPECT_EQ(data_of(*a2), where_b);
+  EXPECT_TRUE(equals(*a2, want_a));
+  a2.reset();
+  fusion::ConstModelPtr b2 = res.models[8].make();
+  EXPECT_EQ(data_of(*b2), where_b);
+  EXPECT_TRUE(equals(*b2, want_b));
+
+  // One tensor of b2 kept (the model dropped): the next model goes to fresh tensors.
+  const at::Tensor kept = b2->parameters().at(upscaled.front());
+  b2.reset();
+  fusion::ConstModelPtr a3 = res.models[2].make();
+  EXPECT_NE(a3->parameters().at(upscaled.front()).data_ptr(), kept.data_ptr());
+  EXPECT_TRUE(at::equal(kept, want_b.at(upscaled.front())));
+  EXPECT_TRUE(equals(*a3, want_a));
 }
 
 }  // namespace

@@ -120,9 +120,9 @@ TEST(ClipVisionFolder, HalfPrecisionRunDtype) {
   }
   at::NoGradGuard no_grad;
   at::Tensor out = model->forward(pixels());
-  EXPECT_EQ(out.scalar_type(), at::kBFloat16);
-  EXPECT_TRUE(all_close(out.to(at::kFloat), load_safetensors(data_dir() / "golden.safetensors").at("vision_pooled"),
-                        0.1, 0.05));
+  // Mixed precision: bf16 GEMMs, the residual stream and the last layer norm in float32.
+  EXPECT_EQ(out.scalar_type(), at::kFloat);
+  EXPECT_TRUE(all_close(out, load_safetensors(data_dir() / "golden.safetensors").at("vision_pooled"), 0.05, 0.02));
 }
 
 TEST(ZeroShotHeadErrors, NeedsACLIPModelWithTokenizerFiles) {

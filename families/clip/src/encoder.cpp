@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "fusion/error.hpp"
+#include "mixed_precision.hpp"
 
 namespace fusion::clip {
 namespace {
@@ -111,35 +112,41 @@ at::Tensor encoder_forward(const StateDict& p, const std::vector<LayerKeys>& key
   const int64_t h = cfg.num_attention_heads, hd = cfg.head_dim();
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   const bool grad = at::GradMode::is_enabled();
-  const bool low_precision = x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble;
+  // Mixed precision (mixed_precision.hpp): 16-bit GEMM weights, the residual stream in float32.
+  const bool mixed = !keys.empty() && detail::is_reduced_float(p.at(keys.front().q_w).scalar_type());
+  if (mixed && x.scalar_type() != at::kFloat) x = x.to(at::kFloat);
+  const at::ScalarType gemm = keys.empty() ? x.scalar_type() : p.at(keys.front().q_w).scalar_type();
+  const bool low_precision = detail::is_reduced_float(gemm);
+  using detail::linear;
+  using detail::norm;
   at::Tensor mask;
   if (causal) {
-    mask = at::full({t, t}, -std::numeric_limits<double>::infinity(), x.options()).triu_(1);
+    mask = at::full({t, t}, -std::numeric_limits<double>::infinity(), x.options().dtype(gemm)).triu_(1);
   }
   for (size_t l = 0; l < keys.size(); ++l) {
     const LayerKeys& k = keys[l];
     // Self-attention block: x + out_proj(softmax(q kᵀ / √d_h + mask) v).
-    at::Tensor y = at::layer_norm(x, {d}, p.at(k.ln1_w), p.at(k.ln1_b), cfg.layer_norm_eps);
+    at::Tensor y = norm(x, d, p.at(k.ln1_w), p.at(k.ln1_b), cfg.layer_norm_eps);
+    if (mixed) y = y.to(gemm);  // once for q, k and v
     // The last layer of a first-token-only pass needs the query (and all after it) of token 0 only.
     const bool narrow = first_token_only && l + 1 == keys.size();
     const int64_t tq = narrow ? 1 : t;
     if (narrow) x = x.narrow(1, 0, 1);
     at::Tensor yq = narrow ? y.narrow(1, 0, 1) : y;
-    at::Tensor q = at::linear(yq, p.at(k.q_w), p.at(k.q_b)).view({b, tq, h, hd}).transpose(1, 2);
-    at::Tensor kk = at::linear(y, p.at(k.k_w), p.at(k.k_b)).view({b, t, h, hd}).transpose(1, 2);
-    at::Tensor v = at::linear(y, p.at(k.v_w), p.at(k.v_b)).view({b, t, h, hd}).transpose(1, 2);
+    at::Tensor q = linear(yq, p.at(k.q_w), p.at(k.q_b)).view({b, tq, h, hd}).transpose(1, 2);
+    at::Tensor kk = linear(y, p.at(k.k_w), p.at(k.k_b)).view({b, t, h, hd}).transpose(1, 2);
+    at::Tensor v = linear(y, p.at(k.v_w), p.at(k.v_b)).view({b, t, h, hd}).transpose(1, 2);
     at::Tensor scores = at::matmul(q, kk.transpose(-1, -2));
     scores.mul_(scale);  // in place on matmul's output: autograd needs only q and k
     if (causal) scores.add_(mask);
-    at::Tensor probs = low_precision ? at::softmax(scores, -1, at::kFloat).to(x.scalar_type())
-                                     : at::softmax(scores, -1);
+    at::Tensor probs = low_precision ? at::softmax(scores, -1, at::kFloat).to(gemm) : at::softmax(scores, -1);
     at::Tensor ctx = at::matmul(probs, v).transpose(1, 2).reshape({b, tq, d});
-    at::Tensor attn = at::linear(ctx, p.at(k.o_w), p.at(k.o_b));
+    at::Tensor attn = linear(ctx, p.at(k.o_w), p.at(k.o_b));
     if (grad || narrow) x = x + attn; else x.add_(attn);
     // MLP block: x + fc2(act(fc1(layer_norm2(x)))).
-    y = at::layer_norm(x, {d}, p.at(k.ln2_w), p.at(k.ln2_b), cfg.layer_norm_eps);
-    y = activation(at::linear(y, p.at(k.fc1_w), p.at(k.fc1_b)), cfg.hidden_act);
-    y = at::linear(y, p.at(k.fc2_w), p.at(k.fc2_b));
+    y = norm(x, d, p.at(k.ln2_w), p.at(k.ln2_b), cfg.layer_norm_eps);
+    y = activation(linear(y, p.at(k.fc1_w), p.at(k.fc1_b)), cfg.hidden_act);
+    y = linear(y, p.at(k.fc2_w), p.at(k.fc2_b));
     if (grad) x = x + y; else x.add_(y);
   }
   if (first_token_only && keys.empty()) x = x.narrow(1, 0, 1);

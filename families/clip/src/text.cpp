@@ -1,6 +1,7 @@
 #include "fusion/clip/text.hpp"
 
 #include "fusion/error.hpp"
+#include "mixed_precision.hpp"
 
 namespace fusion::clip {
 namespace {
@@ -55,8 +56,9 @@ at::Tensor ClipTextModel::forward(const StateDict& p, const at::Tensor& input_id
   at::Tensor ids = input_ids.to(tok.device(), at::kLong);
   at::Tensor x = at::embedding(tok, ids) + p.at(kEmb + "position_embedding.weight").narrow(0, 0, len);
   x = encoder_forward(p, keys_, tcfg_, std::move(x), /*causal=*/true);
-  x = at::layer_norm(x, {d}, p.at(kPrefix + "final_layer_norm.weight"),
-                     p.at(kPrefix + "final_layer_norm.bias"), tcfg_.layer_norm_eps);
+  // With 16-bit weights the encoder returns its float32 residual stream (mixed_precision.hpp).
+  x = detail::norm(x, d, p.at(kPrefix + "final_layer_norm.weight"), p.at(kPrefix + "final_layer_norm.bias"),
+                   tcfg_.layer_norm_eps);
   // The end-of-text position (transformers' rule, see the class comment).
   at::Tensor eos_pos;
   const bool legacy = tcfg_.eos_token_id == 2 || (std::get<0>(ids.max(-1)) == 49407).all().item<bool>();
@@ -70,7 +72,7 @@ at::Tensor ClipTextModel::forward(const StateDict& p, const at::Tensor& input_id
   }
   at::Tensor rows = at::arange(b, ids.options()) * len + eos_pos;
   at::Tensor pooled = x.reshape({b * len, d}).index_select(0, rows);
-  return at::linear(pooled, p.at(kProj));
+  return detail::linear(pooled, p.at(kProj));
 }
 
 }  // namespace fusion::clip

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "fusion/error.hpp"
+#include "mixed_precision.hpp"
 
 namespace fusion::clip {
 namespace {
@@ -95,16 +96,19 @@ at::Tensor clip_vision_forward(const StateDict& p, const VisionConfig& c, const 
   at::Tensor pixels = pixel_values.to(patch_w.device(), patch_w.scalar_type());
   // [B, D, S/P, S/P] → [B, (S/P)², D]
   at::Tensor patches = at::conv2d(pixels, patch_w, {}, c.patch_size).flatten(2).transpose(1, 2);
+  // Mixed precision (mixed_precision.hpp): from here on the residual stream is float32.
+  const bool mixed = detail::is_reduced_float(patch_w.scalar_type());
+  if (mixed) patches = patches.to(at::kFloat);
   at::Tensor cls = p.at(kEmb + "class_embedding").view({1, 1, d}).expand({b, 1, d});
-  at::Tensor x = at::cat({cls, patches}, 1);
+  at::Tensor x = at::cat({mixed ? cls.to(at::kFloat) : cls, patches}, 1);
   const at::Tensor& pos = p.at(kEmb + "position_embedding.weight");
   if (at::GradMode::is_enabled()) x = x + pos; else x.add_(pos);
-  x = at::layer_norm(x, {d}, p.at(kPrefix + "pre_layrnorm.weight"), p.at(kPrefix + "pre_layrnorm.bias"),
-                     c.layer_norm_eps);
+  x = detail::norm(x, d, p.at(kPrefix + "pre_layrnorm.weight"), p.at(kPrefix + "pre_layrnorm.bias"),
+                   c.layer_norm_eps);
   x = encoder_forward(p, keys, c, std::move(x), /*causal=*/false, /*first_token_only=*/true);
   at::Tensor pooled = x.select(1, 0);
-  return at::layer_norm(pooled, {d}, p.at(kPrefix + "post_layernorm.weight"),
-                        p.at(kPrefix + "post_layernorm.bias"), c.layer_norm_eps);
+  return detail::norm(pooled, d, p.at(kPrefix + "post_layernorm.weight"), p.at(kPrefix + "post_layernorm.bias"),
+                      c.layer_norm_eps);
 }
 
 }  // namespace fusion::clip

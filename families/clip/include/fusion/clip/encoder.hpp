@@ -41,7 +41,8 @@ FUSION_CLIP_API void check_params(const StateDict& params, const std::vector<Exp
 /// itself and earlier ones (the text tower). `first_token_only`: the result is [B, 1, D], the
 /// first token's state only (what the vision tower pools); the last layer then computes its query,
 /// attention output and MLP for that token alone. `x` is consumed: under no-grad the residual adds
-/// run in place on it.
+/// run in place on it. With bfloat16 or float16 layer weights the GEMMs run in that dtype and the
+/// residual stream, layer norms and softmax in float32: `x` is widened and the result is float32.
 FUSION_CLIP_API at::Tensor encoder_forward(const StateDict& params, const std::vector<LayerKeys>& keys,
                                            const EncoderConfig& cfg, at::Tensor x, bool causal,
                                            bool first_token_only = false);

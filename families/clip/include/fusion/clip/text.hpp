@@ -23,7 +23,9 @@ namespace fusion::clip {
 /// mask, final_layer_norm, the state at the end-of-text token, text_projection. The end-of-text
 /// position is the argmax of the ids when every row's largest id is 49407 or the config's
 /// eos_token_id is the legacy 2 (OpenAI's vocabulary: the end-of-text id is the largest), else the
-/// first position holding eos_token_id, as transformers does. Immutable; forward is thread-safe.
+/// first position holding eos_token_id, as transformers does. With bfloat16 or float16 weights the
+/// encoder runs in mixed precision (see ClipVisionModel) and the embeddings come out in the weights'
+/// dtype. Immutable; forward is thread-safe.
 class FUSION_CLIP_API ClipTextModel : public Model {
  public:
   /// `config`: a CLIPModel's config.json (text_config, projection_dim). Checks every key and shape.

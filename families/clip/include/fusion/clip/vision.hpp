@@ -21,6 +21,10 @@ namespace fusion::clip {
 /// maps pixel_values [B, C, S, S] (normalised, on the parameters' device and dtype) to the pooled
 /// output [B, hidden]: post_layernorm of token 0, with no projection (visual_projection belongs
 /// to the zero-shot head). Every weight is read from `params`, so autograd flows into them.
+/// Mixed precision: with bfloat16 or float16 weights (a 16-bit copy of float32 ones) the
+/// convolution, linear layers and attention products run in that dtype while the residual stream,
+/// the layer norms and the softmax run in float32 (PyTorch autocast's policy), and the pooled
+/// output is float32.
 /// Immutable after construction; forward is thread-safe.
 class FUSION_CLIP_API ClipVisionModel : public Model {
  public:

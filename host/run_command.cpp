@@ -12,6 +12,7 @@
 #include "fusion/algorithm.hpp"
 #include "fusion/component.hpp"
 #include "fusion/dtype.hpp"
+#include "fusion/eval_cache.hpp"
 #include "fusion/files.hpp"
 #include "fusion/model_aware.hpp"
 #include "fusion/model_pool.hpp"
@@ -98,6 +99,8 @@ Components instantiate(const ResolvedConfig& config, const std::shared_ptr<Logge
     FUSION_ENSURE(c.task_pool, "task pool '", config.taskpool->name(), "' returned no object");
     // What the task pool takes from the models (an input size, a text tower), and what it refuses.
     adapt_to_models(*c.task_pool, *c.model_pool);
+    // The memory it may keep test inputs in between the models it evaluates.
+    set_eval_cache(*c.task_pool, config.run.eval_cache_mb * (int64_t{1} << 20));
     c.tasks = c.task_pool->task_names();
   }
   check_requirements(config.method.component->info, *c.model_pool, c.task_pool.get());

@@ -36,6 +36,11 @@ void RunOptions::bind(Options<RunOptions>& o) {
     "always saved without one)");
   o("compare", &RunOptions::compare,
     "report.json files of other runs to draw beside this one in pareto.svg");
+  o("eval_cache_mb", &RunOptions::eval_cache_mb,
+    "MiB of decoded and preprocessed test images the task pool keeps in memory from one evaluated model to the "
+    "next (a Pareto set, a λ sweep), so each is decoded once per run; what does not fit is decoded for every "
+    "model, with the same results (0: none)")
+      .range(0, int64_t{1} << 30);
 }
 
 const Schema& run_schema() { return schema_of<RunOptions>(); }

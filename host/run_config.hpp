@@ -40,6 +40,7 @@ struct RunOptions {
   bool progress = true;
   std::optional<bool> save_models;     ///< default: false with a [taskpool], true without
   std::vector<std::string> compare;
+  int64_t eval_cache_mb = 1024;        ///< test inputs kept between evaluated models (0: none)
 
   static void bind(Options<RunOptions>& o);
 };

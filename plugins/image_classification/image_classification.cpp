@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <set>
+#include <sstream>
 
 #include "fusion/error.hpp"
 #include "head.hpp"
@@ -28,6 +29,21 @@ std::string join(const std::vector<std::string>& v) {
   std::string s;
   for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + v[i];
   return s;
+}
+
+// "kept in memory" (every evaluated test image), "K of N kept in memory" (the first K), or "" (none).
+std::string test_kept_text(const ImageClassificationTask& t) {
+  const int64_t kept = t.test_images_kept(), n = t.evaluated_test_images();
+  if (kept == 0) return "";
+  if (kept == n) return "kept in memory";
+  return std::to_string(kept) + " of " + std::to_string(n) + " kept in memory";
+}
+
+// MiB as a short number: "1024", "0.5".
+std::string short_mib(int64_t bytes) {
+  std::ostringstream o;
+  o << static_cast<double>(bytes) / static_cast<double>(int64_t{1} << 20);
+  return o.str();
 }
 
 // A head on the device and dtype of `like` (the features it is applied to).
@@ -210,12 +226,18 @@ ImageClassificationTask::ImageClassificationTask(TaskSpec spec, const ImageClass
 }
 
 void ImageClassificationTask::keep_in_memory(bool test, bool train) {
-  test_ = std::make_shared<SampleSource>(test_->dataset_ptr(), options_.preprocess, test);
+  keep_in_memory(test ? evaluated_test_images() : 0, train);
+}
+
+void ImageClassificationTask::keep_in_memory(int64_t test_images, bool train) {
+  const auto n = std::clamp<int64_t>(test_images, 0, evaluated_test_images());
+  const std::vector<int64_t> keep(test_indices_.begin(), test_indices_.begin() + n);
+  test_ = std::make_shared<SampleSource>(test_->dataset_ptr(), options_.preprocess, keep);
   if (train_) train_ = std::make_shared<SampleSource>(train_->dataset_ptr(), options_.preprocess, train);
 }
 
 std::pair<bool, bool> ImageClassificationTask::kept_in_memory() const {
-  return {test_->keeps_in_memory(), train_ && train_->keeps_in_memory()};
+  return {test_->kept() == evaluated_test_images(), train_ && train_->keeps_in_memory()};
 }
 
 void ImageClassificationTask::adapt(const ImageClassificationOptions& adapted) {
@@ -327,6 +349,7 @@ nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
   }
   head();  // made (or loaded) before the clock of the first batch, and errors before any decoding
   at::NoGradGuard no_grad;
+  const int64_t decodes_before = test_->decodes();
   const auto [device, dtype] = model_placement(model, ctx_);
   const int64_t b = options_.batch_size;
   const auto count = static_cast<int64_t>(test_indices_.size());
@@ -369,6 +392,7 @@ nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
           {"loss", loss_sum / static_cast<double>(seen)},
           {"num_samples", seen},
           {"skipped_images", skipped},
+          {"decoded_images", test_->decodes() - decodes_before},
           {"seconds", seconds},
           {"images_per_second", seconds > 0 ? static_cast<double>(seen) / seconds : 0.0}};
 }
@@ -426,8 +450,8 @@ void ImageClassificationPoolOptions::bind(Options<ImageClassificationPoolOptions
     "folder caching computed zero-shot heads (\"\": $XDG_CACHE_HOME/fusion/zero_shot_heads or "
     "~/.cache/fusion/zero_shot_heads; \"none\": no cache)");
   o("cache_mb", &O::cache_mb,
-    "MiB of preprocessed images kept in memory between evaluations (147 KiB per image at 224; test splits "
-    "first; 0: none)")
+    "MiB of preprocessed train images kept in memory between epochs (147 KiB per image at 224; whole splits, "
+    "in task order; 0: none); the test images kept between evaluations are budgeted by [run] eval_cache_mb")
       .min(0);
   o("max_test_samples", &O::max_test_samples,
     "evaluate on at most this many test samples per task, a fixed random subset (0: all)")
@@ -560,12 +584,13 @@ ImageClassificationPool::ImageClassificationPool(std::vector<TaskSpec> tasks, Im
   plan_memory();
   for (const auto& task : tasks_) {
     const auto& t = *task;
-    const auto [keep_test, keep_train] = t.kept_in_memory();
+    const bool keep_train = t.kept_in_memory().second;
     const Dataset* train = t.train_split();
+    const std::string kept = test_kept_text(t);
     ctx_.log().info("task " + t.name() + ": " + std::to_string(t.num_classes()) + " classes (from " +
                     t.classes_source() + "), " +
                     std::to_string(t.templates().size()) + " templates; test " + std::to_string(t.test_split().size()) +
-                    " (" + format_name(t.test_split().format()) + (keep_test ? ", kept in memory" : "") + ")" +
+                    " (" + format_name(t.test_split().format()) + (kept.empty() ? "" : ", " + kept) + ")" +
                     (train ? "; train " + std::to_string(train->size()) + " (" + format_name(train->format()) +
                                  (keep_train ? ", kept in memory" : "") + ")"
                            : std::string("; no train split")));
@@ -573,26 +598,45 @@ ImageClassificationPool::ImageClassificationPool(std::vector<TaskSpec> tasks, Im
 }
 
 void ImageClassificationPool::plan_memory() {
-  // Memory for preprocessed images: test splits first (every evaluation reads them), then train.
+  // Test images (every evaluated model reads them all) within eval_cache_bytes, task by task: a
+  // split that fits only in part keeps its first images in evaluation order. Train splits, read in
+  // a new order every epoch, whole within cache_mb.
   const ImageClassificationOptions& options = options_;
-  int64_t budget = options.cache_mb * (int64_t{1} << 20);
   const int64_t per_image = options.preprocess.image_size * options.preprocess.image_size * 3;
-  std::vector<bool> keep_test(tasks_.size(), false), keep_train(tasks_.size(), false);
-  for (size_t i = 0; i < tasks_.size(); ++i) {
-    const int64_t n = std::min<int64_t>(tasks_[i]->test_split().size(),
-                                        options.max_test_samples > 0 ? options.max_test_samples : INT64_MAX);
-    if (n * per_image <= budget) {
-      keep_test[i] = true;
-      budget -= n * per_image;
+  int64_t test_budget = options.eval_cache_bytes;
+  int64_t train_budget = options.cache_mb * (int64_t{1} << 20);
+  for (const auto& task : tasks_) {
+    const int64_t keep_test = std::min(task->evaluated_test_images(), test_budget / per_image);
+    test_budget -= keep_test * per_image;
+    bool keep_train = false;
+    if (const Dataset* train = task->train_split(); train && train->size() * per_image <= train_budget) {
+      keep_train = true;
+      train_budget -= train->size() * per_image;
     }
+    task->keep_in_memory(keep_test, keep_train);
   }
+}
+
+void ImageClassificationPool::plan_memory_again(const std::string& why) {
+  std::vector<std::pair<int64_t, bool>> before;
+  for (const auto& t : tasks_) before.emplace_back(t->test_images_kept(), t->kept_in_memory().second);
+  plan_memory();
   for (size_t i = 0; i < tasks_.size(); ++i) {
-    if (const Dataset* train = tasks_[i]->train_split(); train && train->size() * per_image <= budget) {
-      keep_train[i] = true;
-      budget -= train->size() * per_image;
-    }
+    const ImageClassificationTask& t = *tasks_[i];
+    const bool train = t.kept_in_memory().second;
+    if (std::make_pair(t.test_images_kept(), train) == before[i]) continue;
+    const std::string kept = test_kept_text(t);
+    ctx_.log().info("task " + t.name() + ": " + why + ", test " + (kept.empty() ? "not kept in memory" : kept) +
+                    (t.train_split() ? std::string("; train ") + (train ? "kept in memory" : "not kept in memory")
+                                     : std::string()));
   }
-  for (size_t i = 0; i < tasks_.size(); ++i) tasks_[i]->keep_in_memory(keep_test[i], keep_train[i]);
+}
+
+void ImageClassificationPool::set_eval_cache_bytes(int64_t bytes) {
+  FUSION_ENSURE(bytes >= 0, "taskpool: negative evaluation cache budget ", bytes);
+  if (bytes == options_.eval_cache_bytes) return;
+  options_.eval_cache_bytes = bytes;
+  plan_memory_again("with " + short_mib(bytes) + " MiB for test images (run.eval_cache_mb)");
 }
 
 void ImageClassificationPool::adapt_to(const ModelPool& models) {
@@ -608,21 +652,8 @@ void ImageClassificationPool::adapt_to(const ModelPool& models) {
       const std::string s = std::to_string(model.size);
       ctx_.log().info("taskpool: images resized and cropped to " + s + " x " + s + ", the model's input size (" +
                       model.source + "), as " + image_size + " is unset");
-      std::vector<std::pair<bool, bool>> before;
-      for (const auto& t : tasks_) before.push_back(t->kept_in_memory());
       for (const auto& t : tasks_) t->adapt(options_);
-      if (changed) {
-        plan_memory();
-        for (size_t i = 0; i < tasks_.size(); ++i) {
-          const auto [test, train] = tasks_[i]->kept_in_memory();
-          if (std::make_pair(test, train) == before[i]) continue;
-          ctx_.log().info("task " + tasks_[i]->name() + ": at " + s + " x " + s + ", test " +
-                          (test ? "kept in memory" : "not kept in memory") +
-                          (tasks_[i]->train_split() ? std::string("; train ") +
-                                                          (train ? "kept in memory" : "not kept in memory")
-                                                    : std::string()));
-        }
-      }
+      if (changed) plan_memory_again("at " + s + " x " + s);
     }
   }
   bool needs_clip_model = false;

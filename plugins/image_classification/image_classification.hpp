@@ -13,6 +13,7 @@
 #include "fusion/component.hpp"
 #include "fusion/config.hpp"
 #include "fusion/context.hpp"
+#include "fusion/eval_cache.hpp"
 #include "fusion/model_aware.hpp"
 #include "fusion/options.hpp"
 #include "fusion/task_pool.hpp"
@@ -58,7 +59,7 @@ struct ImageClassificationPoolOptions {
   std::string on_bad_image = "error";
   /// Head cache folder; "": the user's cache folder; "none": no cache. Default "".
   std::string head_cache_dir;
-  /// MiB of preprocessed images kept in memory. Default 1024.
+  /// MiB of preprocessed train images kept in memory (test images: [run] eval_cache_mb). Default 1024.
   int64_t cache_mb = 1024;
   /// Evaluate on at most this many test samples per task (0: all). Default 0.
   int64_t max_test_samples = 0;
@@ -93,8 +94,12 @@ struct ImageClassificationOptions {
   std::filesystem::path head_cache_dir;
   /// Templates for every task, replacing the built-in ones. Default empty (keep them).
   std::vector<std::string> templates;
-  /// Memory for preprocessed images kept between passes, in MiB; 0 keeps none. Default 1024.
+  /// Memory for preprocessed train images kept between epochs, in MiB (whole splits); 0 keeps none.
+  /// Default 1024.
   int64_t cache_mb = 1024;
+  /// Memory for preprocessed test images kept from one evaluated model to the next, in bytes: the
+  /// host's [run] eval_cache_mb (set_eval_cache_bytes); 0 keeps none. Default 1 GiB.
+  int64_t eval_cache_bytes = int64_t{1024} << 20;
   /// Evaluate on at most this many test samples (a fixed random subset); 0: all. Default 0.
   int64_t max_test_samples = 0;
 };
@@ -132,7 +137,9 @@ class ImageClassificationTask : public Task {
   /// apply_head(head, model.forward(params, inputs)); the head follows the features' device/dtype.
   at::Tensor logits(const Model& model, const StateDict& params, const at::Tensor& inputs) const override;
   /// {"accuracy", "loss", "num_samples", "skipped_images", "seconds", "images_per_second"} on the
-  /// test split (or its max_test_samples subset), in file order, without gradients. A model that
+  /// test split (or its max_test_samples subset), in file order, without gradients; and
+  /// "decoded_images", the images this evaluation decoded and preprocessed (those not kept in memory
+  /// from an earlier pass). A model that
   /// says it takes images of another size (model_image_size) is refused first, in one line naming
   /// taskpool.image_size.
   nlohmann::json evaluate(const Model& model) override;
@@ -148,10 +155,22 @@ class ImageClassificationTask : public Task {
   const clip::ZeroShotHead& head() const;
   /// Uses `head` from now on (tests; heads made elsewhere). Its class count must match.
   void set_head(clip::ZeroShotHead head);
-  /// Keep preprocessed images of the splits in memory (set by the pool within cache_mb).
+  /// Keep preprocessed images of the splits in memory: every evaluated test image or none, the whole
+  /// train split or none.
   void keep_in_memory(bool test, bool train);
-  /// Whether the splits' preprocessed images are kept in memory (test, train).
+  /// Keep the first `test_images` evaluated test images (in evaluation order; the rest are decoded
+  /// at every pass) and the whole train split or none (set by the pool within its budgets).
+  void keep_in_memory(int64_t test_images, bool train);
+  /// Whether the splits' preprocessed images are kept in memory (every evaluated test image, the
+  /// whole train split).
   std::pair<bool, bool> kept_in_memory() const;
+  /// How many of the evaluated test images are kept in memory.
+  int64_t test_images_kept() const { return test_->kept(); }
+  /// How many test images evaluate() reads: the test split, or its max_test_samples subset.
+  int64_t evaluated_test_images() const { return static_cast<int64_t>(test_indices_.size()); }
+  /// Decodings of test images (decode, resize, crop) since the last keep_in_memory: each kept image
+  /// once, every other one at every pass.
+  int64_t test_decodes() const { return test_->decodes(); }
   /// Takes what the pool learned of the models (ImageClassificationPool::adapt_to): the image size
   /// and where it came from, and the CLIPModel folder of the zero-shot head and where it came from.
   /// The splits' sources are made again by the next keep_in_memory().
@@ -177,7 +196,7 @@ class ImageClassificationTask : public Task {
 
 /// The `image_classification` task pool: CLIP zero-shot classification tasks read from image
 /// folders, CSV manifests or IDX files, evaluated with FusionBench's report keys.
-class ImageClassificationPool : public TaskPool, public ModelAwareTaskPool {
+class ImageClassificationPool : public TaskPool, public ModelAwareTaskPool, public EvalCachingTaskPool {
  public:
   using Options = ImageClassificationPoolOptions;
   /// The pool a checked [taskpool] table describes (parse, then the constructor below).
@@ -202,13 +221,20 @@ class ImageClassificationPool : public TaskPool, public ModelAwareTaskPool {
   /// value, the model's size and the file, when a set image_size differs from the model's; and the
   /// no-zero-shot-head error when a task without a head file has no CLIPModel folder.
   void adapt_to(const ModelPool& models) override;
+  /// The budget of the test images kept in memory between evaluations ([run] eval_cache_mb, from
+  /// the host): filled task by task in order, the first evaluated images of a split when only part
+  /// of it fits (the rest is decoded at every evaluation, with the same results). Logs what changes.
+  void set_eval_cache_bytes(int64_t bytes) override;
   /// The options every task shares (after adapt_to, with what it learned).
   const ImageClassificationOptions& options() const { return options_; }
 
  private:
   ImageClassificationPool(std::pair<std::vector<TaskSpec>, ImageClassificationOptions> parsed, const Context& ctx);
-  /// Which splits' preprocessed images fit in cache_mb (test splits first), applied to the tasks.
+  /// Which test images fit in eval_cache_bytes and which train splits in cache_mb, applied to the
+  /// tasks.
   void plan_memory();
+  /// plan_memory(), then one log line per task whose plan changed, beginning with `why`.
+  void plan_memory_again(const std::string& why);
 
   ImageClassificationOptions options_;
   Context ctx_;

@@ -8,32 +8,52 @@ namespace fusion::image_classification {
 
 SampleSource::SampleSource(std::shared_ptr<const Dataset> dataset, PreprocessOptions options,
                            bool keep_in_memory)
-    : dataset_(std::move(dataset)), options_(options), keep_(keep_in_memory) {
-  if (keep_) cache_.resize(dataset_->size());
+    : dataset_(std::move(dataset)), options_(options) {
+  if (keep_in_memory) {
+    keep_.assign(static_cast<size_t>(dataset_->size()), true);
+    kept_ = dataset_->size();
+    cache_.resize(static_cast<size_t>(dataset_->size()));
+  }
 }
 
-int64_t SampleSource::cached_bytes() const {
-  return dataset_->size() * options_.image_size * options_.image_size * 3;
+SampleSource::SampleSource(std::shared_ptr<const Dataset> dataset, PreprocessOptions options,
+                           const std::vector<int64_t>& keep)
+    : dataset_(std::move(dataset)), options_(options) {
+  if (keep.empty()) return;
+  keep_.assign(static_cast<size_t>(dataset_->size()), false);
+  for (int64_t i : keep) {
+    FUSION_ENSURE(i >= 0 && i < dataset_->size(), "sample ", i, " to keep is out of range (", dataset_->size(),
+                  " samples)");
+    if (!keep_[static_cast<size_t>(i)]) ++kept_;
+    keep_[static_cast<size_t>(i)] = true;
+  }
+  cache_.resize(static_cast<size_t>(dataset_->size()));
 }
+
+int64_t SampleSource::image_bytes() const { return options_.image_size * options_.image_size * 3; }
+
+int64_t SampleSource::cached_bytes() const { return dataset_->size() * image_bytes(); }
 
 std::shared_ptr<const Image> SampleSource::crop(int64_t i) const {
-  if (keep_) {
+  const bool keep = !keep_.empty() && keep_[static_cast<size_t>(i)];
+  if (keep) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (cache_[i]) return cache_[i];
     auto bad = bad_.find(i);
     if (bad != bad_.end()) throw BadImage(bad->second);
   }
   std::shared_ptr<const Image> out;
+  ++decodes_;
   try {
     out = std::make_shared<const Image>(resize_center_crop(dataset_->load(i), options_.image_size));
   } catch (const BadImage& e) {
-    if (keep_) {
+    if (keep) {
       std::lock_guard<std::mutex> lock(mutex_);
       bad_.emplace(i, e.what());
     }
     throw;
   }
-  if (keep_) {
+  if (keep) {
     std::lock_guard<std::mutex> lock(mutex_);
     cache_[i] = out;
   }

@@ -1,6 +1,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -18,26 +19,42 @@
 
 namespace fusion::image_classification {
 
-/// A split's samples decoded and preprocessed to size × size RGB crops, optionally kept in memory
-/// after the first pass (about 147 KB per image at 224). Thread-safe.
+/// A split's samples decoded and preprocessed to size × size RGB crops (resize and centre crop; the
+/// normalisation to float is the loader's), each kept in memory after its first decoding when it is
+/// one of the samples the source keeps (image_bytes() each: 147 KiB at 224). The crops are what is
+/// costly to make; kept as 8-bit pixels they take a quarter of the float tensors' memory, and
+/// normalising them again is a multiply-add per value. Thread-safe.
 class SampleSource {
  public:
+  /// Keeps every sample (keep_in_memory) or none.
   SampleSource(std::shared_ptr<const Dataset> dataset, PreprocessOptions options, bool keep_in_memory);
+  /// Keeps the samples `keep` lists (indices into the dataset; others are decoded at every crop()).
+  SampleSource(std::shared_ptr<const Dataset> dataset, PreprocessOptions options, const std::vector<int64_t>& keep);
 
-  /// The preprocessed crop of sample i. Throws BadImage (again, for a sample found bad before).
+  /// The preprocessed crop of sample i. Throws BadImage (again, for a kept sample found bad before).
   std::shared_ptr<const Image> crop(int64_t i) const;
   const Dataset& dataset() const { return *dataset_; }
   std::shared_ptr<const Dataset> dataset_ptr() const { return dataset_; }
   const PreprocessOptions& options() const { return options_; }
   int64_t size() const { return dataset_->size(); }
-  /// Bytes a fully cached split takes: size() · image_size² · 3.
+  /// Bytes of one kept crop: image_size² · 3.
+  int64_t image_bytes() const;
+  /// Bytes a fully cached split takes: size() · image_bytes().
   int64_t cached_bytes() const;
-  bool keeps_in_memory() const { return keep_; }
+  /// Whether every sample is kept.
+  bool keeps_in_memory() const { return kept_ == size(); }
+  /// How many samples are kept once decoded.
+  int64_t kept() const { return kept_; }
+  /// Decodings made so far (decode, resize and crop of one sample; a bad image counts too): what a
+  /// kept sample costs once and any other at every crop().
+  int64_t decodes() const { return decodes_.load(); }
 
  private:
   std::shared_ptr<const Dataset> dataset_;
   PreprocessOptions options_;
-  bool keep_;
+  std::vector<bool> keep_;  ///< per sample; empty when none is kept
+  int64_t kept_ = 0;
+  mutable std::atomic<int64_t> decodes_{0};
   mutable std::mutex mutex_;
   mutable std::vector<std::shared_ptr<const Image>> cache_;
   mutable std::map<int64_t, std::string> bad_;

@@ -1,6 +1,7 @@
 #include "fusion/task_pool.hpp"
 
 #include "fusion/error.hpp"
+#include "fusion/eval_cache.hpp"
 #include "fusion/model_aware.hpp"
 
 namespace fusion {
@@ -12,6 +13,15 @@ ModelAwareTaskPool::~ModelAwareTaskPool() = default;
 
 void adapt_to_models(TaskPool& tasks, const ModelPool& models) {
   if (auto* aware = dynamic_cast<ModelAwareTaskPool*>(&tasks)) aware->adapt_to(models);
+}
+
+EvalCachingTaskPool::~EvalCachingTaskPool() = default;
+
+bool set_eval_cache(TaskPool& tasks, int64_t bytes) {
+  FUSION_ENSURE(bytes >= 0, "set_eval_cache: negative budget ", bytes);
+  auto* caching = dynamic_cast<EvalCachingTaskPool*>(&tasks);
+  if (caching) caching->set_eval_cache_bytes(bytes);
+  return caching != nullptr;
 }
 
 std::unique_ptr<BatchStream> Task::test_stream(int64_t /*batch_size*/, uint64_t /*seed*/) {

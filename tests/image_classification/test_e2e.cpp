@@ -154,4 +154,47 @@ TEST_F(E2EImageClassification, DescribeSaysTheDefaults) {
       << o.out;
 }
 
+// Two models evaluated on the same test images ([method] individual, two experts): with
+// [run] eval_cache_mb (default 1024) the second evaluation decodes nothing; with 0 it decodes them all
+// again; the figures are the same.
+TEST_F(E2EImageClassification, EvalCacheKeepsTestImagesBetweenModels) {
+  write_config(kClipModel);
+  {
+    std::string text = fusion::testing::read_text(dir_ / "run.toml");
+    const std::string pool = "[modelpool]\nname = \"clip_vision\"\npretrained = \"" + kClipModel.string() + "\"\n";
+    ASSERT_NE(text.find(pool), std::string::npos) << text;
+    text.replace(text.find("name = \"pretrained\""), 19, "name = \"individual\"");
+    text.replace(text.find(pool), pool.size(),
+                 pool + "[modelpool.models]\na = \"" + kClipModel.string() + "\"\nb = \"" + kClipModel.string() + "\"\n");
+    std::ofstream(dir_ / "run.toml") << text;
+  }
+  auto decoded = [&](const std::string& out) {
+    const json r = json::parse(fusion::testing::read_text(dir_ / out / "report.json"));
+    std::vector<int64_t> n;
+    for (const json& m : r["models"]) n.push_back(m["report"]["colours"]["decoded_images"].get<int64_t>());
+    return std::make_pair(n, r);
+  };
+  Outcome cached = fusion({"run", "run.toml"});
+  ASSERT_EQ(cached.code, 0) << cached.err;
+  const auto [with_cache, r1] = decoded("out");
+  EXPECT_EQ(with_cache, (std::vector<int64_t>{6, 0}));
+  EXPECT_EQ(r1["config"]["run"]["eval_cache_mb"], 1024);
+
+  Outcome uncached = fusion({"run", "run.toml", "run.out_dir=out0", "run.eval_cache_mb=0"});
+  ASSERT_EQ(uncached.code, 0) << uncached.err;
+  const auto [without, r0] = decoded("out0");
+  EXPECT_EQ(without, (std::vector<int64_t>{6, 6}));
+  EXPECT_NE(uncached.err.find("task colours: with 0 MiB for test images (run.eval_cache_mb), test not kept in memory"),
+            std::string::npos)
+      << uncached.err;
+  for (size_t m = 0; m < 2; ++m) {
+    EXPECT_EQ(r0["models"][m]["report"]["colours"]["accuracy"], r1["models"][m]["report"]["colours"]["accuracy"]);
+    EXPECT_EQ(r0["models"][m]["report"]["colours"]["loss"], r1["models"][m]["report"]["colours"]["loss"]);
+  }
+
+  Outcome bad = fusion({"run", "run.toml", "run.out_dir=out_bad", "run.eval_cache_mb=-1"});
+  EXPECT_EQ(bad.code, 1) << bad.err;
+  EXPECT_NE(bad.err.find("run.eval_cache_mb"), std::string::npos) << bad.err;
+}
+
 }  // namespace

@@ -297,16 +297,22 @@ TEST(ModelDefaults, EvaluateRefusesAModelOfAnotherSizeBeforeReadingImages) {
             "config): set it to 16 or leave it unset");
 }
 
-// The memory plan follows the size: 10 images of 224 x 224 do not fit in 1 MiB, of 16 x 16 they do.
+// The memory plan follows the size: of 10 images of 224 x 224 (147 KiB each), 6 fit in 1 MiB, the
+// first 6; of 16 x 16 they all do. The budget is the host's ([run] eval_cache_mb), given through
+// the SDK's interface.
 TEST(ModelDefaults, MemoryPlannedAgainForTheModelsSize) {
   Colours data(10);
-  std::map<std::string, Value> v = data.values();
-  v["cache_mb"] = int64_t{1};
   LoggedContext logged;
-  auto pool = make_pool(logged.with(taskpool_config(v)));
-  EXPECT_FALSE(pool->classification_task("colours").kept_in_memory().first);
+  auto pool = make_pool(logged.with(taskpool_config(data.values())));
+  EXPECT_TRUE(set_eval_cache(*pool, int64_t{1} << 20));
+  const ImageClassificationTask& task = pool->classification_task("colours");
+  EXPECT_FALSE(task.kept_in_memory().first);
+  EXPECT_EQ(task.test_images_kept(), 6);
+  EXPECT_TRUE(contains(logged.log(), "task colours: with 1 MiB for test images (run.eval_cache_mb), test 6 of 10 "
+                                     "kept in memory")) << logged.log();
   pool->adapt_to(*clip_pool(kClipModel));
-  EXPECT_TRUE(pool->classification_task("colours").kept_in_memory().first);
+  EXPECT_TRUE(task.kept_in_memory().first);
+  EXPECT_EQ(task.test_images_kept(), 10);
   EXPECT_TRUE(contains(logged.log(), "task colours: at 16 x 16, test kept in memory")) << logged.log();
 }
 

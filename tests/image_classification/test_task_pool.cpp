@@ -3,10 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <optional>
 #include <set>
 
 #include "fusion/clip/vision_pool.hpp"
 #include "fusion/context.hpp"
+#include "fusion/eval_cache.hpp"
 #include "fusion/safetensors.hpp"
 #include "head.hpp"
 #include "image_classification.hpp"
@@ -481,6 +483,100 @@ TEST(Loader, BoundedAndInOrderWithSlowConsumer) {
   EXPECT_EQ(next, 50);
   // A loader destroyed early, with workers waiting on the bound, joins cleanly.
   { BatchLoader early(src, [](int64_t) { return std::vector<int64_t>{1, 2}; }, -1, lo); early.next(); }
+}
+
+// A Pareto set or a λ sweep evaluates many models on the same test images: within the budget
+// ([run] eval_cache_mb, through the SDK's set_eval_cache) each is decoded and preprocessed once per
+// run; what does not fit is decoded at every evaluation; the results are the same either way.
+TEST(EvalCache, TestImagesDecodedOncePerRunWithinTheBudget) {
+  ColourData data;
+  MeanColourModel model{at::Device("cpu")};
+  const int64_t image = 8 * 8 * 3;  // bytes of one kept 8 x 8 crop
+  struct Run {
+    std::vector<int64_t> decoded;  // decoded_images of each evaluation
+    std::vector<std::pair<double, double>> results;
+    int64_t kept = 0, decodes = 0;
+  };
+  auto run = [&](std::optional<int64_t> budget, int64_t workers) {
+    Config cfg = taskpool_config({{"test_datasets", StringMap{{"colours", data.test.string()}}},
+                                  {"task_info", StringMap{{"colours", data.info.string()}}},
+                                  {"heads", StringMap{{"colours", data.head.string()}}},
+                                  {"image_size", int64_t{8}},
+                                  {"batch_size", int64_t{2}},
+                                  {"num_workers", workers}});
+    auto pool = make_pool(quiet_context("cpu", cfg));
+    if (budget) EXPECT_TRUE(set_eval_cache(*pool, *budget));
+    auto& task = dynamic_cast<ImageClassificationPool&>(*pool).classification_task("colours");
+    Run r;
+    for (int model_index = 0; model_index < 3; ++model_index) {
+      const nlohmann::json e = task.evaluate(model);
+      r.decoded.push_back(e.at("decoded_images").get<int64_t>());
+      r.results.emplace_back(e.at("accuracy").get<double>(), e.at("loss").get<double>());
+    }
+    r.kept = task.test_images_kept();
+    r.decodes = task.test_decodes();
+    return r;
+  };
+  for (int64_t workers : {0, 2}) {
+    SCOPED_TRACE("workers " + std::to_string(workers));
+    const Run all = run(std::nullopt, workers);  // the default budget, 1 GiB
+    EXPECT_EQ(all.decoded, (std::vector<int64_t>{5, 0, 0}));
+    EXPECT_EQ(all.kept, 5);
+    EXPECT_EQ(all.decodes, 5);
+    const Run none = run(0, workers);
+    EXPECT_EQ(none.decoded, (std::vector<int64_t>{5, 5, 5}));
+    EXPECT_EQ(none.kept, 0);
+    EXPECT_EQ(none.decodes, 15);
+    const Run part = run(3 * image + image / 2, workers);  // room for 3 images and a half
+    EXPECT_EQ(part.decoded, (std::vector<int64_t>{5, 2, 2}));
+    EXPECT_EQ(part.kept, 3);
+    EXPECT_EQ(part.decodes, 9);
+    EXPECT_DOUBLE_EQ(all.results[0].first, 0.6);
+    for (const Run* r : {&all, &none, &part})
+      for (const auto& result : r->results) EXPECT_EQ(result, all.results[0]);  // bit for bit
+  }
+
+  // Filled task by task, in order: the first task's 5 images, then 2 of the second's.
+  Config two = taskpool_config({{"test_datasets", StringMap{{"a", data.test.string()}, {"b", data.test.string()}}},
+                                {"task_info", StringMap{{"a", data.info.string()}, {"b", data.info.string()}}},
+                                {"heads", StringMap{{"a", data.head.string()}, {"b", data.head.string()}}},
+                                {"image_size", int64_t{8}}});
+  ImageClassificationPool pool(read_options<ImageClassificationPoolOptions>(two), quiet_context("cpu", two));
+  pool.set_eval_cache_bytes(7 * image);
+  EXPECT_EQ(pool.classification_task("a").test_images_kept(), 5);
+  EXPECT_EQ(pool.classification_task("b").test_images_kept(), 2);
+  EXPECT_EQ(pool.options().eval_cache_bytes, 7 * image);
+  const nlohmann::json first = pool.evaluate(model), second = pool.evaluate(model);
+  EXPECT_EQ(first["a"]["decoded_images"], 5);
+  EXPECT_EQ(first["b"]["decoded_images"], 5);
+  EXPECT_EQ(second["a"]["decoded_images"], 0);
+  EXPECT_EQ(second["b"]["decoded_images"], 3);
+  EXPECT_EQ(second["b"]["loss"], first["a"]["loss"]);
+}
+
+// A source keeps the samples it is told to, each decoded once; the others at every crop().
+TEST(EvalCache, SampleSourceKeepsTheListedSamples) {
+  TempDir tmp("keep");
+  std::vector<uint8_t> px(6 * 4), labels(6);
+  for (int i = 0; i < 6; ++i) {
+    labels[i] = static_cast<uint8_t>(i);
+    for (int k = 0; k < 4; ++k) px[i * 4 + k] = static_cast<uint8_t>(40 * i + k);
+  }
+  auto d = std::make_shared<const Dataset>(Dataset::open(write_idx(tmp.path(), "t", px, labels, 2, 2, false),
+                                                         DataFormat::Idx, "t"));
+  PreprocessOptions po;
+  po.image_size = 2;
+  const SampleSource src(d, po, std::vector<int64_t>{1, 4, 4});
+  EXPECT_EQ(src.kept(), 2);
+  EXPECT_FALSE(src.keeps_in_memory());
+  for (int pass = 0; pass < 3; ++pass)
+    for (int64_t i = 0; i < 6; ++i) EXPECT_EQ(src.crop(i)->rgb, resize_center_crop(d->load(i), 2).rgb);
+  EXPECT_EQ(src.decodes(), 2 + 3 * 4);
+  EXPECT_EQ(src.crop(4), src.crop(4));  // the kept crop itself
+  EXPECT_NE(src.crop(0), src.crop(0));  // decoded afresh
+  EXPECT_EQ(SampleSource(d, po, true).kept(), 6);
+  EXPECT_EQ(SampleSource(d, po, false).kept(), 0);
+  EXPECT_THROW(SampleSource(d, po, std::vector<int64_t>{6}), Error);
 }
 
 }  // namespace

@@ -77,8 +77,12 @@ void decode_utf8_strict(const std::string& s, std::u32string* cps, std::vector<s
     char32_t c = 0;
     const int n = utf8_sequence_at(s, i, &c);
     if (n < 0) {
-      FUSION_FAIL("gpt2 tokenizer: the text is not valid UTF-8: byte ", hex_byte(static_cast<unsigned char>(s[i])),
-                  " at offset ", i, n < -1 ? " starts a truncated sequence" : " cannot start a character");
+      const auto b0 = static_cast<unsigned char>(s[i]);
+      const bool lead = (b0 >= 0xC2 && b0 <= 0xF4);
+      const char* what = !lead ? " cannot start a character"
+                         : i + static_cast<size_t>(-n) == s.size() ? " starts a sequence that the text cuts short"
+                                                                   : " starts an ill-formed sequence";
+      FUSION_FAIL("gpt2 tokenizer: the text is not valid UTF-8: byte ", hex_byte(b0), " at offset ", i, what);
     }
     cps->push_back(c);
     offsets->push_back(i);
@@ -307,7 +311,7 @@ Gpt2Tokenizer Gpt2Tokenizer::from_files(const std::filesystem::path& vocab_json,
 Gpt2Tokenizer::Gpt2Tokenizer(const std::unordered_map<std::string, int64_t>& vocab,
                              const std::vector<std::pair<std::string, std::string>>& merges,
                              const std::string& source)
-    : impl_(make_impl(vocab, merges, source, source, nullptr)) {}
+    : impl_(make_impl(vocab, merges, source, source + ": merges", nullptr)) {}
 
 std::shared_ptr<const Gpt2Tokenizer::Impl> Gpt2Tokenizer::make_impl(
     const std::unordered_map<std::string, int64_t>& vocab,
@@ -361,7 +365,7 @@ std::shared_ptr<const Gpt2Tokenizer::Impl> Gpt2Tokenizer::make_impl(
   impl->merges.reserve(merges.size());
   for (size_t r = 0; r < merges.size(); ++r) {
     const auto& [a, b] = merges[r];
-    const std::string where = merge_lines ? " line " + std::to_string(merge_lines->at(r)) : " merge " + std::to_string(r);
+    const std::string where = merge_lines ? " line " + std::to_string(merge_lines->at(r)) : "[" + std::to_string(r) + "]";
     const auto ia = impl->vocab.find(a), ib = impl->vocab.find(b), iab = impl->vocab.find(a + b);
     FUSION_ENSURE(ia != impl->vocab.end(), merges_source, where, ": merge '", a, " ", b, "' names '", a,
                   "', which is not in the vocabulary");

@@ -64,6 +64,7 @@ json start_run(const RunRequest& request, const ResolvedConfig& config, Logger& 
            " -> " + config.run_dir.string() + " (device " + config.device.str() + ", " +
            dtype_name(config.dtype) + ", " + std::to_string(config.threads) + " threads, seed " +
            std::to_string(config.seed) + ")");
+  if (!config.precision_note.empty()) log.info(config.precision_note);
   const ResolvedSections sections = resolved_sections(config);
   write_file_atomic(config.run_dir / "config.toml", resolved_config_toml(sections));
   return resolved_config_json(sections);
@@ -91,11 +92,16 @@ Components instantiate(const ResolvedConfig& config, const std::shared_ptr<Logge
   settings.run_dir = config.run_dir;
   settings.progress = config.run.progress;
   const Context base(settings);
+  // Mixed precision: the pools keep float32 (weights, heads, batches), the method computes in
+  // config.dtype. Otherwise every component shares one context.
+  Context::Settings storage_settings = settings;
+  storage_settings.dtype = config.storage_dtype;
+  const Context storage = config.storage_dtype == config.dtype ? base : Context(storage_settings);
   Components c;
-  c.model_pool = config.modelpool.component->model_pool(base.with_config(config.modelpool.config));
+  c.model_pool = config.modelpool.component->model_pool(storage.with_config(config.modelpool.config));
   FUSION_ENSURE(c.model_pool, "model pool '", config.modelpool.name(), "' returned no object");
   if (config.taskpool) {
-    c.task_pool = config.taskpool->component->task_pool(base.with_config(config.taskpool->config));
+    c.task_pool = config.taskpool->component->task_pool(storage.with_config(config.taskpool->config));
     FUSION_ENSURE(c.task_pool, "task pool '", config.taskpool->name(), "' returned no object");
     // What the task pool takes from the models (an input size, a text tower), and what it refuses.
     adapt_to_models(*c.task_pool, *c.model_pool);
@@ -133,7 +139,11 @@ std::vector<ModelReport> evaluate_models(Result& result, const Components& c,
                                " '" + rm.label + "'";
     if (c.task_pool) {
       Stopwatch t;
-      json fusionbench = c.task_pool->evaluate(*model);
+      // Mixed precision: evaluated through a copy in the compute dtype (the model is saved as it is).
+      json fusionbench = config.dtype == config.storage_dtype
+                             ? c.task_pool->evaluate(*model)
+                             : c.task_pool->evaluate(*model->with_parameters(
+                                   model->parameters().to(config.device, config.dtype)));
       time.eval_s += t.seconds();
       report.evaluation = Evaluation::from_task_pool(std::move(fusionbench), c.tasks);
       log.info(evaluation_line(prefix, *report.evaluation, c.tasks));

@@ -11,6 +11,7 @@
 
 #include "fusion/dtype.hpp"
 #include "fusion/error.hpp"
+#include "precision.hpp"
 
 namespace fusion::host {
 
@@ -24,7 +25,10 @@ void RunOptions::bind(Options<RunOptions>& o) {
   o("device", &RunOptions::device,
     "\"auto\" (CUDA when LibTorch has it and a GPU is there, else CPU), \"cpu\", \"cuda\" or "
     "\"cuda:N\"");
-  o("dtype", &RunOptions::dtype, "floating-point type of the models")
+  o("dtype", &RunOptions::dtype,
+    "floating-point type of the models; \"bfloat16\" (\"float16\" on CUDA) is mixed precision: weights, "
+    "merges and saved models in float32, the network's GEMMs in the 16-bit type (float32 where the CPU has no "
+    "bfloat16 instructions)")
       .one_of({"float32", "float16", "bfloat16", "float64"});
   o("seed", &RunOptions::seed, "seed of every random generator").min(0);
   o("threads", &RunOptions::threads, "intra-op CPU threads (default: all cores)").range(1, 4096);
@@ -176,7 +180,10 @@ ResolvedConfig resolve_config(const ConfigFile& file, const PluginHost& plugins)
 
   const RunOptions& run = file.run;
   out.device = resolve_device(run.device);
-  out.dtype = parse_dtype(run.dtype, run_key(&RunOptions::dtype));
+  const Precision precision = resolve_precision(parse_dtype(run.dtype, run_key(&RunOptions::dtype)), out.device);
+  out.dtype = precision.compute;
+  out.storage_dtype = precision.storage;
+  out.precision_note = precision.note;
   out.seed = static_cast<uint64_t>(run.seed);
   out.threads = static_cast<int>(run.threads);
   const bool have_tasks = out.taskpool.has_value();

@@ -104,7 +104,15 @@ struct ResolvedConfig {
   ChosenComponent modelpool;
   std::optional<ChosenComponent> taskpool;
   at::Device device{at::kCPU};
+  /// The dtype the network computes in: the method's Context dtype, report.json's "dtype". For
+  /// [run] dtype = "bfloat16" (or "float16" on CUDA) the mixed-precision compute dtype, or float32
+  /// where the machine cannot compute it natively (see host/precision.hpp).
   at::ScalarType dtype = at::kFloat;
+  /// The dtype the model pool and task pool keep their tensors in (weights, merges, saved models,
+  /// heads, batches): `dtype`, or float32 under mixed precision.
+  at::ScalarType storage_dtype = at::kFloat;
+  /// One log line on how the run computes when [run] dtype asked for mixed precision ("" otherwise).
+  std::string precision_note;
   uint64_t seed = 42;
   int threads = 1;
   bool save_models = true;             ///< [run] save_models, or its default

@@ -153,7 +153,27 @@ void ParetoWeightEnsembling::finish(at::Generator generator) {
     }
     for (at::Tensor& p : g.router) p.set_requires_grad(true);
   }
+  compute_dtype_ = groups_.front().base.front().scalar_type();
   reset_routers(std::move(generator));
+}
+
+void ParetoWeightEnsembling::set_compute_dtype(at::ScalarType dtype) {
+  FUSION_ENSURE(at::isFloatingType(dtype), method_, ": compute dtype ", dtype, " is not a floating-point type");
+  compute_dtype_ = dtype;
+  rest_compute_ = StateDict();
+  if (dtype == groups_.front().base.front().scalar_type()) return;
+  c10::NoGradGuard no_grad;
+  for (const auto& [key, t] : rest_) rest_compute_.set(key, is_mergeable(t) ? t.to(dtype) : t);
+}
+
+StateDict ParetoWeightEnsembling::compute_parameters(const StateDict& merged) const {
+  if (rest_compute_.empty()) return merged;
+  StateDict out;
+  for (const auto& [key, t] : merged) {
+    const at::Tensor* rest = rest_compute_.find(key);
+    out.set(key, rest ? *rest : t.to(compute_dtype_));
+  }
+  return out;
 }
 
 void ParetoWeightEnsembling::reset_routers(at::Generator generator) {
@@ -374,6 +394,10 @@ std::unique_ptr<ParetoWeightEnsembling> ParetoWeightEnsembling::from_pool(ModelP
     pwe->add_expert(t, *expert, names[t]);
   }
   pwe->finish(at::make_generator<at::CPUGeneratorImpl>(ctx.seed()));
+  // Mixed precision: a 16-bit run dtype is the compute dtype of float32 models (the host hands the
+  // model pool float32 and the method the 16-bit dtype); any other run dtype leaves it as it is.
+  if ((ctx.dtype() == at::kBFloat16 || ctx.dtype() == at::kHalf) && ctx.dtype() != pwe->compute_dtype())
+    pwe->set_compute_dtype(ctx.dtype());
   return pwe;
 }
 

@@ -110,6 +110,18 @@ class ParetoWeightEnsembling {
   /// merge(route(r)) with autograd from the routers to the merged tensors (the original module's
   /// form; used by tests and small models).
   StateDict merge_differentiable(const at::Tensor& r) const;
+  /// The dtype the network's forward and backward passes run in while training: the pretrained
+  /// model's by default. A 16-bit dtype (bfloat16; float16 on CUDA) other than that makes training
+  /// mixed precision: θ₀, τ, the routers, g(r) and the merged θ(r) with its gradient keep the pool's
+  /// dtype (float32), only the copy the forward reads is cast (compute_parameters). from_pool takes
+  /// it from ctx.dtype() when that is a 16-bit type. Throws fusion::Error for a non-floating dtype.
+  void set_compute_dtype(at::ScalarType dtype);
+  at::ScalarType compute_dtype() const { return compute_dtype_; }
+  /// The parameters as the forward reads them: `merged` (merge()'s output) itself when
+  /// compute_dtype() is the models' dtype; else its upscaled tensors cast to compute_dtype() by a
+  /// differentiable cast (so their gradients arrive in merged's dtype) and the non-upscaled ones
+  /// from a copy made once by set_compute_dtype.
+  StateDict compute_parameters(const StateDict& merged) const;
   /// dL/dg per group from dL/dθ of the group's merged tensors (`grads` keyed like merge()'s
   /// output; absent keys count as zero): (dL/dg)ₜ = Σ_keys ⟨τₜ, dL/dθ⟩.
   std::vector<at::Tensor> group_weight_grads(const StateDict& grads) const;
@@ -142,6 +154,8 @@ class ParetoWeightEnsembling {
   std::vector<std::string> merged_keys_;   ///< floating non-upscaled keys (in rest_)
   std::vector<WeightEnsemblingGroup> groups_;
   std::vector<std::string> key_order_;     ///< the pretrained model's key order
+  at::ScalarType compute_dtype_ = at::kFloat;  ///< set_compute_dtype; the models' dtype by default
+  StateDict rest_compute_;                 ///< rest_ in compute_dtype_ (empty when that is rest_'s)
 };
 
 /// Matches `name` against a glob `pattern` (`*` any run of characters, `?` one character).

@@ -40,6 +40,8 @@ std::string short_name(const std::string& s) { return s.size() <= 8 ? s : s.subs
 
 // The merged parameters θ(r) of one step: every group's tensors are leaves whose .grad collects
 // ∂L/∂θ, so one task's activations are alive at a time and the chain to the routers is explicit.
+// Mixed precision (pwe.compute_dtype() 16-bit): the leaves stay float32, so ∂L/∂θ accumulates over
+// the tasks in float32; the forward reads their 16-bit copy, cast once per step.
 class MergedParameters {
  public:
   MergedParameters(const ParetoWeightEnsembling& pwe, const std::vector<at::Tensor>& g) : pwe_(pwe), params_(pwe.merge(g)) {
@@ -48,9 +50,13 @@ class MergedParameters {
         params_.at(k).requires_grad_(true);
         leaf_keys_.push_back(k);
       }
+    compute_ = pwe.compute_parameters(params_);
   }
-  // Lₜ on task t's batch (a scalar tensor with the graph to the leaves).
-  at::Tensor loss(Task& task, const Batch& batch) const { return task.loss(pwe_.model(), params_, batch); }
+  // Lₜ on task t's batch (a scalar tensor with the graph to the leaves), in float32 at least.
+  at::Tensor loss(Task& task, const Batch& batch) const {
+    at::Tensor l = task.loss(pwe_.model(), compute_, batch);
+    return l.scalar_type() == at::kBFloat16 || l.scalar_type() == at::kHalf ? l.to(at::kFloat) : l;
+  }
   // ∂L/∂g per group from the leaves' gradients: (∂L/∂g)ₜ = ⟨τₜ, ∂L/∂θ⟩.
   std::vector<at::Tensor> group_weight_grads() {
     StateDict grads;
@@ -67,8 +73,14 @@ class MergedParameters {
  private:
   const ParetoWeightEnsembling& pwe_;
   StateDict params_;
+  StateDict compute_;  ///< params_ as the forward reads them (params_ itself without mixed precision)
   std::vector<std::string> leaf_keys_;
 };
+
+// float16 gradients underflow where bfloat16's (float32's exponent range) do not: with a float16
+// compute dtype the losses are scaled by this before backward and ∂L/∂θ unscaled after (a static
+// loss scale; a non-finite gradient stops the step as any other does).
+double loss_scale(at::ScalarType compute) { return compute == at::kHalf ? 1024.0 : 1.0; }
 
 // The router gradient for ∂L/∂g = `dg` (one [T] tensor per group), flattened in router_parameters()
 // order, in float64.
@@ -131,6 +143,7 @@ PweMoeStepStats PweMoeAlgorithm::step(ParetoWeightEnsembling& pwe, Adam& adam, c
   // θ(r) = θ₀ + Σₜ g(r)ₜ τₜ, merged once for every task's batch.
   const std::vector<at::Tensor> g = pwe.route(rt);
   MergedParameters theta(pwe, g);
+  const double scale = loss_scale(pwe.compute_dtype());
   PweMoeStepStats stats;
   auto task_loss = [&](size_t t) {
     at::Tensor loss = theta.loss(*tasks[t], batches[t]);
@@ -146,16 +159,22 @@ PweMoeStepStats PweMoeAlgorithm::step(ParetoWeightEnsembling& pwe, Adam& adam, c
     // The weights do not depend on the losses (LS: w = r): one backward pass of Σₜ wₜ Lₜ, taken
     // task by task into the merged parameters' .grad, then through the module to the routers.
     stats.weights = loss_weights({}, r, at::Tensor(), stats);
-    for (size_t t = 0; t < static_cast<size_t>(T); ++t) (task_loss(t) * stats.weights[t]).backward();
-    torch::autograd::backward(g, theta.group_weight_grads());
+    for (size_t t = 0; t < static_cast<size_t>(T); ++t) (task_loss(t) * (stats.weights[t] * scale)).backward();
+    std::vector<at::Tensor> dg = theta.group_weight_grads();
+    if (scale != 1.0)
+      for (at::Tensor& d : dg) d.div_(scale);
+    torch::autograd::backward(g, dg);
   } else {
     // The weights need C = G Gᵀ (EPO): the per-task router gradients Gₜ = ∂Lₜ/∂φ first, then the
     // gradient of Σₜ wₜ Lₜ is Σₜ wₜ Gₜ.
     std::vector<at::Tensor> G;
     for (size_t t = 0; t < static_cast<size_t>(T); ++t) {
       theta.zero_grads();
-      task_loss(t).backward();
-      G.push_back(router_gradient(g, router, theta.group_weight_grads()));
+      (scale != 1.0 ? task_loss(t) * scale : task_loss(t)).backward();
+      std::vector<at::Tensor> dg = theta.group_weight_grads();
+      if (scale != 1.0)
+        for (at::Tensor& d : dg) d.div_(scale);
+      G.push_back(router_gradient(g, router, dg));
     }
     const at::Tensor Gm = at::stack(G);
     stats.weights = loss_weights(stats.losses, r, at::mm(Gm, Gm.t()).cpu(), stats);

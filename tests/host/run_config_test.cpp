@@ -22,7 +22,10 @@ Schema handwritten_run_schema() {
   s.add("device", std::string("auto"),
         "\"auto\" (CUDA when LibTorch has it and a GPU is there, else CPU), \"cpu\", \"cuda\" or "
         "\"cuda:N\"");
-  s.add("dtype", std::string("float32"), "floating-point type of the models")
+  s.add("dtype", std::string("float32"),
+        "floating-point type of the models; \"bfloat16\" (\"float16\" on CUDA) is mixed precision: weights, "
+        "merges and saved models in float32, the network's GEMMs in the 16-bit type (float32 where the CPU has no "
+        "bfloat16 instructions)")
       .one_of({"float32", "float16", "bfloat16", "float64"});
   s.add("seed", int64_t{42}, "seed of every random generator").range(0, std::nullopt);
   unsigned hw = std::max(1u, std::thread::hardware_concurrency());

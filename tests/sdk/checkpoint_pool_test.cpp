@@ -2,6 +2,8 @@
 // dtype, layout checks against the pretrained model, and atomic saving as a Hugging Face folder.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include <limits>
@@ -95,6 +97,56 @@ TEST_F(CheckpointPool, LoadsLazilyOnTheContextDtype) {
   EXPECT_DOUBLE_EQ(p->pretrained()->parameters().at("layer.weight")[0][0].item<double>(), 1.0);
 
   expect_error([&] { p->load("broken"); }, {(dir_ / "broken.safetensors").string(), "past the end"});
+}
+
+namespace {
+long rss_file_kb() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("RssFile:", 0) == 0) return std::stol(line.substr(8));
+  }
+  return -1L;
+}
+}  // namespace
+
+TEST_F(CheckpointPool, LoadedModelsAreCopyOnWriteViewsOfTheirFiles) {
+  // The pool reads float32 weights without a copy (views of a private mapping of the file): a
+  // write to a loaded model must change neither the file nor a later load, nor another loaded copy.
+  StateDict big;
+  big.set("w", at::arange(1 << 20, at::kFloat));
+  big.set("position_ids", at::arange(4, at::kLong));
+  const fs::path a = folder("a", big);
+  const std::string bytes = read_bytes(a / "model.safetensors");
+  auto p = std::make_unique<CheckpointModelPool>(context(folder("pre", big), {{"a", a.string()}}));
+  fusion::ModelPtr m = p->load("a");
+  fusion::ModelPtr m2 = p->load("a");
+  m->parameters().at("w").mul_(-1.0);
+  m->parameters().at("position_ids").fill_(7);
+  EXPECT_EQ(read_bytes(a / "model.safetensors"), bytes);
+  EXPECT_FLOAT_EQ(m->parameters().at("w")[5].item<float>(), -5.0f);
+  EXPECT_FLOAT_EQ(m2->parameters().at("w")[5].item<float>(), 5.0f);
+  EXPECT_FLOAT_EQ(p->load("a")->parameters().at("w")[(1 << 20) - 1].item<float>(), float((1 << 20) - 1));
+  EXPECT_EQ(p->load("a")->parameters().at("position_ids")[3].item<int64_t>(), 3);
+  // A loaded model outlives the pool that read it (its tensors keep the mapping alive).
+  p.reset();
+  EXPECT_FLOAT_EQ(m2->parameters().at("w")[7].item<float>(), 7.0f);
+}
+
+TEST_F(CheckpointPool, ALoadedModelIsNotResidentUntilUsed) {
+  // Loading checks every weight (touching every page of the file); those pages are dropped from
+  // the resident set once the checkpoint is checked, so holding a loaded model costs no memory
+  // until it is used, and its values come back from the page cache.
+  StateDict big;
+  for (int i = 0; i < 4; ++i) big.set("t" + std::to_string(i), at::full({4 << 20}, i, at::kFloat));
+  const fs::path a = folder("a", big);
+  auto p = std::make_unique<CheckpointModelPool>(context(folder("pre", big), {{"a", a.string()}}));
+  const long before = rss_file_kb();
+  ASSERT_GE(before, 0);
+  fusion::ModelPtr m = p->load("a");
+  const long after = rss_file_kb();
+  EXPECT_LT(after - before, 16 * 1024) << "file-backed RSS grew by " << (after - before) << " kB";
+  EXPECT_FLOAT_EQ(m->parameters().at("t3").sum().item<float>(), 3.0f * (4 << 20));
 }
 
 TEST_F(CheckpointPool, UnknownExpertListsTheKnownOnes) {

@@ -39,6 +39,11 @@ Schema handwritten_run_schema() {
                  "models are always saved without one)");
   s.add("compare", std::vector<std::string>{},
         "report.json files of other runs to draw beside this one in pareto.svg");
+  s.add("eval_cache_mb", int64_t{1024},
+        "MiB of decoded and preprocessed test images the task pool keeps in memory from one evaluated model to the "
+        "next (a Pareto set, a λ sweep), so each is decoded once per run; what does not fit is decoded for every "
+        "model, with the same results (0: none)")
+      .range(0, int64_t{1} << 30);
   return s;
 }
 

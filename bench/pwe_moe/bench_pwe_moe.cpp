@@ -14,6 +14,14 @@
 //   OMP_WAIT_POLICY=PASSIVE fusion_bench_pwe_moe memory --tasks 8
 //   OMP_WAIT_POLICY=PASSIVE fusion_bench_pwe_moe step --tasks 8 --batch 16 --reps 3 [--layers 12]
 //   (--full 0 times only LS, unified and the plain pass with the upscaled gradients)
+//   precision: the LS step in float32 and in mixed bfloat16 ([run] dtype = "bfloat16": the
+//           network's GEMMs in bf16, routers, Adam, g(r), θ(r) and its gradient in float32), alternated
+//           rep by rep on the same routers and batches, at T = 2 and T = 8; the target is bf16 ≤ 0.6 × the
+//           float32 step where the CPU has bf16 instructions (avx512_bf16 / amx_bf16). Elsewhere a run
+//           falls back to float32, so the target is not applicable and bf16 is not timed (--emulate 1
+//           times LibTorch's emulation anyway, ~10x slower: numerics only). Ends with one line per T:
+//             TARGET pwe_moe_bf16_step_T<T> <bf16/fp32> <=0.6 MET|MISSED|N/A [note]
+//   OMP_WAIT_POLICY=PASSIVE fusion_bench_pwe_moe precision [--batch 16 --reps 3 --emulate 0]
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
@@ -35,6 +43,7 @@
 #include "fusion/context.hpp"
 #include "fusion/error.hpp"
 #include "pareto_weight_ensembling.hpp"
+#include "precision.hpp"
 #include "pwe_moe.hpp"
 #include "tiny_model.hpp"
 
@@ -317,6 +326,109 @@ int run_step(int T, int64_t batch, int reps, int64_t layers, int64_t image, bool
   return 0;
 }
 
+// LS steps in float32 and mixed bfloat16 side by side (see the file comment).
+int run_precision(const std::vector<int>& task_counts, int64_t batch, int reps, int64_t layers, int64_t image,
+                  bool emulate) {
+  const host::CpuBf16 cpu = host::cpu_bf16();
+  const host::Precision native = host::resolve_precision(at::kBFloat16, at::Device(at::kCPU), cpu, at::hasMKLDNN(), false);
+  const bool have_bf16 = native.compute == at::kBFloat16;
+  const bool time_bf16 = have_bf16 || emulate;
+  std::printf("CPU bf16 instructions: %s; oneDNN %s; %d threads\n", cpu.describe().c_str(),
+              at::hasMKLDNN() ? "yes" : "no", at::get_num_threads());
+  if (!have_bf16)
+    std::printf("%s\n%s\n", native.note.c_str(),
+                emulate ? "--emulate 1: timing LibTorch's bf16 emulation anyway (numerics only; the speed target "
+                          "is checked where the hardware has bf16)"
+                        : "bf16 is not timed: the speed target can only be checked where the hardware has bf16");
+  std::vector<std::string> targets;
+  for (int T : task_counts) {
+    Arch a = make_arch(layers, image);
+    SynthPool pool(a.pretrained, T);
+    const Context ctx = quiet_context();
+    auto pwe = ParetoWeightEnsembling::from_pool(pool, ctx, {}, "bench");
+    std::vector<std::unique_ptr<HeadTask>> owned;
+    std::vector<Task*> tasks;
+    std::vector<Batch> batches;
+    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(5);
+    for (int t = 0; t < T; ++t) {
+      owned.push_back(std::make_unique<HeadTask>("task" + std::to_string(t), 10, a.feature_dim, 100 + t));
+      tasks.push_back(owned.back().get());
+      std::vector<int64_t> shape{batch};
+      shape.insert(shape.end(), a.input_shape.begin(), a.input_shape.end());
+      batches.push_back({at::randn(shape, g), at::randint(10, {batch}, g)});
+    }
+    std::vector<double> r(T);
+    double sum = 0;
+    for (int t = 0; t < T; ++t) sum += (r[t] = 1.0 + t);
+    for (double& v : r) v /= sum;
+    PweMoeLs ls;
+    fusion::Adam adam(pwe->router_parameters());
+    auto step_in = [&](at::ScalarType dtype) {
+      pwe->set_compute_dtype(dtype);
+      const auto t0 = std::chrono::steady_clock::now();
+      ls.step(*pwe, adam, tasks, batches, r, 0.0, 1);  // lr 0: every rep steps the same routers
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    auto grads = [&]() {
+      std::vector<at::Tensor> flat;
+      for (const at::Tensor& p : pwe->router_parameters()) flat.push_back(p.grad().reshape({-1}).to(at::kDouble));
+      return at::cat(flat);
+    };
+    // Warm-up, and the router gradients both ways.
+    step_in(at::kFloat);
+    const at::Tensor g32 = grads();
+    double grad_rel = NAN, grad_cos = NAN;
+    if (time_bf16) {
+      step_in(at::kBFloat16);
+      const at::Tensor g16 = grads();
+      grad_rel = (g16 - g32).abs().max().item<double>() / g32.abs().max().item<double>();
+      grad_cos = (g16.dot(g32) / (g16.norm() * g32.norm())).item<double>();
+    }
+    std::vector<double> t32, t16, ratios;
+    for (int i = 0; i < reps; ++i) {
+      if (!time_bf16) {
+        t32.push_back(step_in(at::kFloat));
+        continue;
+      }
+      if (i % 2 == 0) {
+        t32.push_back(step_in(at::kFloat));
+        t16.push_back(step_in(at::kBFloat16));
+      } else {
+        t16.push_back(step_in(at::kBFloat16));
+        t32.push_back(step_in(at::kFloat));
+      }
+      ratios.push_back(t16.back() / t32.back());
+    }
+    std::printf("\nmodel: %s, T = %d, batch %lld per task, %d reps (alternated)\n", a.name.c_str(), T,
+                static_cast<long long>(batch), reps);
+    std::printf("                          best      median    each rep (s)\n");
+    std::printf("LS step float32        %8.3f  %8.3f    %s\n", *std::min_element(t32.begin(), t32.end()), median(t32),
+                series(t32).c_str());
+    char line[256];
+    const std::string name = "pwe_moe_bf16_step_T" + std::to_string(T);
+    if (time_bf16) {
+      std::printf("LS step bf16%s  %8.3f  %8.3f    %s\n", have_bf16 ? " (mixed)  " : " (emul.)  ",
+                  *std::min_element(t16.begin(), t16.end()), median(t16), series(t16).c_str());
+      const double ratio = median(ratios);
+      std::printf("bf16 / float32: per rep pair %s, median %.3f (target <= 0.6 where the hardware has bf16)\n",
+                  series(ratios).c_str(), ratio);
+      std::printf("router gradient, bf16 vs float32: max |diff| / max |grad| = %.2e, cosine %.6f\n", grad_rel, grad_cos);
+      if (have_bf16)
+        std::snprintf(line, sizeof(line), "TARGET %s %.3f <=0.6 %s", name.c_str(), ratio, ratio <= 0.6 ? "MET" : "MISSED");
+      else
+        std::snprintf(line, sizeof(line), "TARGET %s %.3f <=0.6 N/A not applicable: no bf16 hardware (emulated; a run "
+                      "falls back to fp32)", name.c_str(), ratio);
+    } else {
+      std::snprintf(line, sizeof(line), "TARGET %s - <=0.6 N/A not applicable: no bf16 hardware (fell back to fp32)",
+                    name.c_str());
+    }
+    targets.push_back(line);
+  }
+  std::printf("\n");
+  for (const std::string& t : targets) std::printf("%s\n", t.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -325,11 +437,13 @@ int main(int argc, char** argv) {
     int T = 2, reps = 3;
     int64_t batch = 16, layers = 12, image = 224;
     int threads = static_cast<int>(std::thread::hardware_concurrency());
-    bool full = true;
+    bool full = true, emulate = false;
+    std::vector<int> task_counts;
     for (int i = 2; i + 1 < argc; i += 2) {
       const std::string k = argv[i];
       const int64_t v = std::stoll(argv[i + 1]);
-      if (k == "--tasks") T = static_cast<int>(v);
+      if (k == "--tasks") T = static_cast<int>(v), task_counts.push_back(static_cast<int>(v));
+      else if (k == "--emulate") emulate = v != 0;
       else if (k == "--batch") batch = v;
       else if (k == "--reps") reps = static_cast<int>(v);
       else if (k == "--layers") layers = v;
@@ -341,7 +455,10 @@ int main(int argc, char** argv) {
     at::set_num_threads(threads);
     if (mode == "memory") return run_memory(T, layers, image);
     if (mode == "step") return run_step(T, batch, reps, layers, image, full);
-    std::fprintf(stderr, "usage: %s memory|step [--tasks T] [--batch B] [--reps N] [--layers L] [--image S] [--threads N] [--full 0|1]\n", argv[0]);
+    if (mode == "precision")
+      return run_precision(task_counts.empty() ? std::vector<int>{2, 8} : task_counts, batch, reps, layers, image,
+                           emulate);
+    std::fprintf(stderr, "usage: %s memory|step|precision [--tasks T (repeatable for precision)] [--emulate 0|1] [--batch B] [--reps N] [--layers L] [--image S] [--threads N] [--full 0|1]\n", argv[0]);
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -381,6 +381,11 @@ TEST(Gpt2Tokenizer, BatchesPadToTheLongestOrToMaxLength) {
   b = gpt2().encode_batch({as(1), as(6)}, {bs(1), bs(1)}, o);
   EXPECT_TRUE(at::equal(b.input_ids, at::tensor(Ids{64, 65, 50256, 50256, 64, 257, 257, 65}).view({2, 4})));
   EXPECT_TRUE(at::equal(b.attention_mask, at::tensor(Ids{1, 1, 0, 0, 1, 1, 1, 1}).view({2, 4})));
+  // An empty text is all padding; an empty batch keeps the width.
+  b = gpt2().encode_batch({"", as(1)}, o);
+  EXPECT_TRUE(at::equal(b.input_ids, at::tensor(Ids{50256, 50256, 50256, 50256, 64, 50256, 50256, 50256}).view({2, 4})));
+  EXPECT_TRUE(at::equal(b.attention_mask, at::tensor(Ids{0, 0, 0, 0, 1, 0, 0, 0}).view({2, 4})));
+  EXPECT_EQ(gpt2().encode_batch({}, o).input_ids.sizes(), (at::IntArrayRef{0, 4}));
 }
 
 // ---- errors --------------------------------------------------------------------------------------

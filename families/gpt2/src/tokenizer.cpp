@@ -532,7 +532,7 @@ Encoding Gpt2Tokenizer::encode_plus(const std::string& text, const std::string& 
 namespace {
 
 BatchEncoding stack(std::vector<Encoding> rows, const EncodeOptions& o, int64_t pad_id) {
-  size_t len = 0;
+  size_t len = pad_length(o);  // so that an empty batch is [0, max_length] too
   for (const Encoding& r : rows) len = std::max(len, r.ids.size());
   for (size_t k = 0; k < rows.size(); ++k) {
     if (rows[k].ids.size() == len) continue;

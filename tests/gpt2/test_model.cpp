@@ -228,6 +228,18 @@ TEST_P(Gpt2ModelTest, ForwardReadsTheParametersItIsGiven) {
   EXPECT_FALSE(error_of([&] { m->with_parameters(wrong); }).empty());
 }
 
+TEST_P(Gpt2ModelTest, TanhGeluVariantsEqualGeluNewAndOthersDiffer) {
+  // gelu_pytorch_tanh and gelu_fast are gelu_new's formula written otherwise: the reference's outputs.
+  const StateDict p = tiny(Gpt2Head::kNone)->parameters();
+  nlohmann::json c = read_json(kModelData / "model_tiny" / "config.json");
+  for (const char* act : {"gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu", "swish", "tanh", "gelu"}) {
+    c["activation_function"] = act;
+    Gpt2Model m(p, c, Gpt2Head::kNone);
+    const bool same = std::string(act) == "gelu_pytorch_tanh" || std::string(act) == "gelu_fast";
+    EXPECT_EQ(all_close(m.forward(p, g("ids_right"), g("mask_right")), g("hidden_right")), same) << act;
+  }
+}
+
 TEST_P(Gpt2ModelTest, BareShardedGpt2ModelMatchesReference) {
   auto m = std::dynamic_pointer_cast<Gpt2Model>(load_gpt2(kModelData / "model_tiny_bare", std::nullopt, device_));
   ASSERT_NE(m, nullptr);
@@ -324,7 +336,8 @@ TEST_F(Gpt2ModelErrors, MoreLayersThanConfig) {
   nlohmann::json c = config_;
   c["n_layer"] = 1;
   EXPECT_EQ(load_error(weights_, c),
-            "DIR: the weights have 'transformer.h.1.attn.c_attn.bias' (shape [96]) that config.json does not describe (n_layer 1)");
+            "DIR: the weights have 'transformer.h.1.attn.c_attn.bias' (shape [96]) that config.json does not "
+            "describe (n_layer 1)");
 }
 
 TEST_F(Gpt2ModelErrors, UnexpectedHeadTensor) {
@@ -338,7 +351,8 @@ TEST_F(Gpt2ModelErrors, UnknownActivation) {
   nlohmann::json c = config_;
   c["activation_function"] = "gelu_newer";
   EXPECT_EQ(load_error(weights_, c),
-            "DIR/config.json: 'activation_function' is 'gelu_newer'; supported: gelu_new, gelu_pytorch_tanh, gelu_fast, gelu, quick_gelu, relu, silu, swish, tanh");
+            "DIR/config.json: 'activation_function' is 'gelu_newer'; supported: gelu_new, gelu_pytorch_tanh, "
+            "gelu_fast, gelu, quick_gelu, relu, silu, swish, tanh");
 }
 
 TEST_F(Gpt2ModelErrors, BadConfigValues) {

@@ -36,7 +36,9 @@ bool is_bare_body_key(const std::string& k) {
 
 // The attention buffers (causal triangle, masked value) that checkpoints written before transformers
 // 4.x kept in the state dict: `….attn.bias` (not `….attn.c_attn.bias`) and `….attn.masked_bias`.
-bool is_attention_buffer(const std::string& k) { return ends_with(k, ".attn.bias") || ends_with(k, ".attn.masked_bias"); }
+bool is_attention_buffer(const std::string& k) {
+  return ends_with(k, ".attn.bias") || ends_with(k, ".attn.masked_bias");
+}
 
 // The dtype's most negative finite value (torch.finfo(dtype).min), which transformers' GPT-2 uses as
 // the masked score.

@@ -1,7 +1,11 @@
 #include "task_arithmetic.hpp"
 
+#include <memory>
+#include <set>
 #include <utility>
 
+#include "fusion/checkpoint_stream.hpp"
+#include "fusion/error.hpp"
 #include "fusion/merging.hpp"
 
 namespace fusion::methods {
@@ -18,9 +22,107 @@ ComponentInfo TaskArithmetic::info() {
           "https://arxiv.org/abs/2212.04089", {}, Requirements().pretrained().experts(1)};
 }
 
+namespace {
+
+constexpr const char* kOption = "method.scaling_factors";
+
+// The checks add_scaled_results makes, with its messages.
+void check_lambdas(const std::vector<double>& lambdas) {
+  FUSION_ENSURE(!lambdas.empty(), kOption, " is empty: give at least one scaling factor");
+  std::set<std::string> seen;
+  for (double lambda : lambdas) {
+    FUSION_ENSURE(seen.insert(format_scalar(lambda)).second, kOption, " lists ", format_scalar(lambda),
+                  " more than once");
+  }
+}
+
+// Task arithmetic in one pass over the files of θ₀ and every θₜ (detail::CheckpointStream), chunk by
+// chunk: s = Σₜ θₜ, Δ = s − T·θ₀, θ = θ₀ + λ·Δ, the same float arithmetic per element as
+// sum_task_vectors + add_scaled_results. One λ: θ is written straight into the output, the one
+// model-sized buffer. A sweep: Δ is kept (flat), and each model θ₀ + λΔ is made when the host asks
+// for it, θ₀ read again from the stream; a buffer the host has dropped is reused for the next.
+Result run_streamed(ModelPool& models, const Context& ctx, const std::vector<double>& lambdas,
+                    std::shared_ptr<const detail::CheckpointStream> stream) {
+  const size_t t_count = stream->num_models() - 1;  // model 0 is θ₀
+  const float t_f = static_cast<float>(t_count);
+  const bool sweep = lambdas.size() > 1;
+  const float lambda0 = static_cast<float>(lambdas[0]);
+  ConstModelPtr pretrained = models.pretrained();  // the Model object; its tensors are not read
+  auto progress = ctx.progress("task arithmetic (streamed)", 1);
+  at::Tensor flat = stream->flat_buffer();
+  float* out_base = flat.data_ptr<float>();
+  stream->for_each_chunk([&](size_t i, int64_t b, int64_t e) {
+    float* out = out_base + stream->flat_offset(i) + b;
+    const int64_t n = e - b;
+    const float* x = stream->floats(1, i, b, e);
+    std::copy(x, x + n, out);
+    for (size_t t = 2; t <= t_count; ++t) {
+      const float* y = stream->floats(t, i, b, e);
+      for (int64_t j = 0; j < n; ++j) out[j] += y[j];
+    }
+    const float* base = stream->floats(0, i, b, e);
+    if (sweep) {
+      for (int64_t j = 0; j < n; ++j) out[j] -= t_f * base[j];
+    } else {
+      for (int64_t j = 0; j < n; ++j) out[j] = (out[j] - t_f * base[j]) * lambda0 + base[j];
+    }
+  });
+  progress->advance();
+  progress->finish();
+
+  Result result;
+  result.info = {{"num_experts", t_count}, {"scaling_factors", lambdas}};
+  if (!sweep) {
+    result.add("merged", pretrained->with_parameters(stream->unflatten(flat, pretrained->parameters())),
+               nlohmann::json{{"scaling_factor", lambdas[0]}});
+    return result;
+  }
+  result.sweep = true;
+  struct Shared {
+    std::shared_ptr<const detail::CheckpointStream> stream;
+    ConstModelPtr pretrained;
+    at::Tensor delta;
+    at::Tensor spare;  ///< the last output buffer; reused once nothing else holds it
+  };
+  auto shared = std::make_shared<Shared>(Shared{std::move(stream), pretrained, flat, at::Tensor()});
+  for (double lambda : lambdas) {
+    result.add_lazy(
+        "scaling_factor=" + format_scalar(lambda),
+        [shared, lambda]() -> ConstModelPtr {
+          const detail::CheckpointStream& s = *shared->stream;
+          at::Tensor out = shared->spare.defined() && shared->spare.use_count() == 1 &&
+                                   shared->spare.storage().use_count() == 1
+                               ? shared->spare
+                               : s.flat_buffer();
+          shared->spare = out;
+          float* o = out.data_ptr<float>();
+          const float* d = shared->delta.data_ptr<float>();
+          const float l = static_cast<float>(lambda);
+          s.for_each_chunk([&](size_t i, int64_t b, int64_t e) {
+            const int64_t off = s.flat_offset(i);
+            const float* base = s.floats(0, i, b, e);
+            for (int64_t j = 0; j < e - b; ++j) o[off + b + j] = d[off + b + j] * l + base[j];
+          });
+          return shared->pretrained->with_parameters(s.unflatten(out, shared->pretrained->parameters()));
+        },
+        nlohmann::json{{"scaling_factor", lambda}});
+  }
+  return result;
+}
+
+}  // namespace
+
 Result TaskArithmetic::run(ModelPool& models, TaskPool* /*tasks*/, const Context& ctx) {
   const std::vector<double> lambdas =
       scaling_factors_of(options_.scaling_factor, options_.scaling_factors.value_or(std::vector<double>{}));
+  if (ctx.device().is_cpu()) {
+    std::vector<std::string> names{"pretrained"};
+    for (const std::string& name : expert_names_checked(models, "task vectors")) names.push_back(name);
+    if (std::shared_ptr<const detail::CheckpointStream> stream = detail::CheckpointStream::open(models, names)) {
+      check_lambdas(lambdas);
+      return run_streamed(models, ctx, lambdas, std::move(stream));
+    }
+  }
   StateDict task_vector_sum = sum_task_vectors(models, ctx);
   Result result;
   result.info = {{"num_experts", models.expert_names().size()}, {"scaling_factors", lambdas}};

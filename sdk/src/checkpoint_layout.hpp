@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "fusion/model_pool.hpp"
 #include "fusion/safetensors.hpp"
 #include "fusion/state_dict.hpp"
 
@@ -27,4 +28,15 @@ std::string shape_string(const std::vector<int64_t>& shape);
 /// non-finite values as they are.
 StateDict load_weights(const std::filesystem::path& path, const at::Device& device,
                        std::optional<at::ScalarType> dtype, const std::string& label);
+
+/// A checkpoint CheckpointStream reads, and the option that names it in messages.
+struct StreamSource {
+  std::filesystem::path path;
+  std::string label;
+};
+/// For CheckpointStream::open (checkpoint_pool.cpp): the checkpoints of `models` ("pretrained" or
+/// expert names) when `pool` is the `safetensors` pool itself loading onto the CPU in float32, each
+/// expert's header checked against the pretrained model's as CheckpointModelPool::load checks it;
+/// nullopt when the pool is another (or loads elsewhere).
+std::optional<std::vector<StreamSource>> stream_sources(ModelPool& pool, const std::vector<std::string>& models);
 }  // namespace fusion::detail

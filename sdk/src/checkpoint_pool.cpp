@@ -10,7 +10,9 @@
 #include <cstring>
 #include <fstream>
 #include <random>
+#include <optional>
 #include <sstream>
+#include <typeinfo>
 #include <unordered_map>
 
 #include "checkpoint_layout.hpp"
@@ -114,17 +116,27 @@ ConstModelPtr CheckpointModelPool::pretrained() {
   return pretrained_;
 }
 
+namespace {
+void check_expert_layout(const std::string& option, const fs::path& path, const std::string& expert,
+                         const fs::path& pretrained_path);
+}  // namespace
+
 ModelPtr CheckpointModelPool::load(const std::string& name) {
   const fs::path& path = path_of(name);
   const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
-  const std::string option = section + ".models." + name;
-  const std::string expert = "expert '" + name + "'";
+  check_expert_layout(section + ".models." + name, path, "expert '" + name + "'", pretrained_path_);
+  return load_path(path);
+}
 
-  // Compare the layouts from the files' headers alone: nothing of the expert is read when they
-  // differ, and the pretrained model's tensors are not needed. (Headers, not the loaded pretrained
-  // model: a derived pool's make_model may keep only part of a checkpoint.)
+namespace {
+
+// Compares an expert's layout with the pretrained model's from the files' headers alone: nothing of
+// the expert is read when they differ, and the pretrained model's tensors are not needed. (Headers,
+// not the loaded pretrained model: a derived pool's make_model may keep only part of a checkpoint.)
+void check_expert_layout(const std::string& option, const fs::path& path, const std::string& expert,
+                         const fs::path& pretrained_path) {
   const std::vector<TensorInfo> layout = detail::read_checkpoint_layout(path);
-  const std::vector<TensorInfo> reference = detail::read_checkpoint_layout(pretrained_path_);
+  const std::vector<TensorInfo> reference = detail::read_checkpoint_layout(pretrained_path);
   std::unordered_map<std::string, const TensorInfo*> by_name;
   for (const auto& t : layout) by_name.emplace(t.name, &t);
   for (const auto& ref : reference) {
@@ -143,8 +155,37 @@ ModelPtr CheckpointModelPool::load(const std::string& name) {
                     t.name, "' that pretrained lacks");
     }
   }
-  return load_path(path);
 }
+
+// The pool's context, for detail::stream_sources (a member pointer taken in a derived class
+// reaches the protected member of any CheckpointModelPool).
+struct PoolAccess : CheckpointModelPool {
+  static const Context& context(const CheckpointModelPool& pool) { return pool.*(&PoolAccess::ctx_); }
+};
+
+}  // namespace
+
+namespace detail {
+std::optional<std::vector<StreamSource>> stream_sources(ModelPool& pool, const std::vector<std::string>& models) {
+  auto* cp = dynamic_cast<CheckpointModelPool*>(&pool);
+  if (cp == nullptr || typeid(*cp) != typeid(CheckpointModelPool)) return std::nullopt;
+  const Context& ctx = PoolAccess::context(*cp);
+  if (!ctx.device().is_cpu() || ctx.dtype() != at::kFloat) return std::nullopt;
+  const std::string section = ctx.config().section().empty() ? "modelpool" : ctx.config().section();
+  std::vector<StreamSource> out;
+  for (const std::string& name : models) {
+    if (name == "pretrained") {
+      out.push_back({cp->path_of(name), section + ".pretrained"});
+      continue;
+    }
+    const fs::path& path = cp->path_of(name);
+    const std::string option = section + ".models." + name;
+    check_expert_layout(option, path, "expert '" + name + "'", cp->path_of("pretrained"));
+    out.push_back({path, option});
+  }
+  return out;
+}
+}  // namespace detail
 
 ModelPtr CheckpointModelPool::make_model(StateDict params, nlohmann::json config) const {
   return std::make_shared<Model>("checkpoint", std::move(params), std::move(config));

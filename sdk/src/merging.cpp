@@ -1,10 +1,12 @@
 #include "fusion/merging.hpp"
 
+#include <cstring>
 #include <memory>
 #include <set>
 #include <sstream>
 #include <utility>
 
+#include "fusion/checkpoint_stream.hpp"
 #include "fusion/error.hpp"
 
 namespace fusion {
@@ -44,6 +46,43 @@ ModelPtr load_expert(ModelPool& pool, const std::string& name, const StateDict* 
 
 }  // namespace
 
+namespace {
+
+// Σₜ wₜ θₜ in one pass over the experts' files (detail::CheckpointStream), chunk by chunk, into one
+// flat output: no expert is ever held, and each chunk of every expert is read once, checked and
+// dropped. The same arithmetic as the loop below, element by element: acc = w₀·x₀, acc += wₜ·xₜ.
+ModelPtr weighted_sum_streamed(ModelPool& pool, const Context& ctx, const std::vector<std::string>& names,
+                               const std::vector<float>& w, const detail::CheckpointStream& stream) {
+  // The first expert as the pool loads it (its tensors are views of the file, not resident): the
+  // result keeps its Model object, config and integer tensors, as the loop below does.
+  ModelPtr first = load_expert(pool, names[0], nullptr, "");
+  auto progress = ctx.progress("summing experts (streamed)", 1);
+  at::Tensor flat = stream.flat_buffer();
+  float* out_base = flat.data_ptr<float>();
+  const size_t t_count = names.size();
+  stream.for_each_chunk([&](size_t i, int64_t b, int64_t e) {
+    float* out = out_base + stream.flat_offset(i) + b;
+    const int64_t n = e - b;
+    const float* x = stream.floats(0, i, b, e);
+    if (w[0] == 1.0f) {
+      std::memcpy(out, x, static_cast<size_t>(n) * sizeof(float));
+    } else {
+      for (int64_t j = 0; j < n; ++j) out[j] = x[j] * w[0];
+    }
+    for (size_t t = 1; t < t_count; ++t) {
+      const float* y = stream.floats(t, i, b, e);
+      const float wt = w[t];
+      for (int64_t j = 0; j < n; ++j) out[j] += wt * y[j];
+    }
+  });
+  first->parameters() = stream.unflatten(flat, first->parameters());
+  progress->advance();
+  progress->finish();
+  return first;
+}
+
+}  // namespace
+
 ModelPtr weighted_sum_of_experts(ModelPool& pool, const Context& ctx,
                                  const std::vector<double>& weights, const std::string& option) {
   const std::vector<std::string> names = expert_names_checked(pool, "merging");
@@ -51,6 +90,13 @@ ModelPtr weighted_sum_of_experts(ModelPool& pool, const Context& ctx,
                 " experts");
   auto weight = [&](size_t i) { return weights.empty() ? 1.0 : weights[i]; };
   const at::Device device = ctx.device();
+  if (device.is_cpu()) {
+    if (const auto stream = detail::CheckpointStream::open(pool, names)) {
+      std::vector<float> w;
+      for (size_t i = 0; i < names.size(); ++i) w.push_back(static_cast<float>(weight(i)));
+      return weighted_sum_streamed(pool, ctx, names, w, *stream);
+    }
+  }
   auto progress = ctx.progress("summing experts", static_cast<int64_t>(names.size()));
 
   // The sum starts as the first expert's own tensors (scaled in place), so it costs no copy.

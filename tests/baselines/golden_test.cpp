@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "fusion/checkpoint_pool.hpp"
+#include "fusion/checkpoint_stream.hpp"
 #include "fusion/safetensors.hpp"
 #include "simple_average.hpp"
 #include "support.hpp"
@@ -94,6 +96,30 @@ TEST_P(Golden, MatchesReference) {
     // The reference ran in float32; the grid set is exact in float32 (dyadic values).
     EXPECT_EQ(fusion::testing::state_dict_difference(r.models[0].make()->parameters(), expected, 1e-6, 1e-6), "");
   }
+}
+
+TEST_P(Golden, StreamedFromFilesMatchesReference) {
+  // The same case through the `safetensors` pool reading the golden files themselves: the methods
+  // then stream the weights straight from the files (detail::CheckpointStream) instead of loading
+  // each model. Float32 on the CPU, the streamed path's domain.
+  const GoldenCase& c = GetParam();
+  const fs::path dir = fs::path(FUSION_BASELINES_DATA) / c.set;
+  StringMap models;
+  std::vector<std::string> names{"pretrained"};
+  for (int i = 0; fs::exists(dir / ("expert_" + std::to_string(i) + ".safetensors")); ++i) {
+    models.emplace_back("expert_" + std::to_string(i), (dir / ("expert_" + std::to_string(i) + ".safetensors")).string());
+    names.push_back(models.back().first);
+  }
+  ASSERT_EQ(models.size(), 3u);
+  std::map<std::string, Value> values{{"pretrained", (dir / "pretrained.safetensors").string()}, {"models", models}};
+  CheckpointModelPool pool(Context().with_config(Config::validate("modelpool", values, schema_of<CheckpointPoolOptions>())));
+  ASSERT_NE(fusion::detail::CheckpointStream::open(pool, names), nullptr) << "the streamed path does not apply";
+  const StateDict expected = load_safetensors(dir / ("expected_" + c.name + ".safetensors"));
+  std::unique_ptr<Algorithm> method = make_method(c);
+  ASSERT_NE(method, nullptr);
+  Result r = method->run(pool, nullptr, Context());
+  ASSERT_EQ(r.models.size(), 1u);
+  EXPECT_EQ(fusion::testing::state_dict_difference(r.models[0].make()->parameters(), expected, 1e-6, 1e-6), "");
 }
 
 INSTANTIATE_TEST_SUITE_P(Baselines, Golden, ::testing::ValuesIn(all_cases()),

@@ -9,6 +9,8 @@
 #include <limits>
 
 #include "fusion/checkpoint_pool.hpp"
+#include "fusion/checkpoint_stream.hpp"
+#include "fusion/merging.hpp"
 #include "fusion/safetensors.hpp"
 #include "error_of.hpp"
 #include "support.hpp"
@@ -397,6 +399,32 @@ TEST_F(NonFiniteWeights, ElementIndexBeyondTheFirstCopyChunk) {
   bad.at("w")[n - 3] = std::numeric_limits<float>::quiet_NaN();
   auto p = pool_of(sd, bad);
   expect_error([&] { p->load("e"); }, {"tensor 'w': F32 element " + std::to_string(n - 7) + " holds -inf"});
+}
+
+TEST_F(NonFiniteWeights, StreamedMergesCheckAsTheyRead) {
+  // Merges that stream from the files (detail::CheckpointStream: weighted_sum_of_experts on the
+  // `safetensors` pool) check every chunk as they read it, with the loader's message; the index
+  // counts from the tensor's start across the chunks.
+  const int64_t n = 100003;
+  StateDict sd;
+  sd.set("a", at::zeros({3}, at::kFloat));
+  sd.set("w", at::zeros({n}, at::kFloat));
+  StateDict bad = sd;
+  bad.set("w", sd.at("w").clone());
+  bad.at("w")[n - 7] = std::numeric_limits<float>::quiet_NaN();
+  // The second expert is the bad one: only the stream reads it (the first is loaded as well, for
+  // its Model object).
+  auto p = pool_of(sd, sd);
+  fusion::save_safetensors(dir_ / "f.safetensors", bad);
+  p = std::make_unique<CheckpointModelPool>(context(
+      dir_ / "pre.safetensors", {{"e", (dir_ / "e.safetensors").string()}, {"f", (dir_ / "f.safetensors").string()}}));
+  ASSERT_NE(fusion::detail::CheckpointStream::open(*p, {"e", "f"}), nullptr);
+  expect_error([&] { fusion::weighted_sum_of_experts(*p, fusion::Context()); },
+               {"modelpool.models.f: " + (dir_ / "f.safetensors").string() + ": tensor 'w': F32 element " +
+                std::to_string(n - 7) + " holds nan (weights must be finite)"});
+  // Finite weights: the streamed sum is the expert's own (one expert, weight 1), bit for bit.
+  auto q = pool_of(sd, sd);
+  EXPECT_TRUE(fusion::weighted_sum_of_experts(*q, fusion::Context())->parameters().at("w").equal(sd.at("w")));
 }
 
 TEST_F(NonFiniteWeights, UnalignedDataIsCheckedToo) {

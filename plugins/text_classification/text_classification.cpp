@@ -557,7 +557,7 @@ void TextClassificationPool::adapt_to(const ModelPool& models) {
   }
   if (cfg) {
     const std::string file = (*pretrained / "config.json").string();
-    FUSION_ENSURE(options_.max_length <= cfg->n_positions, key(&PoolOptions::max_length), " = ", options_.max_length,
+    FUSION_ENSURE(!options_.max_length_given || options_.max_length <= cfg->n_positions, key(&PoolOptions::max_length), " = ", options_.max_length,
                   " but the model takes at most ", cfg->n_positions, " tokens (n_positions in ", file, ")");
     if (!options_.max_length_given) options_.max_length = cfg->n_positions;
   }

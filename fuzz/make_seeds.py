@@ -146,6 +146,46 @@ def seeds_clip():
     write(d / "bad_merges", json.dumps(tiny_vocab).encode() + b"\0a b c\n\0x")
 
 
+def bytes_to_unicode():
+    """GPT-2's byte -> printable character table (encoder.py's bytes_to_unicode)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def seeds_gpt2():
+    d = target("fuzz_gpt2_tokenizer")
+    texts = {
+        "glue": "The movie wasn't bad, it's just that I'd seen it before -- 3.5/5 stars.",
+        "contractions": "IT'S THEY'LL we've you're I'm she'd 'tis o'clock",
+        "numbers": "In 2026, 1,234.56 people paid $7.89 (12%) for 3rd-party item #42.",
+        "whitespace": "  leading\t\ttabs\n\n  trailing   \r\n\u3000ideographic\u2028sep  ",
+        "unicode": "Caf\u00e9 na\u00efve \u65e5\u672c\u8a9e \U0001F600 e\u0301 \u0645\u0631\u062d\u0628\u0627",
+        "specials": "<|endoftext|>first<|endoftext|> second <|endoftext",
+    }
+    for name, text in texts.items():
+        write(d / name, text.encode("utf-8"))
+    write(d / "invalid_utf8", b"caf\xc3 \xe9\xed\xa0\x80 \xf0\x9f\x98\x80 end")
+
+    d = target("fuzz_gpt2_vocab")
+    table = bytes_to_unicode()
+    vocab = {table[b]: b for b in range(256)}
+    for token in ["\u0120t", "\u0120th", "he", "\u0120the", "in", "\u0120a"]:
+        vocab[token] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    merges = "#version: 0.2\n\u0120 t\n\u0120t h\nh e\n\u0120th e\ni n\n\u0120 a\n"
+    write(d / "tiny", json.dumps(vocab).encode() + b"\0" + merges.encode() + b"\0 the a in thin")
+    write(d / "no_eot", json.dumps({table[b]: b for b in range(256)}).encode() + b"\0\0x")
+    write(d / "unknown_merge", json.dumps(vocab).encode() + b"\0x y\n\0x")
+    write(d / "missing_byte", b'{"a": 0, "<|endoftext|>": 1}\0\0a')
+
+
 def seeds_checkpoints():
     sdk = ROOT / "tests" / "sdk" / "data"
     d = target("fuzz_safetensors")
@@ -173,6 +213,7 @@ if __name__ == "__main__":
     seeds_csv()
     seeds_config()
     seeds_clip()
+    seeds_gpt2()
     seeds_checkpoints()
     for d in sorted(CORPUS.iterdir()):
         files = list(d.iterdir())

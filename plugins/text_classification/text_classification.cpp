@@ -6,12 +6,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <random>
 #include <set>
 
 #include "fusion/checkpoint_pool.hpp"
 #include "fusion/error.hpp"
+#include "fusion/files.hpp"
 #include "fusion/gpt2/config.hpp"
 #include "fusion/gpt2/model.hpp"
 #include "fusion/safetensors.hpp"
@@ -78,6 +80,14 @@ at::Device model_device(const Model& model, const Context& ctx) {
   for (const auto& item : model.parameters())
     if (item.second.defined() && item.second.is_floating_point()) return item.second.device();
   return ctx.device();
+}
+
+// A CSV field, quoted as RFC 4180 when it holds a comma, a quote or a line break.
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
 }
 
 // Epoch e of a stream over n examples: a permutation drawn from (seed, e).
@@ -300,6 +310,8 @@ nlohmann::json TextClassificationTask::evaluate(const Model& model) {
   auto bar = ctx_.progress("evaluate " + spec_.name, count);
   double loss_sum = 0.0;
   int64_t correct = 0, tokenized = 0;
+  std::string csv;
+  if (options_.save_predictions) csv = "line,label,label_name,predicted,predicted_name,loss\n";
   for (int64_t first = 0; first < count; first += b) {
     const int64_t n = std::min(b, count - first);
     std::vector<std::vector<int64_t>> rows;
@@ -323,20 +335,49 @@ nlohmann::json TextClassificationTask::evaluate(const Model& model) {
     at::Tensor x = pad_rows(rows).to(device);
     at::Tensor y = at::tensor(labels, at::kLong).to(device);
     at::Tensor z = logits(model, model.parameters(), x).to(at::kFloat);
-    loss_sum += at::cross_entropy_loss(z, y, {}, at::Reduction::Sum).item<double>();
-    correct += z.argmax(1).eq(y).sum().item<int64_t>();
+    at::Tensor losses = at::cross_entropy_loss(z, y, {}, at::Reduction::None);
+    at::Tensor predicted = z.argmax(1);
+    loss_sum += losses.sum().item<double>();
+    correct += predicted.eq(y).sum().item<int64_t>();
+    if (options_.save_predictions) {
+      at::Tensor l = losses.to(at::kCPU, at::kDouble), p = predicted.to(at::kCPU);
+      for (int64_t k = 0; k < n; ++k) {
+        const TextExample& ex = test_->examples[static_cast<size_t>(test_indices_[static_cast<size_t>(first + k)])];
+        const auto pk = p[k].item<int64_t>();
+        char loss_text[32];
+        std::snprintf(loss_text, sizeof loss_text, "%.9g", l[k].item<double>());
+        csv += std::to_string(ex.line) + "," + std::to_string(ex.label) + "," +
+               csv_field(spec_.labels[static_cast<size_t>(ex.label)]) + "," + std::to_string(pk) + "," +
+               csv_field(spec_.labels[static_cast<size_t>(pk)]) + "," + loss_text + "\n";
+      }
+    }
     bar->advance(n);
   }
   bar->finish();
+  nlohmann::json report;
+  if (options_.save_predictions) {
+    const fs::path file =
+        predictions_file_.empty() ? ctx_.run_dir() / "predictions" / (spec_.name + ".csv") : predictions_file_;
+    try {
+      fs::create_directories(file.parent_path());
+      write_file_atomic(file, csv);
+    } catch (const std::exception& e) {
+      FUSION_FAIL("task '", spec_.name, "': cannot write the predictions ", file.string(), ": ", e.what());
+    }
+    std::error_code ec;
+    const fs::path rel = ctx_.run_dir().empty() ? file : fs::relative(file, ctx_.run_dir(), ec);
+    report["predictions"] = (ec || rel.empty() ? file : rel).string();
+  }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return {{"accuracy", static_cast<double>(correct) / static_cast<double>(count)},
+  report.update(nlohmann::json{{"accuracy", static_cast<double>(correct) / static_cast<double>(count)},
           {"loss", loss_sum / static_cast<double>(count)},
           {"num_samples", count},
           {"labels", spec_.labels},
           {"skipped_rows", test_->skipped_rows},
           {"tokenized_examples", tokenized},
           {"seconds", seconds},
-          {"examples_per_second", seconds > 0 ? static_cast<double>(count) / seconds : 0.0}};
+          {"examples_per_second", seconds > 0 ? static_cast<double>(count) / seconds : 0.0}});
+  return report;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -388,6 +429,10 @@ void TextClassificationPoolOptions::bind(Options<TextClassificationPoolOptions>&
   o("max_test_samples", &O::max_test_samples,
     "evaluate on at most this many test examples per task, a fixed random subset (0: all)")
       .min(0);
+  o("save_predictions", &O::save_predictions,
+    "write each test example's predicted label and loss: run_dir/predictions/model_<k>/<task>.csv for the k-th "
+    "evaluated model (k from 0; each task's report names its file), columns line,label,label_name,predicted,"
+    "predicted_name,loss");
 }
 
 ComponentInfo TextClassificationPool::info() {
@@ -411,6 +456,7 @@ std::pair<std::vector<TextTaskSpec>, TextClassificationOptions> TextClassificati
   o.pad_token_id = c.pad_token_id;
   o.bad_rows = c.on_bad_row == "skip" ? BadRow::Skip : BadRow::Error;
   o.max_test_samples = c.max_test_samples;
+  o.save_predictions = c.save_predictions;
 
   const fs::path data_dir = c.data_dir;
   std::vector<TextTaskSpec> specs;
@@ -600,6 +646,12 @@ void TextClassificationPool::adapt_to(const ModelPool& models) {
                   " of '", head->string(), "' (", from, ") does not fit the pretrained model's n_embd ", cfg->n_embd);
     t->adapt(options_, head, from);
   }
+}
+
+nlohmann::json TextClassificationPool::evaluate(const Model& model) {
+  const fs::path dir = ctx_.run_dir() / "predictions" / ("model_" + std::to_string(evaluated_models_++));
+  for (auto& t : tasks_) t->set_predictions_file(dir / (t->name() + ".csv"));
+  return TaskPool::evaluate(model);
 }
 
 std::vector<std::string> TextClassificationPool::task_names() const {

@@ -57,6 +57,8 @@ struct TextClassificationPoolOptions {
   std::string on_bad_row = "error";
   /// Evaluate on at most this many test examples per task (0: all). Default 0.
   int64_t max_test_samples = 0;
+  /// Write each example's prediction and loss, one CSV per evaluated model and task. Default false.
+  bool save_predictions = false;
 
   static void bind(Options<TextClassificationPoolOptions>& o);
 };
@@ -84,6 +86,8 @@ struct TextClassificationOptions {
   /// Evaluate on at most this many test examples (a fixed random subset, in file order); 0: all.
   /// Default 0.
   int64_t max_test_samples = 0;
+  /// Write run_dir/predictions/model_<k>/<task>.csv at each evaluation. Default false.
+  bool save_predictions = false;
 };
 
 /// One task as configured: where its splits and head are, and its label names.
@@ -133,8 +137,14 @@ class TextClassificationTask : public Task {
   /// {"accuracy", "loss", "num_samples", "labels" (the class names by index), "skipped_rows",
   /// "tokenized_examples" (rows this evaluation tokenized: those not kept from an earlier one),
   /// "seconds", "examples_per_second"} on the test split (or its max_test_samples subset), in file
-  /// order, without gradients.
+  /// order, without gradients. With save_predictions, also writes `predictions_file` (see
+  /// set_predictions_file) and adds "predictions": that path.
   nlohmann::json evaluate(const Model& model) override;
+  /// Where the next evaluate() writes its predictions when save_predictions is on: a CSV with the
+  /// header line,label,label_name,predicted,predicted_name,loss and one row per evaluated example
+  /// (line: the example's line in the split's file; names quoted as RFC 4180 when needed), written
+  /// atomically. Empty: run_dir/predictions/<task>.csv.
+  void set_predictions_file(std::filesystem::path file) { predictions_file_ = std::move(file); }
 
   const std::vector<std::string>& label_names() const { return spec_.labels; }
   const TextTaskSpec& spec() const { return spec_; }
@@ -173,6 +183,7 @@ class TextClassificationTask : public Task {
   std::shared_ptr<const TextSplit> test_, train_;
   std::vector<int64_t> test_indices_;
   std::vector<std::vector<int64_t>> cached_ids_;  // by test example; empty: not kept
+  std::filesystem::path predictions_file_;
   mutable std::mutex mutex_;
   mutable std::optional<gpt2::Gpt2Tokenizer> tokenizer_;
   mutable at::Tensor head_;
@@ -214,6 +225,9 @@ class TextClassificationPool : public TaskPool, public ModelAwareTaskPool, publi
   /// Keeps at most `bytes` of tokenized test examples between evaluations ([run] eval_cache_mb),
   /// filled task by task in evaluation order.
   void set_eval_cache_bytes(int64_t bytes) override;
+  /// TaskPool::evaluate; with save_predictions, the k-th evaluated model's (k = 0, 1, ...) predictions
+  /// go to run_dir/predictions/model_<k>/<task>.csv, and each task's report names its file.
+  nlohmann::json evaluate(const Model& model) override;
   const TextClassificationOptions& options() const { return options_; }
 
  private:
@@ -223,6 +237,7 @@ class TextClassificationPool : public TaskPool, public ModelAwareTaskPool, publi
   Context ctx_;
   std::shared_ptr<EvalCacheBudget> budget_;
   std::vector<std::unique_ptr<TextClassificationTask>> tasks_;
+  int64_t evaluated_models_ = 0;
 };
 
 }  // namespace fusion::text_classification

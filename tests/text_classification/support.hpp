@@ -51,10 +51,11 @@ inline void write_text(const fs::path& path, const std::string& text) {
   std::ofstream(path, std::ios::binary) << text;
 }
 
-/// A context for tests: CPU, float32, no progress bars, warnings only.
-inline Context quiet_context() {
+/// A context for tests: CPU, float32, no progress bars, warnings only, the run directory `run_dir`.
+inline Context quiet_context(const fs::path& run_dir = {}) {
   Context::Settings s;
   s.progress = false;
+  s.run_dir = run_dir;
   s.logger = std::make_shared<Logger>(LogLevel::Warn);
   return Context(s);
 }

@@ -181,6 +181,64 @@ TEST_F(TinyGlue, EvaluateMatchesADirectComputationWithFusionBenchsReportKeys) {
   EXPECT_DOUBLE_EQ(uncached["mnli"]["loss"].get<double>(), report["mnli"]["loss"].get<double>());
 }
 
+TEST_F(TinyGlue, SavePredictionsWritesOneCsvPerModelAndTask) {
+  auto o = options();
+  o.save_predictions = true;
+  o.tasks = {"mnli"};
+  TextClassificationPool pool(o, quiet_context(tmp_ / "run"));
+  auto models = model_pool();
+  pool.adapt_to(models);
+  auto body = tiny_body(9);
+  nlohmann::json first = pool.evaluate(*body);
+  nlohmann::json second = pool.evaluate(*tiny_body(10));
+  EXPECT_EQ(first["mnli"]["predictions"], "predictions/model_0/mnli.csv");
+  EXPECT_EQ(second["mnli"]["predictions"], "predictions/model_1/mnli.csv");
+  std::ifstream in(tmp_ / "run" / "predictions" / "model_0" / "mnli.csv");
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line, "line,label,label_name,predicted,predicted_name,loss");
+  auto& t = pool.text_task("mnli");
+  StateDict p = body->parameters();
+  p.set("score.weight", mnli_->parameters().at("score.weight"));
+  gpt2::Gpt2Model classifier(p, mnli_->config(), gpt2::Gpt2Head::kSequenceClassification);
+  const std::vector<std::string> names{"entailment", "neutral", "contradiction"};
+  double loss_sum = 0;
+  for (const auto& e : t.test_split().examples) {
+    ASSERT_TRUE(std::getline(in, line));
+    at::Tensor z = classifier.forward(at::tensor(t.encode(e), at::kLong).unsqueeze(0));
+    const int64_t pred = z.argmax(1).item<int64_t>();
+    const double loss = at::cross_entropy_loss(z, at::tensor(std::vector<int64_t>{e.label}, at::kLong)).item<double>();
+    loss_sum += loss;
+    const std::string prefix = std::to_string(e.line) + "," + std::to_string(e.label) + "," + names[e.label] + "," +
+                               std::to_string(pred) + "," + names[pred] + ",";
+    EXPECT_EQ(line.substr(0, prefix.size()), prefix);
+    EXPECT_NEAR(std::stod(line.substr(prefix.size())), loss, 1e-5);
+  }
+  EXPECT_FALSE(std::getline(in, line));
+  EXPECT_NEAR(first["mnli"]["loss"].get<double>(), loss_sum / 3, 1e-5);
+  EXPECT_TRUE(fs::is_regular_file(tmp_ / "run" / "predictions" / "model_1" / "mnli.csv"));
+}
+
+TEST_F(TinyGlue, PredictionsQuoteLabelNamesAsCsv) {
+  TextClassificationPoolOptions o;
+  write_text(tmp_ / "c.jsonl", "{\"text\": \"a b\", \"label\": 1}\n{\"text\": \"c\", \"label\": 0}\n");
+  o.test_datasets = {{"custom", (tmp_ / "c.jsonl").string()}};
+  o.label_names = {{"custom", "[\"bad, really\", \"good \\\"yes\\\"\"]"}};
+  o.experts = {{"custom", "rte"}};
+  o.save_predictions = true;
+  TextClassificationPool pool(o, quiet_context(tmp_ / "run"));
+  auto models = model_pool();
+  pool.adapt_to(models);
+  pool.evaluate(*tiny_body(3));
+  std::ifstream in(tmp_ / "run" / "predictions" / "model_0" / "custom.csv");
+  std::string header, row;
+  std::getline(in, header);
+  std::getline(in, row);
+  EXPECT_EQ(row.substr(0, 19), "1,1,\"good \"\"yes\"\"\",");
+  std::getline(in, row);
+  EXPECT_EQ(row.substr(0, 18), "2,0,\"bad, really\",");
+}
+
 TEST_F(TinyGlue, PaddingToMaxLengthGivesTheSameReport) {
   auto o = options();
   auto longest = adapted_pool(o)->evaluate(*tiny_body(4));

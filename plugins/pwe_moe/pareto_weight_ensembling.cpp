@@ -59,7 +59,12 @@ void ParetoWeightEnsembling::plan(ConstModelPtr pretrained) {
   FUSION_ENSURE(std::isfinite(options_.init_lambda), "method.", option_name(&O::init_lambda), " is not finite");
   pretrained_ = std::move(pretrained);
   std::vector<std::string> patterns = options_.upscale;
-  if (options_.upscale_attn) patterns.push_back("*.self_attn.*");
+  // Attention modules as each family names them: CLIP's `self_attn`, GPT-2's `attn` (neither pattern
+  // matches the other's keys; one that matches nothing is harmless beside one that does).
+  if (options_.upscale_attn) {
+    patterns.push_back("*.self_attn.*");
+    patterns.push_back("*.attn.*");
+  }
   FUSION_ENSURE(!patterns.empty(), upscale, " is empty: name at least one parameter group (e.g. \"*.mlp.*\")");
   const std::string bad = upscale_pattern_problem(patterns);
   FUSION_ENSURE(bad.empty(), upscale, bad);

@@ -13,7 +13,7 @@ void ParetoWeightEnsemblingOptions::bind(Options<ParetoWeightEnsemblingOptions>&
   o("upscale", &O::upscale,
     "glob patterns (ending in \".*\") of the parameter groups that get a router, one per module prefix")
       .check(upscale_pattern_problem);
-  o("upscale_attn", &O::upscale_attn, "also upscale attention (\"*.self_attn.*\")");
+  o("upscale_attn", &O::upscale_attn, "also upscale attention (\"*.self_attn.*\" for CLIP, \"*.attn.*\" for GPT-2)");
 }
 
 namespace {

@@ -185,6 +185,31 @@ TEST(PweGolden, RouterCountsOfAVitB32ShapedStack) {
   }
 }
 
+// upscale_attn names attention as each family does: CLIP's `self_attn` and GPT-2's `attn`
+// (`transformer.h.{i}.attn.c_attn`, `.c_proj`); neither pattern takes the other's modules.
+TEST(PweGolden, UpscaleAttnFindsGpt2AttentionToo) {
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(3);
+  fusion::StateDict gpt2_named;
+  for (const auto& [key, t] : pwe_test::random_tiny_params(2, g)) {
+    std::string k = key;
+    if (const size_t at_attn = k.find(".self_attn."); at_attn != std::string::npos) k.replace(at_attn, 11, ".attn.");
+    gpt2_named.set("transformer." + k, t);
+  }
+  auto pre = std::make_shared<TinyModel>(gpt2_named);
+  std::vector<fusion::ModelPtr> experts(2, pre);
+  std::vector<std::string> names{"a", "b"};
+  for (const bool attn : {false, true}) {
+    ParetoWeightEnsemblingOptions o;
+    o.upscale_attn = attn;
+    auto pwe = ParetoWeightEnsembling::from_models(pre, experts, names, o, at::make_generator<at::CPUGeneratorImpl>(1));
+    std::set<std::string> prefixes;
+    for (const auto& grp : pwe->groups()) prefixes.insert(grp.prefix);
+    std::set<std::string> want{"transformer.blocks.0.mlp", "transformer.blocks.1.mlp"};
+    if (attn) want.insert({"transformer.blocks.0.attn", "transformer.blocks.1.attn"});
+    EXPECT_EQ(prefixes, want) << "upscale_attn = " << attn;
+  }
+}
+
 TEST(PweGolden, CosineScheduleMatchesPyTorch) {
   for (const auto& c : pwe_test::golden().at("cosine")) {
     const double lr = c.at("lr");

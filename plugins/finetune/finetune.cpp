@@ -1,12 +1,18 @@
 #include "finetune.hpp"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <numeric>
 
+#include "fusion/gpt2/model.hpp"
+#include "fusion/safetensors.hpp"
 #include "fusion/task_pool.hpp"
 #include "training.hpp"
+
+namespace fs = std::filesystem;
 
 namespace fusion::finetune {
 
@@ -23,16 +29,57 @@ void FinetuneOptions::bind(Options<FinetuneOptions>& o) {
   o("weight_decay", &O::weight_decay, "Adam's L2 weight decay").min(0.0);
   o("log_interval", &O::log_interval, "a train_log.csv row every this many steps").min(1);
   o("label", &O::label, "label of the resulting model (its folder under models/); \"\": the task's name");
+  o("head_file", &O::head_file,
+    "GPT-2: also write the trained score.weight to this safetensors file before the host evaluates (name it "
+    "in taskpool.heads.<task>)");
+  o("label_names", &O::label_names, "GPT-2: class names by index, saved as the expert's id2label (empty: LABEL_i)");
+  o("pad_token_id", &O::pad_token_id,
+    "GPT-2: padding id of the task's batches; the head reads the token before a row's first one").min(0);
+  o("head_init_std", &O::head_init_std, "GPT-2: std of the fresh score head's normal initialisation").min(0.0);
 }
 
 ComponentInfo Finetune::info() {
   return {"finetune",
-          "Fine-tunes the vision tower on one task's train split through its frozen head "
-          "(Adam, cosine schedule); returns the fine-tuned model",
+          "Fine-tunes a model on one task's train split (Adam, cosine schedule): a CLIP vision tower through "
+          "the task's frozen head, a GPT-2 body with a fresh score head (GPT2ForSequenceClassification); "
+          "returns the fine-tuned model",
           "https://github.com/tanganke/fusion_bench (method clip_finetune)",
           {},
           Requirements().task_pool()};
 }
+
+namespace {
+
+// The GPT2ForSequenceClassification model of a fine-tuned body and its head: config.json gains
+// id2label / label2id (label_names or LABEL_i) and pad_token_id; head_file receives the head.
+ModelPtr classifier_model(const gpt2::Gpt2Model& body, const StateDict& params, const at::Tensor& score,
+                          const FinetuneOptions& o, int64_t classes) {
+  nlohmann::json config = body.config();
+  nlohmann::json id2label = nlohmann::json::object(), label2id = nlohmann::json::object();
+  for (int64_t i = 0; i < classes; ++i) {
+    const std::string name = o.label_names.empty() ? "LABEL_" + std::to_string(i) : o.label_names[static_cast<size_t>(i)];
+    id2label[std::to_string(i)] = name;
+    label2id[name] = i;
+  }
+  config["id2label"] = id2label;
+  config["label2id"] = label2id;
+  config["num_labels"] = classes;
+  config["pad_token_id"] = o.pad_token_id;
+  config["architectures"] = {gpt2::hf_class_name(gpt2::Gpt2Head::kSequenceClassification)};
+  StateDict p = params;
+  p.set(body.keys().score, score);
+  if (!o.head_file.empty()) {
+    StateDict head;
+    head.set(body.keys().score, score.to(at::kCPU, at::kFloat).contiguous());
+    const fs::path file(o.head_file);
+    if (!file.parent_path().empty()) fs::create_directories(file.parent_path());
+    save_safetensors(file, head, {{"producer", "fusion finetune"}, {"task", o.task}});
+  }
+  return std::make_shared<gpt2::Gpt2Model>(std::move(p), config, gpt2::Gpt2Head::kSequenceClassification,
+                                           "finetune");
+}
+
+}  // namespace
 
 Finetune::Finetune(FinetuneOptions options) : options_(std::move(options)) {}
 
@@ -73,6 +120,35 @@ Result Finetune::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
   }
   FUSION_ENSURE(!trainable.empty(), "method.", option_name(&FinetuneOptions::trainable), ": \"", o.trainable,
                 "\" selects no parameter of this model");
+
+  // GPT-2: a fresh sequence-classification head, trained with the body.
+  const auto* gpt2_body = dynamic_cast<const gpt2::Gpt2Model*>(start.get());
+  at::Tensor score;
+  if (gpt2_body) {
+    FUSION_ENSURE(gpt2_body->head() == gpt2::Gpt2Head::kNone, "finetune: the starting GPT-2 model has a ",
+                  gpt2::hf_class_name(gpt2_body->head()), " head; expected the body (modelpool.name = \"gpt2\")");
+    FUSION_ENSURE(o.label_names.empty() || static_cast<int64_t>(o.label_names.size()) == task.num_classes(),
+                  "method.", option_name(&FinetuneOptions::label_names), ": ", o.label_names.size(),
+                  " names but task \"", o.task, "\" has ", task.num_classes(), " classes");
+    const at::Tensor& wte = start->parameters().at(gpt2_body->keys().wte);
+    at::Generator gen = at::detail::createCPUGenerator(ctx.seed() + 17);
+    score = at::empty({task.num_classes(), gpt2_body->gpt2_config().n_embd}, at::kFloat)
+                .normal_(0.0, o.head_init_std, gen)
+                .to(wte.options())
+                .set_requires_grad(true);
+    trainable.push_back(score);
+    trainable_count += score.numel();
+  } else {
+    FUSION_ENSURE(o.head_file.empty() && o.label_names.empty(), "method.",
+                  o.head_file.empty() ? option_name(&FinetuneOptions::label_names)
+                                      : option_name(&FinetuneOptions::head_file),
+                  ": only for GPT-2 models (this model is a '", start->architecture(), "')");
+  }
+  auto logits_of = [&](const at::Tensor& inputs) -> at::Tensor {
+    if (!gpt2_body) return task.logits(*start, params, inputs);
+    at::Tensor pooled = gpt2::pool_last_token(gpt2_body->hidden_states(params, inputs), inputs, o.pad_token_id);
+    return at::matmul(pooled, score.t());
+  };
   ctx.log().info("finetune: " + o.task + " from " + o.from + ", " + std::to_string(trainable_count) +
                  " trainable parameters (" + o.trainable + "), " + std::to_string(o.num_steps) +
                  " steps of " + std::to_string(o.batch_size));
@@ -90,7 +166,7 @@ Result Finetune::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
   for (int64_t step = 1; step <= o.num_steps; ++step) {
     Batch batch = stream->next();
     const double lr = cosine_lr(o.lr, step, o.num_steps, o.min_lr_factor);
-    at::Tensor logits = task.logits(*start, params, batch.inputs);
+    at::Tensor logits = logits_of(batch.inputs);
     at::Tensor loss = at::cross_entropy_loss(logits, batch.labels);
     const double loss_v = loss.item<double>();
     FUSION_ENSURE(std::isfinite(loss_v), "finetune: the loss is not finite at step ", step,
@@ -132,6 +208,7 @@ Result Finetune::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
                                     {"train_loss_last", last_mean},
                                     {"train_seconds", train_s}});
   ModelPtr tuned = start->with_parameters(params.detach());
+  if (gpt2_body) tuned = classifier_model(*gpt2_body, params.detach(), score.detach(), o, task.num_classes());
   result.add(o.label.empty() ? o.task : o.label, tuned, option_values(o, &O::task, &O::from, &O::num_steps, &O::lr));
   return result;
 }

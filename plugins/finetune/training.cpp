@@ -15,9 +15,11 @@ const std::vector<std::string>& trainable_subsets() {
 bool is_trainable(const std::string& key, const at::Tensor& t, const std::string& subset) {
   if (!t.is_floating_point()) return false;
   if (subset == "all") return true;
-  if (subset == "encoder") return key.find(".encoder.layers.") != std::string::npos;
+  if (subset == "encoder")
+    return key.find(".encoder.layers.") != std::string::npos || key.rfind("transformer.h.", 0) == 0;
   if (subset == "mlp") return key.find(".mlp.") != std::string::npos;
-  if (subset == "attention") return key.find(".self_attn.") != std::string::npos;
+  if (subset == "attention")
+    return key.find(".self_attn.") != std::string::npos || key.find(".attn.") != std::string::npos;
   FUSION_FAIL("unknown trainable subset \"", subset, "\" (expected all, encoder, mlp or attention)");
 }
 

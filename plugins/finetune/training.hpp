@@ -14,11 +14,13 @@
 
 namespace fusion::finetune {
 
-/// Which of a CLIP vision tower's parameters a fine-tuning run trains (Hugging Face's key names):
+/// Which of a CLIP vision tower's or a GPT-2 body's parameters a fine-tuning run trains (Hugging
+/// Face's key names):
 ///   "all"       every floating-point parameter (FusionBench's full fine-tuning);
-///   "encoder"   the transformer blocks only (`.encoder.layers.`): embeddings and layer norms frozen;
+///   "encoder"   the transformer blocks only (CLIP `.encoder.layers.`, GPT-2 `transformer.h.`):
+///               embeddings and the final layer norm frozen;
 ///   "mlp"       the blocks' MLPs only (`.mlp.`);
-///   "attention" the blocks' self-attention only (`.self_attn.`).
+///   "attention" the blocks' self-attention only (CLIP `.self_attn.`, GPT-2 `.attn.`).
 /// Integer tensors (position ids) are never trained.
 bool is_trainable(const std::string& key, const at::Tensor& t, const std::string& subset);
 /// The subsets is_trainable knows, for the option's choices.

@@ -6,6 +6,7 @@
 
 #include <boost/program_options.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
@@ -13,6 +14,7 @@
 #include "fusion/version.hpp"
 #include "plugin_host.hpp"
 #include "check_command.hpp"
+#include "distributed.hpp"
 #include "run_command.hpp"
 
 namespace fusion::host {
@@ -28,6 +30,8 @@ Usage:
                                           overrides the file: method.scaling_factor=0.5,
                                           modelpool.models.mnist=ckpt/mnist, device=cpu (a key
                                           without a dot is a [run] key)
+  fusion run --nproc N CONFIG.toml ...    the same run over N processes on this machine
+                                          (docs/distributed.md)
   fusion plugins                          the plugins found, their components, and the plugins
                                           refused with the reason
   fusion describe NAME                    a component's options (NAME "run": the [run] table)
@@ -41,6 +45,8 @@ constexpr const char* kEnvironment = R"(
 Plugins are searched in: the build tree's plugin folder (when run from the build tree), the
 installed <prefix>/lib/fusion/plugins, each folder of FUSION_PLUGIN_PATH (colon-separated; files
 allowed), then [run] plugins = [...]. FUSION_NO_DEFAULT_PLUGINS=1 searches FUSION_PLUGIN_PATH only.
+`fusion run` reads torchrun's RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and
+MASTER_PORT: with WORLD_SIZE > 1 it is one rank of a run over several processes (docs/distributed.md).
 `fusion run` restarts itself once with OMP_WAIT_POLICY=PASSIVE when that variable is unset (OpenMP
 threads that busy-wait slow LibTorch down on few cores); set it to keep your own choice.
 
@@ -56,6 +62,14 @@ std::string one_line(std::string s) {
     if (c == '\n' || c == '\r') c = ' ';
   while (!s.empty() && s.back() == ' ') s.pop_back();
   return s;
+}
+
+// "rank R: " for an error of one rank of several that does not name its rank yet.
+std::string rank_prefix(const std::string& message) {
+  const char* world = std::getenv("WORLD_SIZE");
+  const char* rank = std::getenv("RANK");
+  if (!world || !rank || std::atoi(world) <= 1 || message.rfind("rank ", 0) == 0) return "";
+  return "rank " + std::string(rank) + ": ";
 }
 
 std::string section_of(ComponentKind kind) {
@@ -216,7 +230,8 @@ int cli_main(int argc, char** argv) {
         ("help,h", "print this help and exit")
         ("version,V", "print the versions of fusion, its SDK ABI and LibTorch, and whether CUDA is there")
         ("verbose,v", "log debug messages too")
-        ("quiet,q", "log warnings and errors only");
+        ("quiet,q", "log warnings and errors only")
+        ("nproc", po::value<int>(), "run: start N processes (ranks) on this machine, over Gloo on 127.0.0.1");
     po::options_description hidden;
     hidden.add_options()
         ("command", po::value<std::string>())
@@ -249,6 +264,26 @@ int cli_main(int argc, char** argv) {
         vm.count("args") ? vm["args"].as<std::vector<std::string>>() : std::vector<std::string>{};
     if (command == "run") {
       if (args.empty()) throw UsageError("run: missing CONFIG.toml");
+      if (vm.count("nproc")) {
+        const int n = vm["nproc"].as<int>();
+        if (n < 1 || n > 1024) throw UsageError("--nproc " + std::to_string(n) + ": expected 1 to 1024");
+        const char* world = std::getenv("WORLD_SIZE");
+        if (world && std::string(world) != "" && std::string(world) != "1")
+          throw UsageError("--nproc with WORLD_SIZE=" + std::string(world) +
+                           " set: this process is already one rank of a launched run");
+        // argv without --nproc N / --nproc=N
+        std::vector<std::string> child;
+        for (int i = 0; i < argc; ++i) {
+          const std::string a = argv[i];
+          if (a == "--nproc") {
+            ++i;
+            continue;
+          }
+          if (a.rfind("--nproc=", 0) == 0) continue;
+          child.push_back(a);
+        }
+        return launch_local(n, child);
+      }
       RunRequest request;
       request.config = args[0];
       request.overrides.assign(args.begin() + 1, args.end());
@@ -271,10 +306,11 @@ int cli_main(int argc, char** argv) {
     std::fprintf(stderr, "fusion: error: %s; see fusion --help\n", one_line(e.what()).c_str());
     return 2;
   } catch (const c10::Error& e) {
-    std::fprintf(stderr, "fusion: error: %s\n", one_line(e.what_without_backtrace()).c_str());
+    std::fprintf(stderr, "fusion: error: %s%s\n", rank_prefix(e.what_without_backtrace()).c_str(),
+                 one_line(e.what_without_backtrace()).c_str());
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "fusion: error: %s\n", one_line(e.what()).c_str());
+    std::fprintf(stderr, "fusion: error: %s%s\n", rank_prefix(e.what()).c_str(), one_line(e.what()).c_str());
     return 1;
   } catch (...) {
     std::fprintf(stderr, "fusion: error: unknown exception (not a std::exception)\n");

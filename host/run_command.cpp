@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <cstring>
 #include <chrono>
 #include <fstream>
 #include <set>
@@ -18,6 +19,8 @@
 #include "fusion/model_pool.hpp"
 #include "fusion/task_pool.hpp"
 #include "fusion/version.hpp"
+#include "distributed.hpp"
+#include "fusion/distributed.hpp"
 #include "pareto_plot.hpp"
 #include "reports.hpp"
 
@@ -55,18 +58,26 @@ void prepare_run_dir(const fs::path& dir) {
 
 // Stage 1, last step: the run directory, its log, the run's seed and threads, and the resolved
 // config (config.toml). Returns the resolved config for report.json.
-json start_run(const RunRequest& request, const ResolvedConfig& config, Logger& log) {
-  prepare_run_dir(config.run_dir);
-  log.set_file(config.run_dir / "log.txt");
+// With several processes only rank 0 writes (the run directory, its log, config.toml); the others
+// log warnings and errors to stderr only.
+json start_run(const RunRequest& request, const ResolvedConfig& config, Logger& log, const Communicator& comm) {
+  if (comm.is_main()) {
+    prepare_run_dir(config.run_dir);
+    log.set_file(config.run_dir / "log.txt");
+  }
   at::manual_seed(config.seed);
   at::set_num_threads(config.threads);
   log.info("fusion " + std::string(FUSION_VERSION_STRING) + ": " + request.config.string() +
            " -> " + config.run_dir.string() + " (device " + config.device.str() + ", " +
            dtype_name(config.dtype) + ", " + std::to_string(config.threads) + " threads, seed " +
            std::to_string(config.seed) + ")");
+  if (comm.distributed())
+    log.info(std::to_string(comm.world_size()) + " processes (" + config.run.backend + " backend, timeout " +
+             std::to_string(config.run.timeout_s) + " s): this is rank 0, the one that writes " +
+             config.run_dir.string());
   if (!config.precision_note.empty()) log.info(config.precision_note);
   const ResolvedSections sections = resolved_sections(config);
-  write_file_atomic(config.run_dir / "config.toml", resolved_config_toml(sections));
+  if (comm.is_main()) write_file_atomic(config.run_dir / "config.toml", resolved_config_toml(sections));
   return resolved_config_json(sections);
 }
 
@@ -90,7 +101,7 @@ Components instantiate(const ResolvedConfig& config, const std::shared_ptr<Logge
   settings.seed = config.seed;
   settings.threads = config.threads;
   settings.run_dir = config.run_dir;
-  settings.progress = config.run.progress;
+  settings.progress = config.run.progress && communicator(Context()).is_main();
   const Context base(settings);
   // Mixed precision: the pools keep float32 (weights, heads, batches), the method computes in
   // config.dtype. Otherwise every component shares one context.
@@ -166,6 +177,88 @@ std::vector<ModelReport> evaluate_models(Result& result, const Components& c,
   return reports;
 }
 
+// Stage 4 over several processes: model i is made and evaluated by rank i mod world, the task pool's
+// reports gathered (as JSON text, which keeps every double exactly) and put in order; rank 0 makes and
+// saves every model when models are saved, and writes everything. The reports are those of one process.
+std::vector<ModelReport> evaluate_models_distributed(Result& result, const Components& c,
+                                                     const ResolvedConfig& config, Logger& log, Timings& time,
+                                                     const Communicator& comm) {
+  const std::string& method = config.method.name();
+  const size_t n_models = result.models.size();
+  const std::vector<int64_t> mine = items_of_rank(static_cast<int64_t>(n_models), comm.rank(), comm.world_size());
+  json evaluated = json::object();  // model index → the task pool's report
+  std::set<std::string> used_dirs;
+  std::vector<std::optional<std::string>> paths(n_models);
+  size_t next_mine = 0;
+  for (size_t i = 0; i < n_models; ++i) {
+    const bool evaluate_here = c.task_pool && next_mine < mine.size() && mine[next_mine] == static_cast<int64_t>(i);
+    if (evaluate_here) ++next_mine;
+    const bool save_here = config.save_models && comm.is_main();
+    ResultModel& rm = result.models[i];
+    if (!evaluate_here && !save_here) {
+      rm.make = nullptr;
+      continue;
+    }
+    FUSION_ENSURE(rm.make, "method '", method, "' returned model '", rm.label, "' with nothing to make it");
+    Stopwatch make_time;
+    ConstModelPtr model = rm.make();
+    time.merge_s += make_time.seconds();
+    FUSION_ENSURE(model, "method '", method, "' made no model for '", rm.label, "'");
+    if (evaluate_here) {
+      Stopwatch t;
+      evaluated[std::to_string(i)] = config.dtype == config.storage_dtype
+                                         ? c.task_pool->evaluate(*model)
+                                         : c.task_pool->evaluate(*model->with_parameters(
+                                               model->parameters().to(config.device, config.dtype)));
+      time.eval_s += t.seconds();
+    }
+    if (save_here) {
+      const std::string base = sanitize_label(rm.label);
+      std::string dir = base;
+      for (int k = 2; used_dirs.count(dir); ++k) dir = base + "_" + std::to_string(k);
+      used_dirs.insert(dir);
+      Stopwatch t;
+      c.model_pool->save(*model, config.run_dir / "models" / dir);
+      time.save_s += t.seconds();
+      paths[i] = (fs::path("models") / dir).string();
+      log.info("model " + std::to_string(i + 1) + "/" + std::to_string(n_models) + " '" + rm.label +
+               "': saved to " + (config.run_dir / "models" / dir).string());
+    }
+    model.reset();
+    rm.make = nullptr;
+  }
+  // Gather every rank's reports: their lengths, then the texts padded to the longest.
+  const std::string text = evaluated.dump();
+  at::Tensor length = at::full({1}, static_cast<int64_t>(text.size()), at::kLong);
+  int64_t longest = 0;
+  for (const at::Tensor& l : comm.all_gather(length)) longest = std::max(longest, l.item<int64_t>());
+  at::Tensor mine_bytes = at::zeros({longest}, at::kByte);
+  std::memcpy(mine_bytes.data_ptr<uint8_t>(), text.data(), text.size());
+  std::vector<at::Tensor> all = comm.all_gather(mine_bytes);
+  json gathered = json::object();
+  for (const at::Tensor& b : all) {
+    const auto* p = b.data_ptr<uint8_t>();
+    const json part = json::parse(std::string(p, p + strnlen(reinterpret_cast<const char*>(p), b.numel())));
+    for (const auto& [k, v] : part.items()) gathered[k] = v;
+  }
+  std::vector<ModelReport> reports;
+  for (size_t i = 0; i < n_models; ++i) {
+    const ResultModel& rm = result.models[i];
+    ModelReport report;
+    report.label = rm.label;
+    if (!rm.metadata.is_null()) report.metadata = rm.metadata;
+    if (c.task_pool) {
+      report.evaluation = Evaluation::from_task_pool(gathered.at(std::to_string(i)), c.tasks);
+      log.info(evaluation_line("model " + std::to_string(i + 1) + "/" + std::to_string(n_models) + " '" +
+                                   rm.label + "'",
+                               *report.evaluation, c.tasks));
+    }
+    report.path = paths[i];
+    reports.push_back(std::move(report));
+  }
+  return reports;
+}
+
 // Stage 5, the Pareto part: hypervolume, front and pareto.svg (two tasks or more), as report.json
 // keys. A plot that cannot be drawn is a warning.
 json write_pareto(const std::vector<ModelReport>& models, const std::vector<std::string>& tasks,
@@ -206,6 +299,22 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
   // 1. Resolve the config: the file and its overrides, the plugins, each section checked against
   //    its component; then the run directory, its log and the resolved config.toml.
   const ConfigFile file = read_config(request);
+  // Several processes (torchrun's environment, or fusion run --nproc N): join the others first, so
+  // that a peer that never comes is found before anything is loaded.
+  std::shared_ptr<Communicator> comm;
+  if (const std::optional<LaunchEnv> env = read_launch_env()) {
+    ConnectOptions co;
+    co.backend = file.run.backend;
+    co.timeout = std::chrono::seconds(file.run.timeout_s);
+    co.cuda_device = file.run.device.rfind("cuda", 0) == 0 || (file.run.device == "auto" && cuda_device_count() > 0);
+    comm = connect(*env, co);
+    if (env->rank != 0) log.set_level(LogLevel::Warn);
+  }
+  struct Installed {
+    explicit Installed(std::shared_ptr<Communicator> c) { set_communicator(std::move(c)); }
+    ~Installed() { set_communicator(nullptr); }
+  } installed(comm);
+  const Communicator& world = communicator(Context());
   PluginHost plugins(log);
   {
     const Stopwatch t;
@@ -213,7 +322,7 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
     time.plugins_s = t.seconds();
   }
   const ResolvedConfig config = resolve_config(file, plugins);
-  const json resolved = start_run(request, config, log);
+  const json resolved = start_run(request, config, log, world);
 
   // 2. Instantiate the components; the method's requirements are checked before any weight is read.
   Stopwatch load_time;
@@ -230,7 +339,13 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
   FUSION_ENSURE(!result.models.empty(), "method '", method, "' returned no model");
 
   // 4. Evaluate the models: make, evaluate, save and drop each in turn.
-  const std::vector<ModelReport> models = evaluate_models(result, components, config, log, time);
+  const std::vector<ModelReport> models =
+      world.distributed() ? evaluate_models_distributed(result, components, config, log, time, world)
+                          : evaluate_models(result, components, config, log, time);
+  if (!world.is_main()) {
+    world.barrier();  // rank 0 has written everything
+    return;
+  }
 
   // 5. Write the reports: results.csv, the Pareto view, and report.json last, atomically.
   const std::vector<std::string>& tasks = components.tasks;
@@ -242,6 +357,7 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
   write_file_atomic(config.run_dir / "report.json", report_json(record, pareto).dump(2) + "\n");
   log.info("done in " + short_number(total.seconds()) + " s: " +
            (config.run_dir / "report.json").string());
+  world.barrier();
 }
 
 }  // namespace fusion::host

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -18,7 +19,12 @@ namespace fusion::host {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-int64_t hardware_threads() { return std::max(1u, std::thread::hardware_concurrency()); }
+int64_t hardware_threads() {
+  const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  const char* local = std::getenv("LOCAL_WORLD_SIZE");
+  const int64_t ranks = local ? std::atoll(local) : 1;
+  return ranks > 1 ? std::max<int64_t>(1, cores / ranks) : cores;
+}
 
 void RunOptions::bind(Options<RunOptions>& o) {
   o("out_dir", &RunOptions::out_dir, "output folder of the run (default: outputs/<method name>)");
@@ -45,6 +51,15 @@ void RunOptions::bind(Options<RunOptions>& o) {
     "next (a Pareto set, a λ sweep), so each is decoded once per run; what does not fit is decoded for every "
     "model, with the same results (0: none)")
       .range(0, int64_t{1} << 30);
+  o("backend", &RunOptions::backend,
+    "how the processes of a run over several (fusion run --nproc N, or torchrun's RANK/WORLD_SIZE/MASTER_ADDR/"
+    "MASTER_PORT) talk: \"gloo\" (CPU tensors), \"nccl\" (CUDA, where LibTorch has it), \"auto\" (NCCL for a CUDA "
+    "device where available, else Gloo)")
+      .one_of({"auto", "gloo", "nccl"});
+  o("timeout_s", &RunOptions::timeout_s,
+    "seconds a process of a run over several waits for the others (rendezvous, each collective) before it stops "
+    "with an error naming its rank")
+      .range(1, 86400);
 }
 
 const Schema& run_schema() { return schema_of<RunOptions>(); }

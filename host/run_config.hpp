@@ -26,7 +26,8 @@ struct RunRequest {
   std::vector<std::string> command_line;   ///< argv, for report.json
 };
 
-/// The number of CPU cores (at least 1): the default of [run] threads.
+/// The number of CPU cores (at least 1) divided among the local ranks (LOCAL_WORLD_SIZE, when
+/// several processes run on this machine; at least 1): the default of [run] threads.
 int64_t hardware_threads();
 
 /// The options of the `[run]` table, declared once (`fusion describe run` prints them).
@@ -41,6 +42,8 @@ struct RunOptions {
   std::optional<bool> save_models;     ///< default: false with a [taskpool], true without
   std::vector<std::string> compare;
   int64_t eval_cache_mb = 1024;        ///< test inputs kept between evaluated models (0: none)
+  std::string backend = "auto";        ///< several processes: "auto" | "gloo" | "nccl"
+  int64_t timeout_s = 60;              ///< several processes: rendezvous and collectives
 
   static void bind(Options<RunOptions>& o);
 };

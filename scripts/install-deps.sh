@@ -17,6 +17,7 @@ packages=(
   libtomlplusplus-dev nlohmann-json3-dev
   libutf8proc-dev                    # Unicode (NFC, case mapping, categories) for the CLIP tokenizer
   libglpk-dev                        # the LP solver of PWEMoE-EPO
+  libgloo-dev                        # the Gloo headers c10d needs: fusion run over several processes
   libstb-dev zlib1g-dev              # image decoding, gzipped IDX files
   gnuplot-nox                        # Pareto plots
   dpkg-dev file                      # dpkg-shlibdeps and file(1): CPack's Depends for the Debian package

@@ -44,6 +44,15 @@ Schema handwritten_run_schema() {
         "next (a Pareto set, a λ sweep), so each is decoded once per run; what does not fit is decoded for every "
         "model, with the same results (0: none)")
       .range(0, int64_t{1} << 30);
+  s.add("backend", std::string("auto"),
+        "how the processes of a run over several (fusion run --nproc N, or torchrun's RANK/WORLD_SIZE/MASTER_ADDR/"
+        "MASTER_PORT) talk: \"gloo\" (CPU tensors), \"nccl\" (CUDA, where LibTorch has it), \"auto\" (NCCL for a CUDA "
+        "device where available, else Gloo)")
+      .one_of({"auto", "gloo", "nccl"});
+  s.add("timeout_s", int64_t{60},
+        "seconds a process of a run over several waits for the others (rendezvous, each collective) before it stops "
+        "with an error naming its rank")
+      .range(1, 86400);
   return s;
 }
 

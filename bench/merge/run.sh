@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# Merge benchmark: task arithmetic and TIES-merging over 8 synthetic checkpoints shaped like CLIP
-# ViT-B/32's vision tower (~88 M f32 parameters, ~350 MB each), each timed beside simply reading the
-# same files, with peak RSS beside one model's size.
+# Merge benchmark: task arithmetic, simple and weighted averaging, a 10-value λ sweep of task
+# arithmetic and TIES-merging over 8 synthetic checkpoints shaped like CLIP ViT-B/32's vision tower
+# (~88 M f32 parameters, ~350 MB each), timed in one hyperfine run beside `cat` of the same nine
+# files to /dev/null and beside fusion's own reading of them, with peak RSS beside one model's size.
 #
 #   bench/merge/run.sh [BUILD_DIR=build] [WORK_DIR=/tmp/fusion-bench-merge]
 #
 # Needs: a build with the `fusion` binary, its plugins and the bench programs (FUSION_BUILD_BENCH=ON,
-# the default), hyperfine, GNU time (/usr/bin/time), ~3.5 GB free in WORK_DIR.
-# Targets: task arithmetic ≤ 1.5× the read time; peak RSS ≤ 3× one model.
+# the default), hyperfine, GNU time (/usr/bin/time), jq, awk, ~7 GB free in WORK_DIR (the inputs and
+# the sweep's ten merged models). No Python.
 # Environment: RUNS (default 3) timed runs per command, after one warm-up run (files in page cache).
+#
+# Targets (issue 11), each printed with its ratio and MET or MISSED, and as a last machine-readable
+# line per target: `TARGET <name> <ratio> <limit> MET|MISSED`.
+#   read_vs_cat        reading + checking the nine files (fusion_bench_read_all less the start-up of
+#                      a LibTorch process, `startup`, timed in the same run) ≤ 1.1× `cat`
+#   task_arithmetic, simple_average, weighted_average   ≤ 1.2× read (whole processes, as the issue
+#                      measured), peak RSS ≤ 2× one model
+#   ta_sweep           10 λ values of task arithmetic, each merged model saved: ≤ 3× read
+#   ties_vs_cat        TIES less the start-up ≤ 2.5× `cat`; peak RSS ≤ 2.5× one model
+# Every `fusion run` saves its merged model(s) (written atomically, fsync'd), so its time includes
+# writing 350 MB per model; `read` and `cat` write nothing.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -18,7 +30,7 @@ runs=${RUNS:-3}
 experts=8
 export OMP_WAIT_POLICY=PASSIVE  # see design/environment.md: LibTorch's OpenMP workers otherwise spin
 
-for tool in hyperfine /usr/bin/time; do
+for tool in hyperfine /usr/bin/time jq awk; do
   command -v "$tool" >/dev/null || { echo "error: $tool is needed (scripts/install-deps.sh --bench)" >&2; exit 1; }
 done
 fusion="$build/bin/fusion"
@@ -33,6 +45,8 @@ if [[ ! -f "$ckpt/expert_$((experts - 1))/model.safetensors" ]]; then
 fi
 files=("$ckpt/pretrained")
 for ((i = 0; i < experts; i++)); do files+=("$ckpt/expert_$i"); done
+model_files=()
+for f in "${files[@]}"; do model_files+=("$f/model.safetensors"); done
 model_bytes=$(stat -c %s "$ckpt/pretrained/model.safetensors")
 
 # One config per method; no [taskpool], so a run merges and saves.
@@ -44,47 +58,69 @@ write_config() {  # name, method lines
   } >"$work/$1.toml"
 }
 write_config task_arithmetic $'name = "task_arithmetic"\nscaling_factor = 0.3'
+write_config simple_average $'name = "simple_average"'
+write_config weighted_average $'name = "weighted_average"\nweights = [1, 2, 3, 4, 5, 6, 7, 8]\nnormalize = true'
+write_config ta_sweep $'name = "task_arithmetic"\nscaling_factors = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]'
 write_config ties_merging $'name = "ties_merging"\nthreshold = 20\nmerge_func = "sum"\nscaling_factor = 0.3'
+methods=(task_arithmetic simple_average weighted_average ta_sweep ties_merging)
 
+cat_cmd="cat ${model_files[*]} > /dev/null"
+startup_cmd="$build/bin/fusion_bench_read_all"
 read_cmd="$build/bin/fusion_bench_read_all ${files[*]}"
-ta_cmd="$fusion run $work/task_arithmetic.toml"
-ties_cmd="$fusion run $work/ties_merging.toml"
+clean="rm -rf"
+for m in "${methods[@]}"; do clean+=" $work/out_$m"; done
 
 echo "== timing (hyperfine, $runs runs after 1 warm-up; files in the page cache)"
-hyperfine --warmup 1 --runs "$runs" --export-json "$work/hyperfine.json" \
-  --prepare "rm -rf $work/out_task_arithmetic $work/out_ties_merging" \
-  -n read "$read_cmd" -n task_arithmetic "$ta_cmd" -n ties_merging "$ties_cmd"
+args=(-n cat "$cat_cmd" -n startup "$startup_cmd" -n read "$read_cmd")
+for m in "${methods[@]}"; do args+=(-n "$m" "$fusion run $work/$m.toml"); done
+hyperfine --warmup 1 --runs "$runs" --export-json "$work/hyperfine.json" --prepare "$clean" "${args[@]}"
 
 echo "== peak RSS and CPU time (/usr/bin/time -v, one run each)"
-peak() {  # command... → "kbytes cpu_seconds"
-  rm -rf "$work/out_task_arithmetic" "$work/out_ties_merging"
+: >"$work/rss.txt"
+peak() {  # name, command... → appends "name kbytes cpu_seconds"
+  local name=$1
+  shift
+  $clean
   /usr/bin/time -v "$@" 2>"$work/time.txt" >/dev/null || { cat "$work/time.txt" >&2; exit 1; }
-  awk -F': ' '/Maximum resident set size/ {rss = $2} /User time/ {u = $2} /System time/ {s = $2}
-              END {print rss "," u + s}' "$work/time.txt"
+  awk -F': ' -v n="$name" '/Maximum resident set size/ {rss = $2} /User time/ {u = $2} /System time/ {s = $2}
+                           END {print n, rss, u + s}' "$work/time.txt" >>"$work/rss.txt"
 }
-rss_read=$(peak $read_cmd)
-rss_ta=$(peak $ta_cmd)
-rss_ties=$(peak $ties_cmd)
+peak read $read_cmd
+for m in "${methods[@]}"; do peak "$m" "$fusion" run "$work/$m.toml"; done
+$clean
 
-python3 - "$work/hyperfine.json" "$model_bytes" "$rss_read" "$rss_ta" "$rss_ties" <<'PY'
-import json, sys
-results = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
-model = int(sys.argv[2])
-names = ["read", "task_arithmetic", "ties_merging"]
-rss = {n: int(v.split(",")[0]) * 1024 for n, v in zip(names, sys.argv[3:6])}
-cpu = {n: float(v.split(",")[1]) for n, v in zip(names, sys.argv[3:6])}
-read = results["read"]["mean"]
-print(f"one model: {model / 1e6:.1f} MB; 9 checkpoints read by each run (TIES reads the experts twice)")
-print("wall time from hyperfine; CPU time (user + sys) and peak RSS from one /usr/bin/time -v run —")
-print("CPU time is the steadier figure on a shared machine")
-print(f"{'command':<16} {'mean s':>8} {'± s':>6} {'× read':>7} {'CPU s':>7} {'× read':>7} {'peak RSS MB':>12} {'× model':>8}")
-for name in names:
-    r = results[name]
-    print(f"{name:<16} {r['mean']:8.3f} {r['stddev'] or 0:6.3f} {r['mean'] / read:7.2f} "
-          f"{cpu[name]:7.2f} {cpu[name] / cpu['read']:7.2f} {rss[name] / 1e6:12.1f} {rss[name] / model:8.2f}")
-ta_time = results["task_arithmetic"]["mean"] / read
-ta_rss = rss["task_arithmetic"] / model
-print(f"targets: task arithmetic {ta_time:.2f}x read time (<= 1.5: {'met' if ta_time <= 1.5 else 'MISSED'}); "
-      f"peak RSS {ta_rss:.2f}x one model (<= 3: {'met' if ta_rss <= 3 else 'MISSED'}), "
-      f"TIES {rss['ties_merging'] / model:.2f}x")
-PY
+jq -r '.results[] | "\(.command) \(.mean) \(.stddev // 0)"' "$work/hyperfine.json" >"$work/means.txt"
+awk -v model="$model_bytes" '
+  FNR == NR { mean[$1] = $2; sd[$1] = $3; next }
+  { rss[$1] = $2 * 1024; cpu[$1] = $3 }
+  function target(name, ratio, limit) {
+    verdict = ratio <= limit ? "MET" : "MISSED"
+    printf "  %-28s %6.2f  (target <= %s)  %s\n", name, ratio, limit, verdict
+    lines = lines sprintf("TARGET %s %.3f %s %s\n", name, ratio, limit, verdict)
+  }
+  END {
+    printf "one model: %.1f MB; cat, read and each method read the same 9 files\n", model / 1e6
+    printf "wall time from hyperfine; CPU time (user + sys) and peak RSS from one /usr/bin/time -v run\n"
+    printf "%-18s %8s %6s %7s %7s %7s %12s %8s\n", "command", "mean s", "± s", "x cat", "x read", "CPU s", "peak RSS MB", "x model"
+    n = split("cat startup read task_arithmetic simple_average weighted_average ta_sweep ties_merging", names, " ")
+    for (i = 1; i <= n; i++) {
+      c = names[i]
+      r = (c in rss) ? sprintf("%7.2f %12.1f %8.2f", cpu[c], rss[c] / 1e6, rss[c] / model) : sprintf("%7s %12s %8s", "-", "-", "-")
+      printf "%-18s %8.3f %6.3f %7.2f %7.2f %s\n", c, mean[c], sd[c], mean[c] / mean["cat"], mean[c] / mean["read"], r
+    }
+    net = mean["read"] - mean["startup"]
+    printf "LibTorch start-up (startup) %.3f s; read less start-up %.3f s\n", mean["startup"], net
+    print "targets:"
+    target("read_vs_cat", net / mean["cat"], 1.1)
+    split("task_arithmetic simple_average weighted_average", avg, " ")
+    for (i = 1; i <= 3; i++) {
+      target(avg[i] "_vs_read", mean[avg[i]] / mean["read"], 1.2)
+      target(avg[i] "_rss", rss[avg[i]] / model, 2)
+    }
+    target("ta_sweep_vs_read", mean["ta_sweep"] / mean["read"], 3)
+    target("ties_vs_cat", (mean["ties_merging"] - mean["startup"]) / mean["cat"], 2.5)
+    target("ties_rss", rss["ties_merging"] / model, 2.5)
+    printf "also: task_arithmetic less start-up %.2fx cat; ties_merging %.2fx read\n",
+           (mean["task_arithmetic"] - mean["startup"]) / mean["cat"], mean["ties_merging"] / mean["read"]
+    printf "%s", lines
+  }' "$work/means.txt" "$work/rss.txt"

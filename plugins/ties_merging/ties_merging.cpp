@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -10,6 +11,7 @@
 #include <regex>
 #include <utility>
 
+#include "fusion/checkpoint_stream.hpp"
 #include "fusion/error.hpp"
 #include "fusion/merging.hpp"
 
@@ -64,7 +66,12 @@ bool TiesMerging::removed(const std::string& key) const {
 }
 
 ComponentInfo TiesMerging::info() {
-  return {"ties_merging", "TIES-merging: trim, elect sign and disjoint merge of task vectors (FusionBench's form)",
+  return {"ties_merging",
+          "TIES-merging: trim, elect sign and disjoint merge of task vectors (FusionBench's form: each task "
+          "vector flattened over the whole model, the top-K% by magnitude kept). Integer tensors (CLIP's "
+          "position_ids) are left out of the flattened vector and kept as the pretrained model's: transformers "
+          "keeps them out of state_dict(), so FusionBench's CLIP pipeline never counts them; over a raw state "
+          "dict FusionBench would, and its cut-off would shift",
           "https://arxiv.org/abs/2306.01708", {}, Requirements().pretrained().experts(1)};
 }
 
@@ -300,6 +307,180 @@ void finish_merge(const at::Tensor& sign, const at::Tensor& count, MergeFunc mer
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// The streamed merge: two passes over the files (detail::CheckpointStream), no model held.
+//
+// Pass A finds each task's threshold exactly, by selection: a sample of |τₜ| (every 64th block of
+// 1024 elements) brackets the k-th smallest magnitude; the pass counts, per task, the magnitudes
+// below the bracket and collects those inside it, and the k-th is then the (k − below)-th smallest
+// of the collected ones (std::nth_element). Should the bracket miss it (a sample far off), that
+// task's threshold is found by the exact radix select over its whole task vector instead. Both
+// give the bit pattern torch.kthvalue would. Pass B is trim, elect and disjoint merge fused, chunk
+// by chunk: the chunk's trimmed τ̂ₜ of every task, their sum's sign, the agreeing values combined,
+// θ₀ + λτₘ written out. An element whose sum is exactly 0 while some τ̂ₜ is not takes the majority
+// sign sign(Σ s), known only at the end: those (rare) elements are recomputed after the pass.
+
+struct StreamedTies {
+  const detail::CheckpointStream& stream;
+  std::vector<size_t> parts;  ///< the stream's tensors merged (F32, not removed), in file order
+  std::vector<bool> included;
+  int64_t d = 0;
+  size_t tasks = 0;
+
+  int64_t numel(size_t i) const {
+    const TensorInfo& t = stream.tensors()[i];
+    return static_cast<int64_t>((t.end - t.begin) / sizeof(float));
+  }
+  static uint32_t magnitude_bits(float tau) {
+    uint32_t v;
+    std::memcpy(&v, &tau, sizeof v);
+    return v & 0x7fffffffu;
+  }
+
+  // The k-th smallest |τₜ| by the exact radix select over the whole task vector (the fallback).
+  float radix_threshold(size_t t, int64_t k) const {
+    std::vector<at::Tensor> tau;
+    for (size_t i : parts) {
+      const int64_t n = numel(i);
+      at::Tensor x = at::empty({n}, at::kFloat);
+      const float* base = stream.floats(0, i, 0, n);
+      const float* y = stream.floats(t + 1, i, 0, n);
+      float* o = x.data_ptr<float>();
+      for (int64_t j = 0; j < n; ++j) o[j] = y[j] - base[j];
+      tau.push_back(x);
+    }
+    return static_cast<float>(kth_smallest_magnitude(tau, k));
+  }
+
+  mutable int fallbacks = 0;  ///< tasks whose threshold the sample's bracket missed
+
+  std::vector<float> thresholds(int64_t k) const {
+    // The sample: blocks of 1024 elements every 64 Ki elements of each part (small parts whole).
+    constexpr int64_t kBlock = 1024, kStride = int64_t{64} * 1024;
+    struct Bracket {
+      uint32_t lo = 0, hi = 0xffffffffu;
+    };
+    std::vector<Bracket> brackets(tasks);
+    const double q = static_cast<double>(k) / static_cast<double>(d);
+    for (size_t t = 0; t < tasks; ++t) {
+      // A grid over the flat vector (every element has the same chance, whatever its tensor's
+      // size): the blocks [m·kStride, m·kStride + kBlock), cut to each part.
+      std::vector<uint32_t> sample;
+      int64_t start = 0;  // the part's offset in the flat vector
+      for (size_t i : parts) {
+        const int64_t n = numel(i);
+        const int64_t first = (start + kStride - 1) / kStride * kStride - kStride;  // ≤ start
+        start += n;
+        for (int64_t g = std::max<int64_t>(first, 0); g < start; g += kStride) {
+          const int64_t b = std::max<int64_t>(g - (start - n), 0);
+          const int64_t e = std::min<int64_t>(g + kBlock - (start - n), n);
+          if (e <= b) continue;
+          const float* base = stream.floats(0, i, b, e);
+          const float* y = stream.floats(t + 1, i, b, e);
+          for (int64_t j = 0; j < e - b; ++j) sample.push_back(magnitude_bits(y[j] - base[j]));
+        }
+      }
+      const double n_s = static_cast<double>(sample.size());
+      const double delta = 0.004 * n_s + 8.0 * std::sqrt(n_s * q * (1.0 - q)) + 16.0;
+      const double rank = q * n_s;  // 1-based rank of the estimate, as a real number
+      const auto at_rank = [&](double r) {  // the sample's r-th smallest (1-based)
+        const auto idx = static_cast<size_t>(std::max(0.0, std::min(n_s - 1.0, std::floor(r) - 1.0)));
+        std::nth_element(sample.begin(), sample.begin() + static_cast<std::ptrdiff_t>(idx), sample.end());
+        return sample[idx];
+      };
+      if (rank - delta >= 1.0) brackets[t].lo = at_rank(rank - delta);
+      if (rank + delta <= n_s) brackets[t].hi = at_rank(rank + delta);
+      for (size_t i : parts) stream.release(t + 1, i, 0, numel(i));  // the sampled pages (and
+    }                                                                 // those faulted around them)
+    for (size_t i : parts) stream.release(0, i, 0, numel(i));
+
+    // Pass A: per task, how many magnitudes lie below the bracket, and those inside it.
+    const int threads = std::max(1, at::get_num_threads());
+    const int64_t cap = std::max<int64_t>(int64_t{1} << 16, d / 16);  // candidates kept per task
+    std::vector<std::vector<int64_t>> below(threads, std::vector<int64_t>(tasks, 0));
+    std::vector<std::vector<std::vector<uint32_t>>> inside(threads, std::vector<std::vector<uint32_t>>(tasks));
+    std::vector<std::vector<uint32_t>> scratch(threads, std::vector<uint32_t>(8192));
+    std::vector<std::atomic<int64_t>> collected(tasks);
+    for (auto& c : collected) c = 0;
+    stream.for_each_chunk([&](size_t i, int64_t b, int64_t e) {
+      if (!included[i]) return;
+      const int th = at::get_thread_num();
+      const float* base = stream.floats(0, i, b, e);
+      for (size_t t = 0; t < tasks; ++t) {
+        const float* y = stream.floats(t + 1, i, b, e);
+        const uint32_t lo = brackets[t].lo, hi = brackets[t].hi;
+        uint32_t n_below = 0, n_inside = 0;
+        uint32_t* mags = scratch[th].data();
+        const int64_t n = e - b;
+        for (int64_t j = 0; j < n; ++j) {  // vectorised: the counts
+          const uint32_t v = magnitude_bits(y[j] - base[j]);
+          mags[j] = v;
+          n_below += v < lo ? 1u : 0u;
+          n_inside += (v >= lo && v <= hi) ? 1u : 0u;
+        }
+        std::vector<uint32_t>& in = inside[th][t];
+        const size_t before = in.size();
+        if (n_inside > 0) {
+          in.resize(before + n_inside);
+          uint32_t* o = in.data() + before;
+          size_t pos = 0;
+          for (int64_t j = 0; j < n; ++j) {  // branch-free compaction
+            o[pos] = mags[j];
+            pos += (mags[j] >= lo && mags[j] <= hi) ? 1u : 0u;
+            if (pos == n_inside) break;
+          }
+        }
+        below[th][t] += n_below;
+        if ((collected[t] += static_cast<int64_t>(in.size() - before)) > cap) {
+          in.clear();  // too many: this task falls back to the radix select
+          in.shrink_to_fit();
+        }
+      }
+    });
+
+    std::vector<float> out(tasks);
+    for (size_t t = 0; t < tasks; ++t) {
+      int64_t n_below = 0;
+      std::vector<uint32_t> all;
+      for (int th = 0; th < threads; ++th) {
+        n_below += below[th][t];
+        all.insert(all.end(), inside[th][t].begin(), inside[th][t].end());
+        std::vector<uint32_t>().swap(inside[th][t]);
+      }
+      const int64_t rank = k - n_below;  // 1-based within the bracket
+      if (collected[t] <= cap && rank >= 1 && rank <= static_cast<int64_t>(all.size())) {
+        std::nth_element(all.begin(), all.begin() + (rank - 1), all.end());
+        std::memcpy(&out[t], &all[static_cast<size_t>(rank - 1)], sizeof(float));
+      } else {
+        out[t] = radix_threshold(t, k);
+        ++fallbacks;
+      }
+    }
+    return out;
+  }
+};
+
+// One element's disjoint merge of the trimmed values v[t*stride] given the elected sign s
+// (FusionBench's where(s > 0, τ̂ > 0, τ̂ < 0)).
+inline float merge_element(const float* v, int64_t stride, size_t tasks, int s, MergeFunc merge) {
+  float acc = 0.0f;
+  int count = 0;
+  for (size_t t = 0; t < tasks; ++t) {
+    const float x = v[static_cast<int64_t>(t) * stride];
+    const bool agree = s > 0 ? x > 0.0f : x < 0.0f;
+    const float kept = agree ? x : 0.0f;
+    if (merge == MergeFunc::Max) {
+      acc = std::max(acc, std::abs(kept));
+    } else {
+      acc += kept;
+      count += kept != 0.0f;
+    }
+  }
+  if (merge == MergeFunc::Mean) return acc / static_cast<float>(std::max(count, 1));
+  if (merge == MergeFunc::Max) return acc * static_cast<float>(s);
+  return acc;
+}
+
 }  // namespace
 
 Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& ctx) {
@@ -307,6 +488,13 @@ Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& c
       scaling_factors_of(options_.scaling_factor, options_.scaling_factors.value_or(std::vector<double>{}));
   const MergeFunc merge = merge_func_of(options_.merge_func);
   const std::vector<std::string> names = models.expert_names();
+  if (ctx.device().is_cpu()) {
+    std::vector<std::string> all{"pretrained"};
+    all.insert(all.end(), names.begin(), names.end());
+    if (std::shared_ptr<const detail::CheckpointStream> stream = detail::CheckpointStream::open(models, all)) {
+      return run_streamed(models, ctx, lambdas, std::move(stream));
+    }
+  }
   const ConstModelPtr pretrained = models.pretrained();
   const StateDict& base = pretrained->parameters();
   const at::Device device = ctx.device();
@@ -410,6 +598,188 @@ Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& c
                  {"trim_thresholds", threshold_info},
                  {"removed_keys", removed_keys},
                  {option_name(&Options::scaling_factors), lambdas}};
+  add_scaled_results(result, pretrained, std::move(merged_tv), lambdas);
+  return result;
+}
+
+Result TiesMerging::run_streamed(ModelPool& models, const Context& ctx, const std::vector<double>& lambdas,
+                                 std::shared_ptr<const detail::CheckpointStream> stream) const {
+  const MergeFunc merge = merge_func_of(options_.merge_func);
+  const std::vector<std::string> names = models.expert_names();
+  StreamedTies ties{*stream, {}, {}, 0, names.size()};
+  const std::vector<TensorInfo>& tensors = stream->tensors();
+  std::vector<std::string> removed_keys;
+  ties.included.assign(tensors.size(), false);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (!stream->is_float(i)) continue;  // integer and bool tensors: see TiesMerging's doc
+    if (removed(tensors[i].name)) {
+      removed_keys.push_back(tensors[i].name);
+      continue;
+    }
+    ties.included[i] = true;
+    ties.parts.push_back(i);
+    ties.d += ties.numel(i);
+  }
+  const std::string remove_keys = "method." + option_name(&Options::remove_keys);
+  FUSION_ENSURE(ties.d > 0, "ties_merging: no floating-point tensor is left to merge (", remove_keys,
+                " removes them all)");
+  for (const auto& entry : matchers_->entries) {
+    const bool used = std::any_of(removed_keys.begin(), removed_keys.end(),
+                                  [&](const std::string& key) { return entry.matches(key); });
+    if (!used) ctx.log().warn("ties_merging: " + remove_keys + " entry '" + entry.name + "' matches no floating-point key");
+  }
+  const int64_t d = ties.d;
+  const int64_t k = d - static_cast<int64_t>(static_cast<double>(d) * (options_.threshold / 100.0));
+  const bool keep_all = k < 1;
+  const size_t tasks = names.size();
+
+  auto progress = ctx.progress("ties_merging (streamed)", 2);
+  const std::vector<float> thresholds = keep_all ? std::vector<float>(tasks, 0.0f) : ties.thresholds(k);
+  progress->advance();
+  nlohmann::json threshold_info = nlohmann::json::object();
+  for (size_t t = 0; t < tasks; ++t) threshold_info[names[t]] = static_cast<double>(thresholds[t]);
+
+  // Pass B. One λ: θ₀ + λτₘ straight into the output; a sweep: τₘ, for add_scaled_results.
+  const bool sweep = lambdas.size() > 1;
+  const float lambda = static_cast<float>(lambdas[0]);
+  at::Tensor flat = stream->flat_buffer();
+  float* out_base = flat.data_ptr<float>();
+  const int threads = std::max(1, at::get_num_threads());
+  constexpr int64_t kChunk = 4096;
+  std::vector<std::vector<float>> scratch(threads, std::vector<float>((tasks + 5) * kChunk));
+  std::vector<int64_t> sign_total(threads, 0);
+  std::vector<std::vector<std::pair<size_t, int64_t>>> undecided(threads);
+  const auto trimmed = [&](float tau, size_t t) { return std::abs(tau) < thresholds[t] ? 0.0f : tau; };
+  stream->for_each_chunk(
+      [&](size_t i, int64_t b, int64_t e) {
+        if (!ties.included[i]) return;
+        const int th = at::get_thread_num();
+        float* v = scratch[th].data();
+        const int64_t n = e - b;
+        const float* base = stream->floats(0, i, b, e);
+        for (size_t t = 0; t < tasks; ++t) {
+          const float* y = stream->floats(t + 1, i, b, e);
+          float* vt = v + static_cast<int64_t>(t) * kChunk;
+          // |τ| < threshold compared as bit patterns (they order as the values do for
+          // non-negative floats): integer masks, which the compiler vectorises.
+          uint32_t thr;
+          std::memcpy(&thr, &thresholds[t], sizeof thr);
+          uint32_t* vb = reinterpret_cast<uint32_t*>(vt);
+          for (int64_t j = 0; j < n; ++j) {
+            const float tau = y[j] - base[j];
+            uint32_t bits;
+            std::memcpy(&bits, &tau, sizeof bits);
+            vb[j] = bits & (0u - static_cast<uint32_t>((bits & 0x7fffffffu) >= thr));
+          }
+        }
+        // Each step a loop over the chunk's elements, so that the compiler vectorises it.
+        float* sum = v + static_cast<int64_t>(tasks) * kChunk;
+        float* nonzero = sum + kChunk;
+        float* sign = nonzero + kChunk;
+        float* acc = sign + kChunk;
+        float* count = acc + kChunk;
+        std::fill(sum, sum + n, 0.0f);
+        for (size_t t = 0; t < tasks; ++t) {
+          const float* vt = v + static_cast<int64_t>(t) * kChunk;
+          for (int64_t j = 0; j < n; ++j) sum[j] += vt[j];  // in task order, as FusionBench's sum
+          const uint32_t* vb = reinterpret_cast<const uint32_t*>(vt);
+          uint32_t* nz = reinterpret_cast<uint32_t*>(nonzero);
+          if (t == 0) std::fill(nz, nz + n, 0u);
+          for (int64_t j = 0; j < n; ++j) nz[j] |= vb[j] & 0x7fffffffu;
+        }
+        int64_t signs = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          sign[j] = sum[j] > 0.0f ? 1.0f : (sum[j] < 0.0f ? -1.0f : 0.0f);
+          signs += static_cast<int64_t>(sign[j]);
+        }
+        for (int64_t j = 0; j < n; ++j) {
+          if (sign[j] == 0.0f && reinterpret_cast<const uint32_t*>(nonzero)[j] != 0u) {
+            undecided[th].emplace_back(i, b + j);  // needs sign(Σ s)
+          }
+        }
+        // agree = s > 0 ? τ̂ > 0 : τ̂ < 0: τ̂ non-zero and its sign bit that of "s ≤ 0", as integer
+        // masks (vectorised). `want` holds the sign bit an agreeing value has.
+        uint32_t* want = reinterpret_cast<uint32_t*>(nonzero);
+        for (int64_t j = 0; j < n; ++j) want[j] = sign[j] > 0.0f ? 0u : 0x80000000u;
+        uint32_t* cnt = reinterpret_cast<uint32_t*>(count);
+        std::fill(acc, acc + n, 0.0f);
+        std::fill(cnt, cnt + n, 0u);
+        uint32_t* ab = reinterpret_cast<uint32_t*>(acc);
+        for (size_t t = 0; t < tasks; ++t) {
+          const uint32_t* vb = reinterpret_cast<const uint32_t*>(v + static_cast<int64_t>(t) * kChunk);
+          const float* vt = v + static_cast<int64_t>(t) * kChunk;
+          if (merge == MergeFunc::Max) {
+            for (int64_t j = 0; j < n; ++j) {  // magnitudes compared as bit patterns
+              const uint32_t agree = static_cast<uint32_t>((vb[j] & 0x7fffffffu) != 0u) &
+                                     static_cast<uint32_t>((vb[j] & 0x80000000u) == want[j]);
+              const uint32_t mag = vb[j] & 0x7fffffffu & (0u - agree);
+              ab[j] = ab[j] > mag ? ab[j] : mag;
+            }
+          } else {
+            for (int64_t j = 0; j < n; ++j) {
+              const uint32_t agree = static_cast<uint32_t>((vb[j] & 0x7fffffffu) != 0u) &
+                                     static_cast<uint32_t>((vb[j] & 0x80000000u) == want[j]);
+              uint32_t kept = vb[j] & (0u - agree);
+              float k;
+              std::memcpy(&k, &kept, sizeof k);
+              acc[j] += k;
+              cnt[j] += agree;
+            }
+            (void)vt;
+          }
+        }
+        if (merge == MergeFunc::Mean) {
+          for (int64_t j = 0; j < n; ++j) acc[j] /= static_cast<float>(std::max(cnt[j], 1u));
+        } else if (merge == MergeFunc::Max) {
+          for (int64_t j = 0; j < n; ++j) acc[j] *= sign[j];
+        }
+        float* out = out_base + stream->flat_offset(i) + b;
+        if (sweep) {
+          std::copy(acc, acc + n, out);
+        } else {
+          for (int64_t j = 0; j < n; ++j) out[j] = acc[j] * lambda + base[j];
+        }
+        sign_total[th] += signs;
+      },
+      kChunk);
+  int64_t total = 0;
+  for (int64_t s : sign_total) total += s;
+  const int majority = total > 0 ? 1 : (total < 0 ? -1 : 0);
+  if (majority != 0) {
+    std::vector<float> v(tasks);
+    for (const auto& list : undecided) {
+      for (const auto& [i, j] : list) {
+        const float base = *stream->floats(0, i, j, j + 1);
+        for (size_t t = 0; t < tasks; ++t) v[t] = trimmed(*stream->floats(t + 1, i, j, j + 1) - base, t);
+        const float merged = merge_element(v.data(), 1, tasks, majority, merge);
+        out_base[stream->flat_offset(i) + j] = sweep ? merged : merged * lambda + base;
+      }
+    }
+  }
+  progress->advance();
+  progress->finish();
+
+  int64_t undecided_count = 0;
+  for (const auto& list : undecided) undecided_count += static_cast<int64_t>(list.size());
+  Result result;
+  result.info = {{"num_experts", names.size()},
+                 {option_name(&Options::threshold), options_.threshold},
+                 {option_name(&Options::merge_func), options_.merge_func},
+                 {"merged_numel", d},
+                 {"trim_thresholds", threshold_info},
+                 {"trim_select_fallbacks", ties.fallbacks},
+                 {"removed_keys", removed_keys},
+                 {option_name(&Options::scaling_factors), lambdas}};
+  const ConstModelPtr pretrained = models.pretrained();
+  const StateDict& base = pretrained->parameters();
+  StateDict merged = stream->unflatten(flat, base);
+  for (const std::string& key : removed_keys) merged.set(key, base.at(key));
+  if (!sweep) {
+    result.add("merged", pretrained->with_parameters(std::move(merged)), nlohmann::json{{"scaling_factor", lambdas[0]}});
+    return result;
+  }
+  StateDict merged_tv;  // τₘ of the merged keys only: add_scaled_results keeps the others as θ₀'s
+  for (size_t i : ties.parts) merged_tv.set(tensors[i].name, merged.at(tensors[i].name));
   add_scaled_results(result, pretrained, std::move(merged_tv), lambdas);
   return result;
 }

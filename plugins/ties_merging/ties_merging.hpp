@@ -11,6 +11,10 @@
 #include "fusion/component.hpp"
 #include "fusion/options.hpp"
 
+namespace fusion::detail {
+class CheckpointStream;
+}
+
 namespace fusion::methods {
 
 struct TiesMergingOptions {
@@ -40,7 +44,18 @@ struct TiesMergingOptions {
 /// sign(Σ s); disjoint merge keeps τ̂ₜ where it agrees with s (where s is still 0, its negative
 /// entries, as FusionBench's `where(s > 0, τ > 0, τ < 0)`), combined by merge_func; θ = θ₀ + λ τₘ.
 ///
-/// Streams in two passes over the experts, so no more than one task vector is ever held (computed
+/// Integer and bool tensors (CLIP's `position_ids`) are left out of the flattened task vector and
+/// kept as the pretrained model's. FusionBench's CLIP pipeline never sees them (transformers keeps
+/// such buffers out of `state_dict()`), so this matches its figures; run over a raw state dict,
+/// FusionBench's code would count them in d and the cut-off k would shift.
+///
+/// On the `safetensors` pool (CPU, float32) the merge streams from the files
+/// (detail::CheckpointStream) in two passes and holds no model: pass 1 finds every task's threshold
+/// exactly by selection (a sample brackets the k-th magnitude, the pass counts below the bracket
+/// and collects inside it, std::nth_element picks it; a missed bracket falls back to the exact
+/// radix select), pass 2 trims, elects and merges chunk by chunk into the output. Peak memory: the
+/// output and the bracketed candidates. Otherwise it:
+/// streams in two passes over the experts, so no more than one task vector is ever held (computed
 /// in place in the loaded expert's tensors): pass 1 computes each task's threshold and the trimmed
 /// sum Σₜ τ̂ₜ; pass 2 reloads each expert, re-trims it with its stored threshold and adds its
 /// sign-agreeing values. Peak memory: θ₀, one expert, the flat accumulator and the elected signs
@@ -57,6 +72,10 @@ class TiesMerging : public Algorithm {
   bool removed(const std::string& key) const;
 
  private:
+  /// run() when the pool's models can be streamed from their files (detail::CheckpointStream).
+  Result run_streamed(ModelPool& models, const Context& ctx, const std::vector<double>& lambdas,
+                      std::shared_ptr<const detail::CheckpointStream> stream) const;
+
   Options options_;
   struct Matchers;
   std::shared_ptr<const Matchers> matchers_;

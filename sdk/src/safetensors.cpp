@@ -357,8 +357,10 @@ struct MappedFile {
   /// the element and the value; integer and bool tensors are not checked.
   at::Tensor read(const TensorInfo& info, const FiniteLabel* finite) const;
   /// Every tensor, in file order (SafetensorsFile::read_all), checked as read() with `finite`.
+  /// With `drop`, the pages of each tensor are dropped from the resident set once it is read and
+  /// checked (the loaders: as drop_resident, so a checkpoint is never wholly resident while read).
   StateDict read_all(const at::Device& device, std::optional<at::ScalarType> dtype,
-                     const FiniteLabel* finite) const;
+                     const FiniteLabel* finite, bool drop = false) const;
 };
 
 }  // namespace
@@ -595,13 +597,20 @@ at::Tensor MappedFile::read(const TensorInfo& info, const FiniteLabel* finite) c
 }
 
 StateDict MappedFile::read_all(const at::Device& device, std::optional<at::ScalarType> dtype,
-                               const FiniteLabel* finite) const {
+                               const FiniteLabel* finite, bool drop) const {
   StateDict out;
+  const size_t page = page_size();
+  size_t dropped = 0;  // pages before this offset are dropped
   for (const auto& info : tensors) {
     at::Tensor t = read(info, finite);
     if (dtype && at::isFloatingType(t.scalar_type()) && t.scalar_type() != *dtype) t = t.to(*dtype);
     if (t.device() != device) t = t.to(device);
     out.set(info.name, std::move(t));
+    if (drop) {  // the pages this tensor's check touched, up to the page the next one starts in
+      const size_t upto = (data_start + static_cast<size_t>(info.end)) / page * page;
+      if (upto > dropped) ::madvise(static_cast<uint8_t*>(mapping->base) + dropped, upto - dropped, MADV_DONTNEED);
+      dropped = std::max(dropped, upto);
+    }
   }
   return out;
 }
@@ -727,13 +736,13 @@ StateDict load_checkpoint(const fs::path& path, const at::Device& device, std::o
   // from the page cache as it is used).
   const auto files = open_checkpoint(path);
   if (files.size() == 1) {
-    StateDict out = files.front()->read_all(device, dtype, finite);
+    StateDict out = files.front()->read_all(device, dtype, finite, true);
     files.front()->drop_resident();
     return out;
   }
   StateDict out;
   for (const auto& file : files) {
-    for (const auto& [name, t] : file->read_all(device, dtype, finite)) out.set(name, t);
+    for (const auto& [name, t] : file->read_all(device, dtype, finite, true)) out.set(name, t);
     file->drop_resident();
   }
   return out;

@@ -16,6 +16,7 @@
 #include "fusion/files.hpp"
 #include "fusion/gpt2/config.hpp"
 #include "fusion/gpt2/model.hpp"
+#include "fusion/gpt2/pool.hpp"
 #include "fusion/safetensors.hpp"
 
 namespace fusion::text_classification {
@@ -45,30 +46,15 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 
 const std::string kScore = "score.weight";
 
-// The safetensors file of a checkpoint path that holds `score.weight`, or nullopt.
-std::optional<fs::path> score_file(const fs::path& path, const std::string& where) {
+// Where the checkpoint `path` keeps score.weight (gpt2::find_score_weight), or nullopt; errors begin with `where`.
+std::optional<gpt2::ScoreWeightInfo> find_score(const fs::path& path, const std::string& where) {
   std::error_code ec;
   FUSION_ENSURE(fs::exists(path, ec), where, ": '", path.string(), "' does not exist");
-  fs::path file;
   try {
-    file = resolve_checkpoint(path);
+    return gpt2::find_score_weight(path);
   } catch (const Error& e) {
     FUSION_FAIL(where, ": ", e.what());
   }
-  if (file.extension() == ".json") {  // a sharded folder's model.safetensors.index.json
-    nlohmann::json index;
-    try {
-      std::ifstream in(file);
-      index = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      FUSION_FAIL(where, ": ", file.string(), " is not valid JSON: ", e.what());
-    }
-    const auto map = index.find("weight_map");
-    if (map == index.end() || !map->is_object() || !map->contains(kScore) || !(*map)[kScore].is_string())
-      return std::nullopt;
-    return file.parent_path() / (*map)[kScore].get<std::string>();
-  }
-  return file;
 }
 
 std::string no_score(const fs::path& path) {
@@ -134,26 +120,6 @@ class TextStream : public BatchStream {
 };
 
 }  // namespace
-
-at::Tensor read_score_weight(const fs::path& path, const std::string& where) {
-  const auto file = score_file(path, where);
-  FUSION_ENSURE(file, where, ": ", no_score(path));
-  SafetensorsFile f(*file);
-  FUSION_ENSURE(f.find(kScore) != nullptr, where, ": ", no_score(path));
-  at::Tensor w = f.tensor(kScore).to(at::kFloat);
-  FUSION_ENSURE(w.dim() == 2, where, ": ", kScore, " of '", path.string(), "' has shape ", shape_text(w.sizes().vec()),
-                ", expected [num_labels, n_embd]");
-  return w;
-}
-
-std::vector<int64_t> score_weight_shape(const fs::path& path, const std::string& where) {
-  const auto file = score_file(path, where);
-  FUSION_ENSURE(file, where, ": ", no_score(path));
-  SafetensorsFile f(*file);
-  const TensorInfo* info = f.find(kScore);
-  FUSION_ENSURE(info != nullptr, where, ": ", no_score(path));
-  return info->shape;
-}
 
 // ---------------------------------------------------------------------------------------------
 // TextClassificationTask
@@ -236,7 +202,12 @@ const at::Tensor& TextClassificationTask::head() const {
   FUSION_ENSURE(spec_.head, where, ": no classification head: add an expert '",
                 spec_.expert.empty() ? spec_.name : spec_.expert, "' under [modelpool.models] or set ",
                 key(&PoolOptions::heads), ".", spec_.name);
-  at::Tensor w = read_score_weight(*spec_.head, where + " (" + spec_.head_from + ")");
+  const std::string from = where + " (" + spec_.head_from + ")";
+  const auto info = find_score(*spec_.head, from);
+  FUSION_ENSURE(info, from, ": ", no_score(*spec_.head));
+  FUSION_ENSURE(info->shape.size() == 2, from, ": ", kScore, " of '", spec_.head->string(), "' has shape ",
+                shape_text(info->shape), ", expected [num_labels, n_embd]");
+  at::Tensor w = gpt2::read_score_weight(*spec_.head);
   FUSION_ENSURE(w.size(0) == num_classes(), where, ": the head ", kScore, " ", shape_text(w.sizes().vec()), " of '",
                 spec_.head->string(), "' (", spec_.head_from, ") has ", w.size(0), " classes but the task has ",
                 num_classes(), " (", join(spec_.labels), ")");
@@ -273,11 +244,10 @@ at::Tensor TextClassificationTask::logits(const Model& model, const StateDict& p
   FUSION_ENSURE(gpt2 != nullptr, "task '", spec_.name, "': the model is a '", model.architecture(),
                 "', not a GPT-2 body (text_classification evaluates GPT-2: use modelpool.name = \"gpt2\")");
   at::Tensor hidden = gpt2->hidden_states(params, inputs);
-  at::Tensor pooled = gpt2::pool_last_token(hidden, inputs, pad_id());
   const at::Tensor& w = head();
-  FUSION_ENSURE(w.size(1) == pooled.size(-1), "task '", spec_.name, "': the head ", kScore, " ",
-                shape_text(w.sizes().vec()), " does not fit the model's hidden size ", pooled.size(-1));
-  return at::matmul(pooled, w.to(pooled.device(), pooled.scalar_type()).t());
+  FUSION_ENSURE(w.size(1) == hidden.size(-1), "task '", spec_.name, "': the head ", kScore, " ",
+                shape_text(w.sizes().vec()), " does not fit the model's hidden size ", hidden.size(-1));
+  return gpt2::classify(hidden, inputs, gpt2::ScoreHead{w, {}, pad_id()});
 }
 
 std::unique_ptr<BatchStream> TextClassificationTask::train_stream(int64_t batch_size, uint64_t seed) {
@@ -636,7 +606,9 @@ void TextClassificationPool::adapt_to(const ModelPool& models) {
                     key(&PoolOptions::experts), ".", s.name, " or ", key(&PoolOptions::heads), ".", s.name);
     }
     const std::string where = from;
-    const std::vector<int64_t> shape = score_weight_shape(*head, where);
+    const auto info = find_score(*head, where);
+    FUSION_ENSURE(info, where, ": ", no_score(*head));
+    const std::vector<int64_t>& shape = info->shape;
     FUSION_ENSURE(shape.size() == 2, where, ": score.weight of '", head->string(), "' has shape ", shape_text(shape),
                   ", expected [num_labels, n_embd]");
     FUSION_ENSURE(shape[0] == t->num_classes(), "task '", s.name, "': the head score.weight ", shape_text(shape),

@@ -189,13 +189,6 @@ class TextClassificationTask : public Task {
   mutable at::Tensor head_;
 };
 
-/// Reads `score.weight` of a GPT-2 sequence classification checkpoint: a folder (model.safetensors
-/// or shards) or a .safetensors file; f32 on the CPU. Throws fusion::Error "<where>: ..." naming the
-/// path when there is none.
-at::Tensor read_score_weight(const std::filesystem::path& path, const std::string& where);
-/// The shape of `score.weight` there, read from the header alone.
-std::vector<int64_t> score_weight_shape(const std::filesystem::path& path, const std::string& where);
-
 /// The `text_classification` task pool: GPT-2 sequence classification on GLUE's own TSV files and
 /// on CSV / JSON-lines files, evaluated with FusionBench's report keys. Each task keeps its own
 /// expert's head (`score.weight`), never merged: it is evaluated with the merged body and that head.

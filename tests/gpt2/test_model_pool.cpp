@@ -143,5 +143,46 @@ TEST(Gpt2Pool, ScoreHeadErrors) {
             "gpt2: a score head of shape [3, 32] cannot classify hidden states of shape [1, 4, 24]");
 }
 
+TEST(Gpt2Pool, ScoreWeightIsFoundFromHeadersInFilesFoldersAndShards) {
+  PoolScratch tmp;
+  const StateDict all = load_safetensors(kData / "model_tiny");
+  const at::Tensor want = all.at("score.weight");
+  // A sharded folder: score.weight in the second shard, named by the index's weight_map.
+  StateDict first, second;
+  for (const auto& [k, v] : all) (k == "score.weight" ? second : first).set(k, v);
+  fs::create_directories(tmp.path() / "sharded");
+  save_safetensors(tmp.path() / "sharded" / "a.safetensors", first);
+  save_safetensors(tmp.path() / "sharded" / "b.safetensors", second);
+  nlohmann::json index;
+  for (const auto& [k, v] : first) index["weight_map"][k] = "a.safetensors";
+  index["weight_map"]["score.weight"] = "b.safetensors";
+  std::ofstream(tmp.path() / "sharded" / "model.safetensors.index.json") << index.dump();
+  const auto found = find_score_weight(tmp.path() / "sharded");
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(found->file, tmp.path() / "sharded" / "b.safetensors");
+  EXPECT_EQ(found->shape, want.sizes().vec());
+  EXPECT_TRUE(read_score_weight(tmp.path() / "sharded").equal(want.to(at::kFloat)));
+  // A bare .safetensors file without config.json; f16 comes back in the asked dtype.
+  StateDict only;
+  only.set("score.weight", want.to(at::kHalf));
+  save_safetensors(tmp.path() / "head.safetensors", only);
+  EXPECT_EQ(find_score_weight(tmp.path() / "head.safetensors")->shape, want.sizes().vec());
+  const at::Tensor half = read_score_weight(tmp.path() / "head.safetensors", at::kCPU, at::kDouble);
+  EXPECT_EQ(half.scalar_type(), at::kDouble);
+  EXPECT_TRUE(half.equal(want.to(at::kHalf).to(at::kDouble)));
+  // None: nullopt from the headers; reading names the path.
+  EXPECT_FALSE(find_score_weight(kData / "model_tiny_bare").has_value());
+  EXPECT_EQ(error_of([&] { read_score_weight(kData / "model_tiny_bare"); }),
+            (kData / "model_tiny_bare").string() +
+                ": the weights have no 'score.weight' (not a GPT2ForSequenceClassification checkpoint?)");
+  // classify follows the hidden state's dtype.
+  const ScoreHead head = load_score_head(kData / "model_tiny");
+  const at::Tensor hidden = at::randn({2, 3, want.size(1)}, at::kDouble);
+  const at::Tensor ids = at::zeros({2, 3}, at::kLong);
+  const at::Tensor got = classify(hidden, ids, head);
+  EXPECT_EQ(got.scalar_type(), at::kDouble);
+  EXPECT_TRUE(at::allclose(got, at::matmul(hidden.select(1, 2), head.weight.to(at::kDouble).t())));
+}
+
 }  // namespace
 }  // namespace fusion::gpt2

@@ -1,6 +1,9 @@
 #include "fusion/gpt2/pool.hpp"
 
+#include <fstream>
 #include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include "fusion/error.hpp"
 #include "fusion/safetensors.hpp"
@@ -106,18 +109,44 @@ ModelPtr Gpt2Pool::make_model(StateDict params, nlohmann::json config) const {
   return std::make_shared<Gpt2Model>(params.to(ctx_.device(), ctx_.dtype()), config, Gpt2Head::kNone);
 }
 
+std::optional<ScoreWeightInfo> find_score_weight(const std::filesystem::path& path) {
+  static const std::string kScore = "score.weight";
+  std::filesystem::path file = resolve_checkpoint(path);
+  if (file.extension() == ".json") {  // a sharded folder's model.safetensors.index.json
+    nlohmann::json index;
+    try {
+      std::ifstream in(file);
+      index = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      FUSION_FAIL(file.string(), " is not valid JSON: ", e.what());
+    }
+    const auto map = index.find("weight_map");
+    if (map == index.end() || !map->is_object() || !map->contains(kScore) || !(*map)[kScore].is_string())
+      return std::nullopt;
+    file = file.parent_path() / (*map)[kScore].get<std::string>();
+  }
+  SafetensorsFile f(file);
+  const TensorInfo* info = f.find(kScore);
+  if (info == nullptr) return std::nullopt;
+  return ScoreWeightInfo{file, info->shape};
+}
+
+at::Tensor read_score_weight(const std::filesystem::path& path, const at::Device& device, at::ScalarType dtype) {
+  const auto info = find_score_weight(path);
+  FUSION_ENSURE(info, path.string(),
+                ": the weights have no 'score.weight' (not a GPT2ForSequenceClassification checkpoint?)");
+  return SafetensorsFile(info->file).tensor("score.weight").to(device, dtype);
+}
+
 ScoreHead load_score_head(const std::filesystem::path& dir, const at::Device& device, at::ScalarType dtype) {
   const std::filesystem::path file =
       std::filesystem::is_directory(dir) ? dir / "config.json" : dir.parent_path() / "config.json";
   const Gpt2Config cfg = Gpt2Config::from_json(read_config_json(dir), file.string());
-  const StateDict weights = load_safetensors(dir, device, dtype);
-  const at::Tensor* w = weights.find("score.weight");
-  FUSION_ENSURE(w != nullptr, dir.string(),
-                ": the weights have no 'score.weight' (not a GPT2ForSequenceClassification checkpoint?)");
+  at::Tensor w = read_score_weight(dir, device, dtype);
   const std::vector<int64_t> want{cfg.num_labels, cfg.n_embd};
-  FUSION_ENSURE(w->sizes() == at::IntArrayRef(want), dir.string(), ": 'score.weight' has shape ",
-                shape_str(w->sizes().vec()), " but config.json implies ", shape_str(want));
-  return ScoreHead{w->clone(), cfg.labels, cfg.pad_token_id};
+  FUSION_ENSURE(w.sizes() == at::IntArrayRef(want), dir.string(), ": 'score.weight' has shape ",
+                shape_str(w.sizes().vec()), " but config.json implies ", shape_str(want));
+  return ScoreHead{w, cfg.labels, cfg.pad_token_id};
 }
 
 at::Tensor classify(const at::Tensor& hidden, const at::Tensor& input_ids, const ScoreHead& head) {
@@ -125,7 +154,7 @@ at::Tensor classify(const at::Tensor& hidden, const at::Tensor& input_ids, const
                     head.weight.size(1) == hidden.size(2),
                 "gpt2: a score head of shape ", head.weight.defined() ? head.weight.sizes() : at::IntArrayRef{},
                 " cannot classify hidden states of shape ", hidden.sizes());
-  return at::linear(pool_last_token(hidden, input_ids, head.pad_token_id), head.weight.to(hidden.device()));
+  return at::linear(pool_last_token(hidden, input_ids, head.pad_token_id), head.weight.to(hidden.device(), hidden.scalar_type()));
 }
 
 }  // namespace fusion::gpt2

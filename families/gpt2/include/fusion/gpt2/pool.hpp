@@ -60,13 +60,32 @@ struct FUSION_GPT2_API ScoreHead {
   std::optional<int64_t> pad_token_id;  ///< the pooling's pad token (config.json's)
 };
 
-/// Reads the head of the GPT-2 folder `dir` onto `device` in `dtype`. Throws fusion::Error naming the
+/// Where a GPT-2 checkpoint keeps `score.weight`, from the safetensors headers alone.
+struct FUSION_GPT2_API ScoreWeightInfo {
+  std::filesystem::path file;  ///< the .safetensors file holding it (for shards: the one the index names)
+  std::vector<int64_t> shape;  ///< as the header states it
+};
+
+/// Finds `score.weight` in the checkpoint `path` (a .safetensors file, a folder with model.safetensors,
+/// or a sharded folder: model.safetensors.index.json's weight_map names the shard) without reading a
+/// weight or config.json. std::nullopt when the checkpoint has none. Throws fusion::Error naming the
+/// path when it holds no checkpoint or a header or index is invalid.
+FUSION_GPT2_API std::optional<ScoreWeightInfo> find_score_weight(const std::filesystem::path& path);
+
+/// `score.weight` alone of the checkpoint `path` (as find_score_weight; config.json not needed), on
+/// `device` in `dtype`; no other tensor is read. Throws fusion::Error "<path>: the weights have no
+/// 'score.weight' (...)" when there is none.
+FUSION_GPT2_API at::Tensor read_score_weight(const std::filesystem::path& path, const at::Device& device = at::kCPU,
+                                             at::ScalarType dtype = at::kFloat);
+
+/// Reads the head of the GPT-2 folder `dir` onto `device` in `dtype` (only `score.weight` is read). Throws fusion::Error naming the
 /// folder when it has no `score.weight` or its shape disagrees with config.json (num_labels, n_embd).
 FUSION_GPT2_API ScoreHead load_score_head(const std::filesystem::path& dir, const at::Device& device = at::kCPU,
                                           at::ScalarType dtype = at::kFloat);
 
 /// GPT2ForSequenceClassification's logits from a body's last hidden state [B, T, d] and the input ids
-/// [B, T]: pool_last_token with the head's pad token, then · weightᵀ: [B, num_labels].
+/// [B, T]: pool_last_token with the head's pad token, then · weightᵀ: [B, num_labels]. The weight follows
+/// the hidden state's device and dtype (differentiable in `hidden`).
 FUSION_GPT2_API at::Tensor classify(const at::Tensor& hidden, const at::Tensor& input_ids, const ScoreHead& head);
 
 }  // namespace fusion::gpt2

@@ -119,6 +119,7 @@ void PweMoeAlgorithm::export_models(const ParetoWeightEnsembling& pwe, const std
       if (c == '[' || c == ']' || c == ',') c = '_';
     const fs::path out = ctx.run_dir() / "exports" / ("r" + dir);
     std::error_code ec;
+    if (!communicator(ctx).is_main()) continue;  // several processes: rank 0 writes
     fs::create_directories(out.parent_path(), ec);
     models.save(*m, out);
     ctx.log().info(name_ + ": exported " + preference_label(r) + " to " + out.string());

@@ -1,4 +1,5 @@
 #pragma once
+#include "fusion/distributed.hpp"
 // PWEMoE (Tang et al., "Towards Efficient Pareto Set Approximation via Mixture of Experts Based
 // Model Fusion", arXiv:2406.09770): pwe_moe_ls and pwe_moe_epo. The math, with the original code's
 // choices where the paper leaves them open, is in docs/pwe_moe.md.
@@ -155,6 +156,10 @@ class PweMoeAlgorithm : public Algorithm {
   std::string name_;
   PweMoeOptions options_;
   int64_t lp_failures_ = 0;
+  /// Several processes (set by train() from communicator(ctx)): the run's communicator and the
+  /// tasks this rank takes (task t on rank t mod world); null: one process, every task here.
+  const Communicator* comm_ = nullptr;
+  std::vector<bool> owned_;
 
  private:
   /// Where a resumed training starts: the latest checkpoint, its step and record.

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <iomanip>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "fusion/error.hpp"
@@ -104,6 +105,15 @@ void set_router_grads(const std::vector<at::Tensor>& router, const at::Tensor& t
   }
 }
 
+// Σ over the ranks of `t`, added in rank order, so that every rank holds the same bits (a tensor with
+// zeros where a rank has nothing sums exactly to the values of the rank that has them).
+at::Tensor sum_over_ranks(const Communicator& comm, const at::Tensor& t) {
+  std::vector<at::Tensor> parts = comm.all_gather(t);
+  at::Tensor sum = parts[0].clone();
+  for (size_t r = 1; r < parts.size(); ++r) sum.add_(parts[r]);
+  return sum;
+}
+
 }  // namespace
 
 std::vector<double> dirichlet_preference(int64_t T, double alpha, uint64_t seed) {
@@ -155,7 +165,63 @@ PweMoeStepStats PweMoeAlgorithm::step(ParetoWeightEnsembling& pwe, Adam& adam, c
     return loss;
   };
 
-  if (!needs_gradient_gram()) {
+  if (comm_ != nullptr && comm_->distributed()) {
+    // Several processes: this rank's tasks only (owned_); what the others computed comes through
+    // the communicator, summed in rank order, so every rank holds the same gradient and steps Adam alike.
+    const int64_t P = pwe.num_router_parameters();
+    at::Tensor losses = at::zeros({T}, at::kDouble);
+    auto own_loss = [&](size_t t) {
+      at::Tensor loss = theta.loss(*tasks[t], batches[t]);
+      const double v = loss.item<double>();
+      if (!std::isfinite(v))
+        FUSION_FAIL(name_, ": the loss of task '", tasks[t]->name(), "' is ", v, " at step ", step_index,
+                    "; training stopped");
+      losses[static_cast<int64_t>(t)] = v;
+      return loss;
+    };
+    if (!needs_gradient_gram()) {
+      // LS: the router gradient of Σ_{t here} rₜ Lₜ, then all-reduced.
+      const std::vector<double> w = loss_weights({}, r, at::Tensor(), stats);
+      for (size_t t = 0; t < static_cast<size_t>(T); ++t)
+        if (owned_[t]) (own_loss(t) * (w[t] * scale)).backward();
+      std::vector<at::Tensor> dg = theta.group_weight_grads();
+      std::vector<at::Tensor> flat;
+      for (at::Tensor& d : dg) {
+        if (scale != 1.0) d.div_(scale);
+        flat.push_back(d.reshape({-1}).to(at::kCPU, at::kDouble));
+      }
+      const at::Tensor total = sum_over_ranks(*comm_, at::cat(flat));
+      int64_t off = 0;
+      for (at::Tensor& d : dg) {
+        d = total.narrow(0, off, d.numel()).view(d.sizes()).to(d.device(), d.scalar_type());
+        off += d.numel();
+      }
+      torch::autograd::backward(g, dg);
+      const at::Tensor all_losses = sum_over_ranks(*comm_, losses);
+      stats.losses.assign(all_losses.data_ptr<double>(), all_losses.data_ptr<double>() + T);
+      stats.weights = w;
+    } else {
+      // EPO: this rank's rows of G and of the losses, gathered (zeros elsewhere: the sum is exact),
+      // then every rank solves the same LP on the same C = G Gᵀ.
+      at::Tensor Gm = at::zeros({T, P}, at::kDouble);
+      for (size_t t = 0; t < static_cast<size_t>(T); ++t) {
+        if (!owned_[t]) continue;
+        theta.zero_grads();
+        (scale != 1.0 ? own_loss(t) * scale : own_loss(t)).backward();
+        std::vector<at::Tensor> dg = theta.group_weight_grads();
+        if (scale != 1.0)
+          for (at::Tensor& d : dg) d.div_(scale);
+        Gm[static_cast<int64_t>(t)] = router_gradient(g, router, dg).cpu();
+      }
+      Gm = sum_over_ranks(*comm_, Gm);
+      const at::Tensor all_losses = sum_over_ranks(*comm_, losses);
+      stats.losses.assign(all_losses.data_ptr<double>(), all_losses.data_ptr<double>() + T);
+      Gm = Gm.to(router.front().device());
+      stats.weights = loss_weights(stats.losses, r, at::mm(Gm, Gm.t()).cpu(), stats);
+      const at::Tensor w = at::tensor(stats.weights, at::TensorOptions().dtype(at::kDouble)).to(Gm.device());
+      set_router_grads(router, at::mv(Gm.t(), w));
+    }
+  } else if (!needs_gradient_gram()) {
     // The weights do not depend on the losses (LS: w = r): one backward pass of Σₜ wₜ Lₜ, taken
     // task by task into the merged parameters' .grad, then through the module to the routers.
     stats.weights = loss_weights({}, r, at::Tensor(), stats);
@@ -197,6 +263,16 @@ nlohmann::json PweMoeAlgorithm::train(ParetoWeightEnsembling& pwe, const std::ve
                                       const Context& ctx) {
   const int64_t T = pwe.num_tasks();
   const fs::path ckpt_dir = ctx.run_dir() / "checkpoints";
+  // Several processes: task t is trained on rank t mod world (its data read there only); rank 0
+  // writes the checkpoints and train_log.csv.
+  const Communicator& comm = communicator(ctx);
+  comm_ = comm.distributed() ? &comm : nullptr;
+  owned_.assign(static_cast<size_t>(T), !comm.distributed());
+  if (comm.distributed()) {
+    FUSION_ENSURE(comm.world_size() <= T, name_, ": ", comm.world_size(), " processes for ", T,
+                  " tasks: run with at most one process per task");
+    for (int64_t t : items_of_rank(T, comm.rank(), comm.world_size())) owned_[static_cast<size_t>(t)] = true;
+  }
   Adam adam(pwe.router_parameters());
   int64_t start = 0;
   fs::path last_good;
@@ -251,7 +327,8 @@ nlohmann::json PweMoeAlgorithm::train(ParetoWeightEnsembling& pwe, const std::ve
       }
     }
   }
-  StepLog log(ctx.run_dir() / "train_log.csv", pwe.expert_names(), start);
+  std::optional<StepLog> log;
+  if (comm.is_main()) log.emplace(ctx.run_dir() / "train_log.csv", pwe.expert_names(), start);
 
   // One stream per task, re-seeded at every save_interval boundary (a "segment"), so a run resumed
   // from a checkpoint sees the batches an uninterrupted run sees without replaying the data.
@@ -260,6 +337,10 @@ nlohmann::json PweMoeAlgorithm::train(ParetoWeightEnsembling& pwe, const std::ve
   auto open_streams = [&](int64_t segment, int64_t skip) {
     streams.clear();
     for (int64_t t = 0; t < T; ++t) {
+      if (comm_ != nullptr && !owned_[static_cast<size_t>(t)]) {
+        streams.push_back(nullptr);  // another rank's task
+        continue;
+      }
       streams.push_back(tasks[static_cast<size_t>(t)]->train_stream(
           options_.batch_size,
           derive_seed(ctx.seed(), kDataStream + static_cast<uint64_t>(t), static_cast<uint64_t>(segment))));
@@ -279,7 +360,7 @@ nlohmann::json PweMoeAlgorithm::train(ParetoWeightEnsembling& pwe, const std::ve
     if (segment != segment_open) open_streams(segment, (s - 1) - segment * options_.save_interval);
     const std::vector<double> r = sample_preference(T, ctx.seed(), s);
     std::vector<Batch> batches;
-    for (auto& st : streams) batches.push_back(st->next());
+    for (auto& st : streams) batches.push_back(st ? st->next() : Batch{});
     const double lr = cosine_lr(options_.lr, s, options_.num_steps, kMinLrFactor);
     try {
       last = step(pwe, adam, tasks, batches, r, lr, s);
@@ -295,7 +376,7 @@ nlohmann::json PweMoeAlgorithm::train(ParetoWeightEnsembling& pwe, const std::ve
         ctx.log().warn(name_ + ": EPO's LP failed at step " + std::to_string(s) + " (" + last.lp_error +
                        "); using r/Σr (" + std::to_string(n) + " failures so far" + (n == 10 ? ", logging every 100th" : "") + ")");
     }
-    log.add(s, lr, r, last, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    if (log) log->add(s, lr, r, last, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     std::string post = "loss=" + fmt(last.loss) + " lr=" + fmt(lr, 3);
     for (int64_t t = 0; t < T; ++t)
       post += " " + short_name(pwe.expert_names()[static_cast<size_t>(t)]) + "=" + fmt(last.losses[static_cast<size_t>(t)], 3);
@@ -304,7 +385,7 @@ nlohmann::json PweMoeAlgorithm::train(ParetoWeightEnsembling& pwe, const std::ve
     progress->advance();
     if (s % options_.save_interval == 0 || s == options_.num_steps) {
       const fs::path p = router_checkpoint_path(ckpt_dir, s);
-      save_router_checkpoint(p, pwe, adam, s, name_, ctx.seed(), record);
+      if (comm.is_main()) save_router_checkpoint(p, pwe, adam, s, name_, ctx.seed(), record);
       last_good = p;
     }
   }

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <numeric>
+#include <optional>
 
 #include "fusion/gpt2/model.hpp"
 #include "fusion/safetensors.hpp"
@@ -36,6 +37,11 @@ void FinetuneOptions::bind(Options<FinetuneOptions>& o) {
   o("pad_token_id", &O::pad_token_id,
     "GPT-2: padding id of the task's batches; the head reads the token before a row's first one").min(0);
   o("head_init_std", &O::head_init_std, "GPT-2: std of the fresh score head's normal initialisation").min(0.0);
+  o("head_only_steps", &O::head_only_steps,
+    "GPT-2: the first steps train the fresh head alone, the body frozen (a linear probe), then the body joins "
+    "with its own cosine schedule")
+      .min(0);
+  o("head_lr", &O::head_lr, "GPT-2: Adam's peak learning rate of the head (0: lr)").min(0.0);
 }
 
 ComponentInfo Finetune::info() {
@@ -136,24 +142,39 @@ Result Finetune::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
                 .normal_(0.0, o.head_init_std, gen)
                 .to(wte.options())
                 .set_requires_grad(true);
-    trainable.push_back(score);
     trainable_count += score.numel();
   } else {
-    FUSION_ENSURE(o.head_file.empty() && o.label_names.empty(), "method.",
-                  o.head_file.empty() ? option_name(&FinetuneOptions::label_names)
-                                      : option_name(&FinetuneOptions::head_file),
+    FUSION_ENSURE(o.head_file.empty() && o.label_names.empty() && o.head_only_steps == 0, "method.",
+                  !o.head_file.empty()     ? option_name(&FinetuneOptions::head_file)
+                  : !o.label_names.empty() ? option_name(&FinetuneOptions::label_names)
+                                           : option_name(&FinetuneOptions::head_only_steps),
                   ": only for GPT-2 models (this model is a '", start->architecture(), "')");
   }
-  auto logits_of = [&](const at::Tensor& inputs) -> at::Tensor {
+  FUSION_ENSURE(o.head_only_steps < o.num_steps, "method.", option_name(&FinetuneOptions::head_only_steps), " = ",
+                o.head_only_steps, " must be below method.", option_name(&FinetuneOptions::num_steps), " (",
+                o.num_steps, ")");
+  // `probe`: the body runs without gradients (the head-only steps of a linear probe).
+  auto logits_of = [&](const at::Tensor& inputs, bool probe) -> at::Tensor {
     if (!gpt2_body) return task.logits(*start, params, inputs);
-    at::Tensor pooled = gpt2::pool_last_token(gpt2_body->hidden_states(params, inputs), inputs, o.pad_token_id);
+    at::Tensor hidden;
+    {
+      at::AutoGradMode grad_mode(!probe && at::GradMode::is_enabled());
+      hidden = gpt2_body->hidden_states(params, inputs);
+    }
+    at::Tensor pooled = gpt2::pool_last_token(hidden, inputs, o.pad_token_id);
     return at::matmul(pooled, score.t());
   };
   ctx.log().info("finetune: " + o.task + " from " + o.from + ", " + std::to_string(trainable_count) +
                  " trainable parameters (" + o.trainable + "), " + std::to_string(o.num_steps) +
                  " steps of " + std::to_string(o.batch_size));
 
+  // The body's and the head's optimizers: the body's starts after the head-only steps, each with
+  // its own cosine schedule (the head's over the head-only steps, then restarted with the body's).
   Adam adam(trainable, o.weight_decay);
+  std::optional<Adam> head_adam;
+  if (score.defined()) head_adam.emplace(std::vector<at::Tensor>{score}, o.weight_decay);
+  const double head_lr = o.head_lr > 0.0 ? o.head_lr : o.lr;
+  const int64_t K = o.head_only_steps;
   auto stream = task.train_stream(o.batch_size, ctx.seed());
   TrainLog log(ctx.run_dir().empty() ? std::filesystem::path() : ctx.run_dir() / "train_log.csv",
                {"step", "loss", "accuracy", option_name(&FinetuneOptions::lr), "seconds"});
@@ -165,15 +186,20 @@ Result Finetune::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
   int64_t window = 0;
   for (int64_t step = 1; step <= o.num_steps; ++step) {
     Batch batch = stream->next();
-    const double lr = cosine_lr(o.lr, step, o.num_steps, o.min_lr_factor);
-    at::Tensor logits = logits_of(batch.inputs);
+    const bool probe = step <= K;
+    // (Each rate computed by cosine_lr itself, so runs without head-only steps keep their bits.)
+    const int64_t phase_step = probe ? step : step - K, phase_steps = probe ? K : o.num_steps - K;
+    const double lr = probe ? 0.0 : cosine_lr(o.lr, phase_step, phase_steps, o.min_lr_factor);
+    at::Tensor logits = logits_of(batch.inputs, probe);
     at::Tensor loss = at::cross_entropy_loss(logits, batch.labels);
     const double loss_v = loss.item<double>();
     FUSION_ENSURE(std::isfinite(loss_v), "finetune: the loss is not finite at step ", step,
                   " (lower method.lr?)");
     adam.zero_grad();
+    if (head_adam) head_adam->zero_grad();
     loss.backward();
-    adam.step(lr);
+    if (!probe) adam.step(lr);
+    if (head_adam) head_adam->step(cosine_lr(head_lr, phase_step, phase_steps, o.min_lr_factor));
     const double acc = logits.detach().argmax(1).eq(batch.labels).to(at::kDouble).mean().item<double>();
     losses.push_back(loss_v);
     window_loss += loss_v;

@@ -45,6 +45,12 @@ struct FinetuneOptions {
   /// GPT-2 only: the standard deviation of the fresh head's normal initialisation (Hugging Face's
   /// initializer_range). Default 0.02.
   double head_init_std = 0.02;
+  /// GPT-2 only: the first head_only_steps steps train the fresh head alone on the frozen body (a
+  /// linear probe, the body run without gradients); then the `trainable` parameters join. The
+  /// cosine schedule runs over the head-only steps, then restarts over the rest. Default 0.
+  int64_t head_only_steps = 0;
+  /// GPT-2 only: the head's peak learning rate (its schedule follows lr's); 0: lr. Default 0.
+  double head_lr = 0.0;
 
   static void bind(Options<FinetuneOptions>& o);
 };

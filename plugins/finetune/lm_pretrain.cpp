@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <limits>
 
 #include "fusion/error.hpp"
 #include "fusion/gpt2/config.hpp"
@@ -35,6 +36,10 @@ void LmPretrainOptions::bind(Options<LmPretrainOptions>& o) {
   o("weight_decay", &O::weight_decay, "Adam's L2 weight decay").min(0.0);
   o("log_interval", &O::log_interval, "a train_log.csv row every this many steps").min(1);
   o("label", &O::label, "label of the resulting model (its folder under models/)");
+  o("sampled_softmax", &O::sampled_softmax,
+    "0: full softmax; N: sampled softmax over N candidates per step drawn from the corpus's unigram^0.75, "
+    "corrected by -log expected count (Jean et al. 2015); held-out loss always full")
+      .min(0);
 }
 
 ComponentInfo LmPretrain::info() {
@@ -127,6 +132,30 @@ double causal_lm_step(const gpt2::Gpt2Model& model, const StateDict& params, con
   return total;
 }
 
+at::Tensor unigram_proposal(const at::Tensor& blocks, int64_t vocab_size, double power) {
+  at::Tensor counts = at::bincount(blocks.reshape({-1}), {}, vocab_size).to(at::kDouble);
+  at::Tensor q = counts.pow(power);
+  return q / q.sum();
+}
+
+at::Tensor sampled_lm_loss(const gpt2::Gpt2Model& model, const StateDict& params, const at::Tensor& ids,
+                           const at::Tensor& candidates, const at::Tensor& log_expected) {
+  FUSION_ENSURE(model.head() == gpt2::Gpt2Head::kLanguageModel && model.tied_lm_head(),
+                "sampled_lm_loss: the model must be a GPT2LMHeadModel with its head tied to wte");
+  const at::Tensor& w = params.at(model.keys().wte);
+  at::Tensor hidden = model.hidden_states(params, ids);
+  const int64_t T = ids.size(1), d = hidden.size(-1);
+  at::Tensor h = hidden.slice(1, 0, T - 1).reshape({-1, d});
+  at::Tensor target = ids.slice(1, 1).reshape({-1});
+  at::Tensor lq = log_expected.to(h.device(), h.scalar_type());
+  at::Tensor true_logit = (h * w.index_select(0, target)).sum(-1) - lq.index_select(0, target);   // [N]
+  at::Tensor cand_logits = at::matmul(h, w.index_select(0, candidates).t()) - lq.index_select(0, candidates);  // [N, S]
+  at::Tensor hit = candidates.unsqueeze(0).eq(target.unsqueeze(1));
+  cand_logits = cand_logits.masked_fill(hit, -std::numeric_limits<float>::infinity());
+  at::Tensor logits = at::cat({true_logit.unsqueeze(1), cand_logits}, 1).to(at::kFloat);
+  return at::cross_entropy_loss(logits, at::zeros({logits.size(0)}, target.options()));
+}
+
 Result LmPretrain::run(ModelPool& models, TaskPool* /*tasks*/, const Context& ctx) {
   using O = LmPretrainOptions;
   const O& o = options_;
@@ -178,6 +207,11 @@ Result LmPretrain::run(ModelPool& models, TaskPool* /*tasks*/, const Context& ct
   at::Tensor eval = blocks.slice(0, 0, n_eval).to(ctx.device());
   at::Tensor train = blocks.slice(0, n_eval);
   const int64_t n_train = train.size(0);
+  at::Tensor proposal, log_expected;
+  if (o.sampled_softmax > 0) {
+    proposal = unigram_proposal(train, cfg.vocab_size);
+    log_expected = (proposal * static_cast<double>(o.sampled_softmax)).log().to(ctx.device(), ctx.dtype());
+  }
   ctx.log().info("lm_pretrain: " + std::to_string(documents) + " documents, " + std::to_string(blocks.numel()) +
                  " tokens in " + std::to_string(blocks.size(0)) + " blocks of " + std::to_string(o.block_size) +
                  " (" + std::to_string(n_eval) + " held out; tokenized in " + short_number(tokenize_s) + " s)");
@@ -234,7 +268,16 @@ Result LmPretrain::run(ModelPool& models, TaskPool* /*tasks*/, const Context& ct
     at::Tensor x = train.index_select(0, at::cat(rows)).to(ctx.device());
     const double lr = warmup_cosine_lr(o.lr, step, o.warmup_steps, o.num_steps, o.min_lr_factor);
     adam.zero_grad();
-    const double lv = causal_lm_step(*model, params, x, true);
+    double lv = 0.0;
+    if (o.sampled_softmax > 0) {
+      at::Tensor candidates = at::multinomial(proposal, o.sampled_softmax, /*replacement=*/true, gen).to(ctx.device());
+      at::Tensor loss = sampled_lm_loss(*model, params, x, candidates, log_expected);
+      lv = loss.item<double>();
+      FUSION_ENSURE(std::isfinite(lv), "lm_pretrain: the loss is not finite at step ", step, " (lower method.lr?)");
+      loss.backward();
+    } else {
+      lv = causal_lm_step(*model, params, x, true);
+    }
     FUSION_ENSURE(std::isfinite(lv), "lm_pretrain: the loss is not finite at step ", step, " (lower method.lr?)");
     adam.step(lr);
     if (step == 1) first_loss = lv;
@@ -259,7 +302,7 @@ Result LmPretrain::run(ModelPool& models, TaskPool* /*tasks*/, const Context& ct
                  ") in " + short_number(train_s) + " s");
 
   Result result;
-  result.info = option_values(o, &O::init, &O::num_steps, &O::batch_size, &O::block_size);
+  result.info = option_values(o, &O::init, &O::num_steps, &O::batch_size, &O::block_size, &O::sampled_softmax);
   result.info.update(nlohmann::json{{"trainable_params", count},
                                     {"documents", documents},
                                     {"train_blocks", n_train},

@@ -52,6 +52,14 @@ struct LmPretrainOptions {
   int64_t log_interval = 10;
   /// Label of the resulting model (its folder under models/). Default "pretrained".
   std::string label = "pretrained";
+  /// 0: the training loss is the full softmax over the vocabulary (GPT2LMHeadModel's). N > 0: a
+  /// sampled softmax (Jean et al. 2015, "On Using Very Large Target Vocabulary for Neural Machine
+  /// Translation"; TensorFlow's sampled_softmax_loss): each step draws N candidate tokens, shared by
+  /// every position, from the corpus's unigram distribution raised to 0.75, and each position's
+  /// loss is the softmax over its target and the candidates, every logit corrected by −log of the
+  /// token's expected count (N·Q(token)), candidates equal to the target left out. Costs N instead
+  /// of the vocabulary's size per position; the held-out loss is always the full softmax's. Default 0.
+  int64_t sampled_softmax = 0;
 
   static void bind(Options<LmPretrainOptions>& o);
 };
@@ -76,6 +84,18 @@ at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& ids);
 /// (the same as causal_lm_loss(...).backward()). Returns the loss.
 double causal_lm_step(const gpt2::Gpt2Model& model, const StateDict& params, const at::Tensor& ids, bool backward,
                       int64_t chunk_tokens = 128);
+
+/// The proposal of the sampled softmax: the unigram frequencies of `blocks`' tokens raised to
+/// `power` and normalised, [vocab_size] f64 (tokens that never occur get 0).
+at::Tensor unigram_proposal(const at::Tensor& blocks, int64_t vocab_size, double power = 0.75);
+
+/// The sampled-softmax loss (see LmPretrainOptions::sampled_softmax) of `model` (a GPT2LMHeadModel
+/// with its head tied to wte) on `ids` [B, T]: for each position t < T − 1 with target y = ids[t + 1],
+/// −log softmax([h·w_y − lq(y), h·w_c − lq(c) for c in candidates])[0], where lq = `log_expected`
+/// ([vocab] log of each token's expected count among the candidates) and a candidate equal to y is
+/// masked out; the mean over positions. Differentiable in params.
+at::Tensor sampled_lm_loss(const gpt2::Gpt2Model& model, const StateDict& params, const at::Tensor& ids,
+                           const at::Tensor& candidates, const at::Tensor& log_expected);
 
 /// A short causal-language-model training of GPT-2 (GPT2LMHeadModel, LM head tied to wte), from
 /// random initialisation or the pool's pretrained model, on a corpus of JSON-lines documents

@@ -49,11 +49,31 @@ double lowest(at::ScalarType t) {
   return v;
 }
 
-// Conv1D: y = x·W + b with W [in, out] (transformers' pytorch_utils.Conv1D, an addmm over the rows).
+// Conv1D: y = x·W + b with W [in, out] (transformers' pytorch_utils.Conv1D, an addmm over the rows),
+// in W's dtype: x and b are cast to it when theirs differs (mixed precision).
 at::Tensor conv1d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   std::vector<int64_t> out(x.sizes().begin(), x.sizes().end());
   out.back() = w.size(1);
-  return at::addmm(b, x.reshape({-1, x.size(-1)}), w).view(out);
+  const at::ScalarType t = w.scalar_type();
+  const at::Tensor xt = x.scalar_type() == t ? x : x.to(t);
+  const at::Tensor bt = b.scalar_type() == t ? b : b.to(t);
+  return at::addmm(bt, xt.reshape({-1, xt.size(-1)}), w).view(out);
+}
+
+bool is_reduced_float(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
+
+// layer_norm of x in x's dtype; the weights are cast to it when theirs differs (16-bit weights
+// normalising the float32 residual stream).
+at::Tensor norm(const at::Tensor& x, int64_t d, const at::Tensor& w, const at::Tensor& b, double eps) {
+  if (w.scalar_type() == x.scalar_type() && b.scalar_type() == x.scalar_type())
+    return at::layer_norm(x, {d}, w, b, eps);
+  return at::layer_norm(x, {d}, w.to(x.scalar_type()), b.to(x.scalar_type()), eps);
+}
+
+// hidden·wᵀ, a head (lm_head, score): in w's dtype, the result in hidden's.
+at::Tensor head_linear(const at::Tensor& hidden, const at::Tensor& w) {
+  if (w.scalar_type() == hidden.scalar_type()) return at::linear(hidden, w);
+  return at::linear(hidden.to(w.scalar_type()), w).to(hidden.scalar_type());
 }
 
 at::Tensor activation(const at::Tensor& x, const std::string& act) {
@@ -254,10 +274,10 @@ at::Tensor Gpt2Model::forward(const StateDict& params, const at::Tensor& input_i
       return hidden;
     case Gpt2Head::kLanguageModel: {
       const at::Tensor* w = params.find(keys_.lm_head);
-      return at::linear(hidden, w != nullptr ? *w : params.at(keys_.wte));
+      return head_linear(hidden, w != nullptr ? *w : params.at(keys_.wte));
     }
     case Gpt2Head::kSequenceClassification:
-      return at::linear(pool_last_token(hidden, input_ids, cfg_.pad_token_id), params.at(keys_.score));
+      return head_linear(pool_last_token(hidden, input_ids, cfg_.pad_token_id), params.at(keys_.score));
   }
   return hidden;
 }
@@ -284,7 +304,12 @@ at::Tensor gpt2_hidden_states(const StateDict& p, const Gpt2Config& c, const Gpt
     FUSION_ENSURE(lo >= 0 && hi < c.vocab_size, "gpt2: input_ids holds token id ", lo < 0 ? lo : hi,
                   ", outside the vocabulary [0, ", c.vocab_size, ")");
   }
-  const at::ScalarType dtype = wte.scalar_type();
+  // Mixed precision (PyTorch autocast's policy, as families/clip): with 16-bit Conv1D weights the
+  // Conv1D layers and the attention products run in that dtype; the residual stream, the layer norms,
+  // the masking and the softmax in float32, and the output is float32.
+  const at::ScalarType gemm = keys.blocks.empty() ? wte.scalar_type() : p.at(keys.blocks.front().attn_w).scalar_type();
+  const bool mixed = is_reduced_float(gemm);
+  const at::ScalarType dtype = mixed ? at::kFloat : wte.scalar_type();
   const double fmin = lowest(dtype);
   // (1 − attention_mask)·finfo.min, broadcast over heads and queries: [B, 1, 1, T].
   at::Tensor mask_add;
@@ -299,32 +324,34 @@ at::Tensor gpt2_hidden_states(const StateDict& p, const Gpt2Config& c, const Gpt
   const double scale = std::sqrt(static_cast<double>(hd));
   const bool grad = at::GradMode::is_enabled();
 
-  at::Tensor x = at::embedding(wte, ids) + p.at(keys.wpe).narrow(0, 0, t);
+  at::Tensor x = mixed ? at::embedding(wte, ids).to(dtype) + p.at(keys.wpe).narrow(0, 0, t).to(dtype)
+                       : at::embedding(wte, ids) + p.at(keys.wpe).narrow(0, 0, t);
   for (size_t l = 0; l < keys.blocks.size(); ++l) {
     const BlockKeys& k = keys.blocks[l];
     // Attention: x + c_proj(softmax(mask(q kᵀ / √d_h)) v).
-    at::Tensor y = at::layer_norm(x, {d}, p.at(k.ln1_w), p.at(k.ln1_b), c.layer_norm_epsilon);
+    at::Tensor y = norm(x, d, p.at(k.ln1_w), p.at(k.ln1_b), c.layer_norm_epsilon);
     std::vector<at::Tensor> qkv = conv1d(y, p.at(k.attn_w), p.at(k.attn_b)).split(d, 2);
     at::Tensor q = qkv[0].view({b, t, h, hd}).permute({0, 2, 1, 3});
     at::Tensor kk = qkv[1].view({b, t, h, hd}).permute({0, 2, 1, 3});
     at::Tensor v = qkv[2].view({b, t, h, hd}).permute({0, 2, 1, 3});
     // In place on matmul's output: its backward needs only q and k.
     at::Tensor scores = at::matmul(q, kk.transpose(-1, -2));
+    if (mixed) scores = scores.to(dtype);
     if (c.scale_attn_weights) scores.div_(scale);
     if (c.scale_attn_by_inverse_layer_idx) scores.div_(static_cast<double>(l + 1));
     scores.masked_fill_(future, fmin);
     if (mask_add.defined()) scores.add_(mask_add);
-    at::Tensor probs = at::softmax(scores, -1);
+    at::Tensor probs = mixed ? at::softmax(scores, -1).to(gemm) : at::softmax(scores, -1);
     at::Tensor ctx = at::matmul(probs, v).permute({0, 2, 1, 3}).reshape({b, t, d});
     at::Tensor attn = conv1d(ctx, p.at(k.attn_proj_w), p.at(k.attn_proj_b));
     if (grad) x = x + attn; else x.add_(attn);
     // MLP: x + c_proj(act(c_fc(ln_2(x)))).
-    y = at::layer_norm(x, {d}, p.at(k.ln2_w), p.at(k.ln2_b), c.layer_norm_epsilon);
+    y = norm(x, d, p.at(k.ln2_w), p.at(k.ln2_b), c.layer_norm_epsilon);
     y = activation(conv1d(y, p.at(k.fc_w), p.at(k.fc_b)), c.activation_function);
     y = conv1d(y, p.at(k.mlp_proj_w), p.at(k.mlp_proj_b));
     if (grad) x = x + y; else x.add_(y);
   }
-  return at::layer_norm(x, {d}, p.at(keys.lnf_w), p.at(keys.lnf_b), c.layer_norm_epsilon);
+  return norm(x, d, p.at(keys.lnf_w), p.at(keys.lnf_b), c.layer_norm_epsilon);
 }
 
 at::Tensor sequence_pool_index(const at::Tensor& input_ids, std::optional<int64_t> pad_token_id) {

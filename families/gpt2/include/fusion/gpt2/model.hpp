@@ -76,6 +76,10 @@ FUSION_GPT2_API StateDict canonical_keys(const StateDict& params);
 ///    of each row, [B, num_labels].
 /// Every weight is read from `params` (keys and shapes as parameters()), so autograd flows into them
 /// and a merging method or PWEMoE swaps tensors freely. Runs on the parameters' device and dtype.
+/// Mixed precision ([run] dtype = "bfloat16"): when the blocks' Conv1D weights are bfloat16 or
+/// float16, the Conv1D layers, the attention products and the heads run in that dtype (PyTorch
+/// autocast's policy, as families/clip), while the residual stream, the layer norms, the masking and
+/// the softmax run in float32 and every output is float32.
 /// Immutable after construction; forward is thread-safe.
 class FUSION_GPT2_API Gpt2Model : public Model {
  public:

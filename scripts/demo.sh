@@ -7,6 +7,11 @@ scripts/build.sh
 BUILD_DIR="${FUSION_BUILD_DIR:-build}"
 export OMP_WAIT_POLICY=PASSIVE
 if [ -x examples/demo/run.sh ]; then
-  exec examples/demo/run.sh "$BUILD_DIR" "$@"
+  # Both demos: the vision one (examples/demo), then its language twin (examples/demo_text).
+  examples/demo/run.sh "$BUILD_DIR" "$@"
+  if [ -x examples/demo_text/run.sh ]; then
+    exec examples/demo_text/run.sh "$BUILD_DIR"
+  fi
+  exit 0
 fi
 "$BUILD_DIR/bin/fusion" run examples/task_arithmetic.toml "$@"

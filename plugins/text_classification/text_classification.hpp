@@ -212,8 +212,9 @@ class TextClassificationPool : public TaskPool, public ModelAwareTaskPool, publi
   /// folder (modelpool.pretrained when taskpool.tokenizer is unset), max_length (n_positions of the
   /// pretrained config.json when taskpool.max_length is 0; a larger one is refused), and each task's
   /// head (the expert named as the task, or taskpool.experts.<task>, unless taskpool.heads gives
-  /// one): its score.weight must have the task's class count and the model's width. Each problem is
-  /// one fusion::Error line naming the option.
+  /// one): its score.weight must have the task's class count and the model's width; then reads the
+  /// tokenizer (vocab.json, merges.txt) once for every task. Each problem is one fusion::Error line
+  /// naming the option.
   void adapt_to(const ModelPool& models) override;
   /// Keeps at most `bytes` of tokenized test examples between evaluations ([run] eval_cache_mb),
   /// filled task by task in evaluation order.

@@ -3,7 +3,8 @@
 // with different class counts: sst2 with 2, mnli with 3), a tiny tokenizer folder and GLUE-layout
 // TSV files. Every method runs and reports each task's accuracy and loss; task arithmetic's figures
 // equal a direct computation (merged body + each expert's own head, example by example); heads are
-// never merged; a task without a head or with a head of another class count is refused before the run.
+// never merged; a task without a head, a head of another class count or a tokenizer without merges.txt
+// is refused before the run; bfloat16 mixed precision stays close to float32.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -127,13 +128,14 @@ class E2EText : public ::testing::Test {
     return r;
   }
 
-  // exit 1, exactly `line` as the one error line, no report.json.
+  // exit 1, exactly `line` as the one error line, no report.json, and the method never ran.
   void expect_refused(const Outcome& o, const std::string& line) {
     EXPECT_EQ(o.code, 1) << o.err;
     const auto errs = o.error_lines();
     ASSERT_EQ(errs.size(), 1u) << o.err;
     EXPECT_EQ(errs[0], "fusion: error: " + line);
     EXPECT_FALSE(fs::exists(dir_ / "out" / "report.json"));
+    EXPECT_EQ(o.err.find("running task_arithmetic"), std::string::npos) << o.err;
   }
 
   // {accuracy, loss} of `body_params` with the head of expert `task` on that task's rows, example by
@@ -287,7 +289,7 @@ TEST_F(E2EText, DescribeSaysHeadsAreNeverMerged) {
   EXPECT_NE(pool.out.find("heads (score, lm_head) are never merged"), std::string::npos) << pool.out;
 }
 
-TEST_F(E2EText, ATaskWithoutAHeadOrWithAnotherClassCountIsRefusedBeforeTheRun) {
+TEST_F(E2EText, NoHeadAHeadOfAnotherClassCountOrNoMergesAreRefusedBeforeTheRun) {
   write_config("name = \"task_arithmetic\"", "sst2 = \"sst2\"\n");
   expect_refused(fusion({"run", "run.toml"}),
                  "task 'mnli': no classification head: add an expert 'mnli' under [modelpool.models] (its "
@@ -296,6 +298,11 @@ TEST_F(E2EText, ATaskWithoutAHeadOrWithAnotherClassCountIsRefusedBeforeTheRun) {
   expect_refused(fusion({"run", "run.toml"}),
                  "task 'mnli': the head score.weight [2, 16] of 'sst2' (modelpool.models.mnli) has 2 classes but the task has 3 (entailment, neutral, "
                      "contradiction)");
+  // A tokenizer folder without merges.txt.
+  fs::remove(dir_ / "tokenizer" / "merges.txt");
+  write_config("name = \"task_arithmetic\"");
+  Outcome o = fusion({"run", "run.toml"});
+  expect_refused(o, "taskpool.tokenizer: gpt2 tokenizer: the merge list tokenizer/merges.txt is missing");
 }
 
 }  // namespace

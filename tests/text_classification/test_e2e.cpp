@@ -305,5 +305,13 @@ TEST_F(E2EText, NoHeadAHeadOfAnotherClassCountOrNoMergesAreRefusedBeforeTheRun) 
   expect_refused(o, "taskpool.tokenizer: gpt2 tokenizer: the merge list tokenizer/merges.txt is missing");
 }
 
+TEST_F(E2EText, ALabelOutsideTheTasksClassesIsRefusedBeforeTheRun) {
+  write_text(dir_ / "data" / "SST-2" / "dev.tsv", "sentence\tlabel\nthe heat is on \t1\nthe end \t2\n");
+  write_config("name = \"task_arithmetic\"");
+  expect_refused(fusion({"run", "run.toml"}),
+                 "task 'sst2' test split: data/SST-2/dev.tsv:3: label '2' is not one of negative, positive (nor an "
+                 "index 0..1)");
+}
+
 }  // namespace
 }  // namespace fusion::text_classification

@@ -21,6 +21,10 @@ const char* const kTrains =
     "trains the model on the tasks: its output differs from the pretrained model by design, "
     "whatever the experts are";
 
+const char* const kLanguageModel =
+    "trains a GPT-2 language model on a text corpus (tokenizer, train_files): the suite's tiny model is "
+    "not a GPT-2 and has no corpus; tests/finetune (LmPretrain.*) covers it";
+
 /// One algorithm and what it needs to run on the tiny model in a short time.
 struct Case {
   std::string name;
@@ -44,6 +48,9 @@ const std::vector<Case>& cases() {
       {"pwe_moe_epo", {"num_steps=3", "eval_grid_m=3", "batch_size=8"}, {}},
       {"finetune", {"task=task0", "num_steps=3", "batch_size=8"}, {{"identity", kTrains}}},
       {"multitask_pretrain", {"init=pretrained", "num_steps=3", "batch_size=8"}, {{"identity", kTrains}}},
+      {"lm_pretrain", {}, {{"identity", kLanguageModel}, {"unmodified", kLanguageModel},
+                            {"deterministic", kLanguageModel}, {"requirements", kLanguageModel},
+                            {"finite", kLanguageModel}, {"minimal", kLanguageModel}}},
       {"linear_interpolation", {}, {}},  // examples/lerp_plugin
       {"task_wise_adamerging", {"max_steps=3", "batch_size=8"}, {}},  // examples/adamerging
   };

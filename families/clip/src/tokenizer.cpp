@@ -8,10 +8,17 @@
 #include <limits>
 #include <sstream>
 
+#include "byte_level_unicode.hpp"
 #include "fusion/error.hpp"
 
 namespace fusion::clip {
 namespace {
+
+using byte_level::append_utf8;
+using byte_level::category;
+using byte_level::is_letter;
+using byte_level::is_number;
+using byte_level::is_space;
 
 const char* const kBos = "<|startoftext|>";
 const char* const kEos = "<|endoftext|>";
@@ -49,24 +56,6 @@ std::u32string decode_utf8(const std::string& s) {
   return out;
 }
 
-void append_utf8(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
-
 std::string encode_utf8(const std::u32string& s) {
   std::string out;
   out.reserve(s.size());
@@ -77,29 +66,8 @@ std::string encode_utf8(const std::u32string& s) {
 // ---- Unicode, by utf8proc -----------------------------------------------------------------------
 // The reference is Python: unicodedata.normalize("NFC"), str.lower(), str.strip() and the `regex`
 // module's classes. Categories, case mappings and compositions come from utf8proc (Unicode 15.0 in
-// Debian 12's 2.8); what it lacks is derived below from the Unicode files that define it.
-
-utf8proc_category_t category(char32_t c) { return utf8proc_category(static_cast<utf8proc_int32_t>(c)); }
-
-// \p{L}: Lu, Ll, Lt, Lm, Lo.
-bool is_letter(char32_t c) {
-  const auto k = category(c);
-  return k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO;
-}
-
-// \p{N}: Nd, Nl, No.
-bool is_number(char32_t c) {
-  const auto k = category(c);
-  return k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO;
-}
-
-// `\s` of the `regex` module (and of the fast tokenizer): the White_Space property, which PropList.txt
-// gives as the separators (Zs, Zl, Zp) and the controls TAB..CR and NEL.
-bool is_space(char32_t c) {
-  const auto k = category(c);
-  return k == UTF8PROC_CATEGORY_ZS || k == UTF8PROC_CATEGORY_ZL || k == UTF8PROC_CATEGORY_ZP ||
-         (c >= 0x09 && c <= 0x0D) || c == 0x85;
-}
+// Debian 12's 2.8); what it lacks is derived below from the Unicode files that define it. \p{L}, \p{N},
+// \s and the byte table are in families/common/byte_level_unicode.hpp, shared with GPT-2's tokenizer.
 
 // What Python's str.strip() strips (str.isspace): bidirectional class WS, B or S, or category Zs;
 // White_Space and the separators U+001C..U+001F.
@@ -216,11 +184,7 @@ bool matched_by_no_alternative(char32_t c) {
 // themselves, the others to 256, 257, ... in byte order.
 std::vector<std::string> make_byte_symbols() {
   std::vector<std::string> table(256);
-  char32_t next = 256;
-  for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-    append_utf8(table[b], printable ? static_cast<char32_t>(b) : next++);
-  }
+  for (size_t b = 0; b < 256; ++b) append_utf8(table[b], byte_level::byte_chars()[b]);
   return table;
 }
 

@@ -12,10 +12,17 @@
 #include <shared_mutex>
 #include <sstream>
 
+#include "byte_level_unicode.hpp"
 #include "fusion/error.hpp"
 
 namespace fusion::gpt2 {
 namespace {
+
+using byte_level::append_utf8;
+using byte_level::byte_chars;
+using byte_level::is_letter;
+using byte_level::is_number;
+using byte_level::is_space;
 
 // ---- UTF-8 -------------------------------------------------------------------------------------
 
@@ -91,69 +98,12 @@ void decode_utf8_strict(const std::string& s, std::u32string* cps, std::vector<s
   offsets->push_back(s.size());
 }
 
-void append_utf8(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
-
-// ---- the pattern's character classes (Python's `regex` module) ----------------------------------
-
-utf8proc_category_t category(char32_t c) { return utf8proc_category(static_cast<utf8proc_int32_t>(c)); }
-
-// \p{L}: Lu, Ll, Lt, Lm, Lo.
-bool is_letter(char32_t c) {
-  const auto k = category(c);
-  return k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO;
-}
-
-// \p{N}: Nd, Nl, No.
-bool is_number(char32_t c) {
-  const auto k = category(c);
-  return k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO;
-}
-
-// \s of the `regex` module: the White_Space property (PropList.txt): TAB..CR, U+0085 and the
-// separators Zs, Zl, Zp. (JavaScript's \s differs: it has U+FEFF and lacks U+0085.)
-bool is_space(char32_t c) {
-  if ((c >= 0x09 && c <= 0x0D) || c == 0x85) return true;
-  const auto k = category(c);
-  return k == UTF8PROC_CATEGORY_ZS || k == UTF8PROC_CATEGORY_ZL || k == UTF8PROC_CATEGORY_ZP;
-}
+// ---- the pattern's character classes (Python's `regex` module; the rest in byte_level_unicode.hpp) --
 
 // [^\s\p{L}\p{N}]
 bool is_other(char32_t c) { return !is_space(c) && !is_letter(c) && !is_number(c); }
 
-// ---- GPT-2's bytes → unicode table --------------------------------------------------------------
-
-// The printable Latin-1 bytes ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for themselves; the other 68
-// take U+0100, U+0101, ... in byte order.
-std::array<char32_t, 256> make_byte_chars() {
-  std::array<char32_t, 256> table{};
-  char32_t next = 256;
-  for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-    table[static_cast<size_t>(b)] = printable ? static_cast<char32_t>(b) : next++;
-  }
-  return table;
-}
-
-const std::array<char32_t, 256>& byte_chars() {
-  static const std::array<char32_t, 256> table = make_byte_chars();
-  return table;
-}
+// ---- GPT-2's bytes → unicode table (byte_level::byte_chars) -------------------------------------
 
 // The byte a table character stands for, or -1.
 int char_to_byte(char32_t c) {

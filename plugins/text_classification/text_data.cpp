@@ -14,6 +14,12 @@
 namespace fusion::text_classification {
 namespace fs = std::filesystem;
 
+std::string join(const std::vector<std::string>& v, const char* sep) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? sep : "") + v[i];
+  return s;
+}
+
 namespace {
 
 const std::vector<std::pair<TextFormat, const char*>>& format_names() {
@@ -58,12 +64,6 @@ Columns columns_of(TextFormat f) {
     case TextFormat::Mnli: return {"sentence1", "sentence2", "gold_label", false, "an MNLI file"};
     default: return {"text", "text_pair", "label", true, "the file"};
   }
-}
-
-std::string join(const std::vector<std::string>& v, const char* sep = ", ") {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? sep : "") + v[i];
-  return s;
 }
 
 // A field quoted in a message, cut to 60 bytes.

@@ -92,4 +92,7 @@ std::vector<std::string> split_csv_record(const std::string& text, size_t& pos, 
 /// list, an empty or repeated name, or invalid JSON.
 std::vector<std::string> parse_label_names(const std::string& value, const std::string& where);
 
+/// The items with `sep` between them ("a, b, c"), for messages that list names.
+std::string join(const std::vector<std::string>& v, const char* sep = ", ");
+
 }  // namespace fusion::text_classification

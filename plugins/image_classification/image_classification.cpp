@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <set>
 #include <sstream>
 
 #include "fusion/error.hpp"
+#include "fusion/files.hpp"
 #include "head.hpp"
 #include "model_facts.hpp"
 
@@ -23,6 +25,14 @@ using PoolOptions = ImageClassificationPoolOptions;
 template <class M>
 std::string key(M PoolOptions::*member) {
   return "taskpool." + option_name(member);
+}
+
+// One CSV field, quoted (RFC 4180) when it holds a comma, a quote or a line break.
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
 }
 
 std::string join(const std::vector<std::string>& v) {
@@ -368,6 +378,8 @@ nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
   double loss_sum = 0.0;
   int64_t correct = 0, seen = 0, skipped = 0;
   const std::string where = "task '" + spec_.name + "' test split";
+  std::string csv;
+  if (options_.save_predictions) csv = "index,sample,label,label_name,predicted,predicted_name,loss\n";
   while (std::optional<LoadedBatch> batch = next_batch(loader, where)) {
     skipped += batch->skipped;
     const int64_t n = batch->inputs.size(0);
@@ -375,8 +387,26 @@ nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
       at::Tensor x = batch->inputs.to(device, dtype);
       at::Tensor y = batch->labels.to(device);
       at::Tensor z = logits(model, model.parameters(), x).to(at::kFloat);
-      loss_sum += at::cross_entropy_loss(z, y, {}, at::Reduction::Sum).item<double>();
-      correct += z.argmax(1).eq(y).sum().item<int64_t>();
+      if (options_.save_predictions) {
+        at::Tensor losses = at::cross_entropy_loss(z, y, {}, at::Reduction::None);
+        at::Tensor predicted = z.argmax(1);
+        loss_sum += losses.sum().item<double>();
+        correct += predicted.eq(y).sum().item<int64_t>();
+        at::Tensor l = losses.to(at::kCPU, at::kDouble), p = predicted.to(at::kCPU), t = batch->labels;
+        const Dataset& split = test_->dataset();
+        for (int64_t k = 0; k < n; ++k) {
+          const int64_t sample = batch->samples[static_cast<size_t>(k)];
+          const auto label = t[k].item<int64_t>(), pk = p[k].item<int64_t>();
+          char loss_text[32];
+          std::snprintf(loss_text, sizeof loss_text, "%.9g", l[k].item<double>());
+          csv += std::to_string(sample) + "," + csv_field(split.sample_name(sample)) + "," + std::to_string(label) +
+                 "," + csv_field(classnames_[static_cast<size_t>(label)]) + "," + std::to_string(pk) + "," +
+                 csv_field(classnames_[static_cast<size_t>(pk)]) + "," + loss_text + "\n";
+        }
+      } else {
+        loss_sum += at::cross_entropy_loss(z, y, {}, at::Reduction::Sum).item<double>();
+        correct += z.argmax(1).eq(y).sum().item<int64_t>();
+      }
       seen += n;
     }
     bar->advance(n + batch->skipped);
@@ -387,14 +417,29 @@ nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
     ctx_.log().warn("task '" + spec_.name + "': skipped " + std::to_string(skipped) +
                     " undecodable test images (" + option_name(&PoolOptions::on_bad_image) + " = \"skip\")");
   }
+  nlohmann::json report;
+  if (options_.save_predictions) {
+    const fs::path file =
+        predictions_file_.empty() ? ctx_.run_dir() / "predictions" / (spec_.name + ".csv") : predictions_file_;
+    try {
+      fs::create_directories(file.parent_path());
+      write_file_atomic(file, csv);
+    } catch (const std::exception& e) {
+      FUSION_FAIL("task '", spec_.name, "': cannot write the predictions ", file.string(), ": ", e.what());
+    }
+    std::error_code ec;
+    const fs::path rel = ctx_.run_dir().empty() ? file : fs::relative(file, ctx_.run_dir(), ec);
+    report["predictions"] = (ec || rel.empty() ? file : rel).string();
+  }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return {{"accuracy", static_cast<double>(correct) / static_cast<double>(seen)},
+  report.update(nlohmann::json{{"accuracy", static_cast<double>(correct) / static_cast<double>(seen)},
           {"loss", loss_sum / static_cast<double>(seen)},
           {"num_samples", seen},
           {"skipped_images", skipped},
           {"decoded_images", test_->decodes() - decodes_before},
           {"seconds", seconds},
-          {"images_per_second", seconds > 0 ? static_cast<double>(seen) / seconds : 0.0}};
+          {"images_per_second", seconds > 0 ? static_cast<double>(seen) / seconds : 0.0}});
+  return report;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -456,6 +501,10 @@ void ImageClassificationPoolOptions::bind(Options<ImageClassificationPoolOptions
   o("max_test_samples", &O::max_test_samples,
     "evaluate on at most this many test samples per task, a fixed random subset (0: all)")
       .min(0);
+  o("save_predictions", &O::save_predictions,
+    "write each evaluated test image's predicted label and loss: run_dir/predictions/model_<k>/<task>.csv for the "
+    "k-th evaluated model (k from 0; each task's report names its file), columns index,sample,label,label_name,"
+    "predicted,predicted_name,loss");
 }
 
 ComponentInfo ImageClassificationPool::info() {
@@ -478,6 +527,7 @@ std::pair<std::vector<TaskSpec>, ImageClassificationOptions> ImageClassification
   o.skip_bad_images = c.on_bad_image == "skip";
   o.cache_mb = c.cache_mb;
   o.max_test_samples = c.max_test_samples;
+  o.save_predictions = c.save_predictions;
   o.templates = c.templates;
   o.head_cache_dir = c.head_cache_dir == "none"  ? fs::path()
                      : c.head_cache_dir.empty() ? default_head_cache_dir()
@@ -670,6 +720,14 @@ void ImageClassificationPool::adapt_to(const ModelPool& models) {
   if (options_.clip_model.empty()) {
     for (const auto& t : tasks_) t->check_head_source(facts.no_text_tower);
   }
+}
+
+nlohmann::json ImageClassificationPool::evaluate(const Model& model) {
+  if (options_.save_predictions) {
+    const fs::path dir = ctx_.run_dir() / "predictions" / ("model_" + std::to_string(evaluated_models_++));
+    for (auto& t : tasks_) t->set_predictions_file(dir / (t->name() + ".csv"));
+  }
+  return TaskPool::evaluate(model);
 }
 
 std::vector<std::string> ImageClassificationPool::task_names() const {

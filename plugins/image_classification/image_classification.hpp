@@ -63,6 +63,8 @@ struct ImageClassificationPoolOptions {
   int64_t cache_mb = 1024;
   /// Evaluate on at most this many test samples per task (0: all). Default 0.
   int64_t max_test_samples = 0;
+  /// Write run_dir/predictions/model_<k>/<task>.csv at each evaluation. Default false.
+  bool save_predictions = false;
 
   static void bind(Options<ImageClassificationPoolOptions>& o);
 };
@@ -102,6 +104,8 @@ struct ImageClassificationOptions {
   int64_t eval_cache_bytes = int64_t{1024} << 20;
   /// Evaluate on at most this many test samples (a fixed random subset); 0: all. Default 0.
   int64_t max_test_samples = 0;
+  /// Write each evaluated test image's prediction and loss (see set_predictions_file). Default false.
+  bool save_predictions = false;
 };
 
 /// One task as configured: where its splits are and what overrides its built-in info.
@@ -141,8 +145,14 @@ class ImageClassificationTask : public Task {
   /// "decoded_images", the images this evaluation decoded and preprocessed (those not kept in memory
   /// from an earlier pass). A model that
   /// says it takes images of another size (model_image_size) is refused first, in one line naming
-  /// taskpool.image_size.
+  /// taskpool.image_size. With save_predictions, also writes `predictions_file` (see
+  /// set_predictions_file) and adds "predictions": that path.
   nlohmann::json evaluate(const Model& model) override;
+  /// Where the next evaluate() writes its predictions when save_predictions is on: a CSV with the
+  /// columns index,sample,label,label_name,predicted,predicted_name,loss, one row per evaluated image
+  /// in evaluation order (index: the image's place in the test split; sample: its file, or
+  /// "<images file>[i]" for IDX), written atomically. Empty: run_dir/predictions/<task>.csv.
+  void set_predictions_file(std::filesystem::path file) { predictions_file_ = std::move(file); }
 
   const std::vector<std::string>& classnames() const { return classnames_; }
   const std::vector<std::string>& templates() const { return templates_; }
@@ -190,6 +200,7 @@ class ImageClassificationTask : public Task {
   std::string classes_from_;
   std::shared_ptr<SampleSource> test_, train_;
   std::vector<int64_t> test_indices_;
+  std::filesystem::path predictions_file_;
   mutable std::mutex head_mutex_;
   mutable std::optional<clip::ZeroShotHead> head_;
 };
@@ -225,6 +236,9 @@ class ImageClassificationPool : public TaskPool, public ModelAwareTaskPool, publ
   /// the host): filled task by task in order, the first evaluated images of a split when only part
   /// of it fits (the rest is decoded at every evaluation, with the same results). Logs what changes.
   void set_eval_cache_bytes(int64_t bytes) override;
+  /// TaskPool::evaluate; with save_predictions, the k-th evaluated model's (k = 0, 1, ...) predictions
+  /// go to run_dir/predictions/model_<k>/<task>.csv, and each task's report names its file.
+  nlohmann::json evaluate(const Model& model) override;
   /// The options every task shares (after adapt_to, with what it learned).
   const ImageClassificationOptions& options() const { return options_; }
 
@@ -239,6 +253,7 @@ class ImageClassificationPool : public TaskPool, public ModelAwareTaskPool, publ
   ImageClassificationOptions options_;
   Context ctx_;
   std::vector<std::unique_ptr<ImageClassificationTask>> tasks_;
+  int64_t evaluated_models_ = 0;
 };
 
 }  // namespace fusion::image_classification

@@ -99,6 +99,8 @@ LoadedBatch BatchLoader::build(int64_t b) {
   float* in = inputs.data_ptr<float>();
   int64_t* lab = labels.data_ptr<int64_t>();
   int64_t n = 0, skipped = 0;
+  std::vector<int64_t> samples;
+  samples.reserve(idx.size());
   for (int64_t i : idx) {
     std::shared_ptr<const Image> crop;
     try {
@@ -110,12 +112,14 @@ LoadedBatch BatchLoader::build(int64_t b) {
     }
     normalize_into(*crop, source_->options(), in + n * 3 * s * s);
     lab[n] = source_->dataset().label(i);
+    samples.push_back(i);
     ++n;
   }
   LoadedBatch out;
   out.inputs = n == inputs.size(0) ? inputs : inputs.narrow(0, 0, n);
   out.labels = n == labels.size(0) ? labels : labels.narrow(0, 0, n);
   out.skipped = skipped;
+  out.samples = std::move(samples);
   return out;
 }
 

@@ -79,6 +79,7 @@ struct LoadedBatch {
   at::Tensor inputs;
   at::Tensor labels;
   int64_t skipped = 0;  ///< bad images left out of this batch
+  std::vector<int64_t> samples;  ///< the split's sample index of each row of inputs
 };
 
 /// Which samples batch b holds. Called from worker threads: must be thread-safe.

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
+#include <map>
 #include <optional>
 #include <set>
 
@@ -149,6 +151,77 @@ TEST_P(OnDevice, BadImagesSkippedOrNamed) {
     EXPECT_EQ(r["num_samples"], 5);
     EXPECT_EQ(r["skipped_images"], 1);
   }
+}
+
+// save_predictions: one CSV per evaluated model and task, a row per evaluated image in evaluation
+// order with its prediction and loss (bad images skipped leave no row), and the report names it.
+TEST_P(OnDevice, SavePredictionsWritesOneCsvPerModelAndTask) {
+  ColourData data;
+  write_bytes(data.test / "2/corrupt.png", {0x89, 'P', 'N', 'G', 1, 2, 3});
+  write_text(data.info, R"({"classnames": ["red", "green, light", "blue"], "templates": ["a {} thing."]})");
+  MeanColourModel model{at::Device(GetParam())};
+  Config cfg = taskpool_config({{"test_datasets", StringMap{{"colours", data.test.string()}}},
+                                {"task_info", StringMap{{"colours", data.info.string()}}},
+                                {"heads", StringMap{{"colours", data.head.string()}}},
+                                {"image_size", int64_t{8}},
+                                {"batch_size", int64_t{2}},
+                                {"on_bad_image", std::string("skip")},
+                                {"save_predictions", true}});
+  Context::Settings s;
+  s.device = at::Device(GetParam());
+  s.progress = false;
+  s.logger = std::make_shared<Logger>(LogLevel::Error);
+  s.run_dir = data.tmp / "run";
+  auto pool = make_pool(Context(s).with_config(cfg));
+  nlohmann::json first = pool->evaluate(model);
+  nlohmann::json second = pool->evaluate(model);
+  EXPECT_EQ(first["colours"]["predictions"], "predictions/model_0/colours.csv");
+  EXPECT_EQ(second["colours"]["predictions"], "predictions/model_1/colours.csv");
+  EXPECT_DOUBLE_EQ(first["colours"]["accuracy"].get<double>(), 0.6);
+  const std::string expected_header = "index,sample,label,label_name,predicted,predicted_name,loss";
+  // (colour of the image, label) per file, in the split's order; the prediction is the colour.
+  const std::map<std::string, std::pair<int, int>> truth{{"r1.png", {0, 0}}, {"b1.png", {2, 0}}, {"g1.png", {1, 1}},
+                                                         {"r2.png", {0, 1}}, {"b2.png", {2, 2}}};
+  const std::vector<std::string> names{"red", "\"green, light\"", "blue"};
+  for (const char* model_dir : {"model_0", "model_1"}) {
+    std::ifstream in(data.tmp / "run" / "predictions" / model_dir / "colours.csv");
+    ASSERT_TRUE(in) << model_dir;
+    std::string line;
+    std::getline(in, line);
+    EXPECT_EQ(line, expected_header);
+    std::set<std::string> files;
+    double loss_sum = 0;
+    while (std::getline(in, line)) {
+      const auto& split = dynamic_cast<ImageClassificationPool&>(*pool).classification_task("colours").test_split();
+      const auto comma = line.find(',');
+      const int64_t index = std::stoll(line.substr(0, comma));
+      const std::string sample = split.sample_name(index);
+      const std::string file = fs::path(sample).filename().string();
+      ASSERT_TRUE(truth.count(file)) << line;
+      files.insert(file);
+      const auto [colour, label] = truth.at(file);
+      EXPECT_EQ(split.label(index), label);
+      const std::string prefix = std::to_string(index) + "," + sample + "," + std::to_string(label) + "," +
+                                 names[label] + "," + std::to_string(colour) + "," + names[colour] + ",";
+      ASSERT_EQ(line.substr(0, prefix.size()), prefix);
+      const double loss = std::stod(line.substr(prefix.size()));
+      EXPECT_NEAR(loss, colour_ce(colour, label), 1e-5);
+      loss_sum += loss;
+    }
+    EXPECT_EQ(files.size(), 5u);  // the corrupt image has no row
+    EXPECT_NEAR(first["colours"]["loss"].get<double>(), loss_sum / 5, 1e-5);
+  }
+  // Off by default: no predictions folder.
+  TempDir other("no-predictions");
+  s.run_dir = other.path();
+  Config off = taskpool_config({{"test_datasets", StringMap{{"colours", data.test.string()}}},
+                                {"task_info", StringMap{{"colours", data.info.string()}}},
+                                {"heads", StringMap{{"colours", data.head.string()}}},
+                                {"image_size", int64_t{8}},
+                                {"on_bad_image", std::string("skip")}});
+  nlohmann::json plain = make_pool(Context(s).with_config(off))->evaluate(model);
+  EXPECT_FALSE(plain["colours"].contains("predictions"));
+  EXPECT_FALSE(fs::exists(other.path() / "predictions"));
 }
 
 TEST_P(OnDevice, LogitsAreDifferentiableInParams) {

@@ -13,7 +13,7 @@
 #
 # Needs: a build with FUSION_BUILD_BENCH=ON (the default), hyperfine and GNU time
 # (scripts/install-deps.sh --bench), ~3.5 GB free in /tmp for bench/merge's checkpoints.
-# Environment: BENCHES (default "merge pwe_moe clip data") picks benches; RUNS is passed to
+# Environment: BENCHES (default "merge pwe_moe clip gpt2 data") picks benches; RUNS is passed to
 # bench/merge; FUSION_BENCH_THREADS sets the thread count (default: all cores).
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,12 +23,13 @@ logdir=$(dirname "$out")
 mkdir -p "$logdir"
 threads=${FUSION_BENCH_THREADS:-$(nproc)}
 export FUSION_BENCH_THREADS=$threads OMP_WAIT_POLICY=PASSIVE
-benches=${BENCHES:-merge pwe_moe clip data}
+benches=${BENCHES:-merge pwe_moe clip gpt2 data}
 
 declare -A commands=(
   [merge]="$repo/bench/merge/run.sh $build"
   [pwe_moe]="$repo/bench/pwe_moe/run.sh $build"
   [clip]="$repo/bench/clip/run.sh $build --fusion-only"
+  [gpt2]="$repo/bench/gpt2/run.sh $build --fusion-only"
   [data]="$repo/bench/data/run.sh $build"
 )
 

@@ -22,6 +22,19 @@
 //           times LibTorch's emulation anyway, ~10x slower: numerics only). Ends with one line per T:
 //             TARGET pwe_moe_bf16_step_T<T> <bf16/fp32> <=0.6 MET|MISSED|N/A [note]
 //   OMP_WAIT_POLICY=PASSIVE fusion_bench_pwe_moe precision [--batch 16 --reps 3 --emulate 0]
+//   dist-step: the LS step over W ranks (issue 13, item 8). Run without WORLD_SIZE, the program starts
+//           W copies of itself (--nproc W, default 2) through the host's launcher, with torchrun's
+//           environment; run by a torchrun-style launcher, it is one rank. The ranks meet through the
+//           host's own rendezvous (TCPStore, then ProcessGroupGloo on MASTER_ADDR). Rep by rep,
+//           alternated in the same processes: rank 0 alone takes the one-process step on all T tasks
+//           with --threads threads (the other ranks wait in a barrier), then every rank takes the
+//           distributed step on its tasks (task t on rank t mod W) with --threads / W threads each.
+//           The collectives of the distributed step are counted (bytes per rank and per step), then
+//           replayed alone to time them on the loopback. --epo 1 also counts an EPO step's exchange.
+//           Ends with
+//             TARGET pwe_moe_ls_<W>ranks_step_T<T> <W ranks / 1 rank> <=1.0 MET|MISSED [note]
+//             TARGET pwe_moe_ls_bytes_per_step_T<T>_<W>ranks <bytes one rank sends> - N/A [note]
+//   OMP_WAIT_POLICY=PASSIVE fusion_bench_pwe_moe dist-step --tasks 8 --batch 16 --reps 3 [--nproc 2 --epo 1]
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
@@ -37,10 +50,17 @@
 #include <ctime>
 #include <fstream>
 #include <iostream>
+#include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 
+#include <dlfcn.h>
+
+#include "distributed.hpp"
 #include "fusion/context.hpp"
+#include "fusion/distributed.hpp"
 #include "fusion/error.hpp"
 #include "pareto_weight_ensembling.hpp"
 #include "precision.hpp"
@@ -429,6 +449,332 @@ int run_precision(const std::vector<int>& task_counts, int64_t batch, int reps, 
   return 0;
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// dist-step: the LS step over several ranks against one process (see the file comment).
+
+// The intra-op threads and OpenBLAS's own pool, which runs the GEMMs and which at::set_num_threads
+// does not reach (Debian's LibTorch calls the system BLAS): without it a "1 thread" rank would
+// still multiply on every core.
+bool set_compute_threads(int n) {
+  at::set_num_threads(n);
+  using SetThreads = void (*)(int);
+  static const auto openblas = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (openblas) openblas(n);
+  return openblas != nullptr;
+}
+
+// One collective as a rank issued it.
+struct Exchange {
+  std::string op;  // "all_reduce", "all_gather", "broadcast", "barrier"
+  std::vector<int64_t> shape;
+  at::ScalarType dtype = at::kFloat;
+  int64_t bytes = 0;  // the tensor this rank hands in
+};
+
+// What one rank sends for `e` over W ranks with Gloo's algorithms: a ring all-gather forwards W − 1
+// blocks of N bytes; a ring all-reduce sends 2(W − 1)/W · N; a broadcast sends (W − 1) · N from the
+// root (counted for every rank: an upper bound).
+double wire_bytes(const Exchange& e, int W) {
+  const double n = static_cast<double>(e.bytes);
+  if (e.op == "all_gather" || e.op == "broadcast") return (W - 1) * n;
+  if (e.op == "all_reduce") return 2.0 * (W - 1) / W * n;
+  return 0.0;
+}
+
+// The run's communicator, recording every collective that goes through it.
+class CountingCommunicator : public Communicator {
+ public:
+  explicit CountingCommunicator(std::shared_ptr<Communicator> inner) : inner_(std::move(inner)) {}
+  int rank() const override { return inner_->rank(); }
+  int world_size() const override { return inner_->world_size(); }
+  void all_reduce_sum(at::Tensor& t) const override {
+    record("all_reduce", t);
+    inner_->all_reduce_sum(t);
+  }
+  std::vector<at::Tensor> all_gather(const at::Tensor& t) const override {
+    record("all_gather", t);
+    return inner_->all_gather(t);
+  }
+  void broadcast(at::Tensor& t, int root) const override {
+    record("broadcast", t);
+    inner_->broadcast(t, root);
+  }
+  void barrier() const override {
+    log_.push_back({"barrier", {}, at::kByte, 0});
+    inner_->barrier();
+  }
+  std::vector<Exchange> take() const { return std::exchange(log_, {}); }
+
+ private:
+  void record(const char* op, const at::Tensor& t) const {
+    log_.push_back({op, t.sizes().vec(), t.scalar_type(), static_cast<int64_t>(t.numel() * t.element_size())});
+  }
+  std::shared_ptr<Communicator> inner_;
+  mutable std::vector<Exchange> log_;
+};
+
+// The same collectives again, with tensors of the same shapes, on `comm`.
+void replay(const Communicator& comm, const std::vector<Exchange>& log) {
+  for (const Exchange& e : log) {
+    at::Tensor t = at::zeros(e.shape, at::TensorOptions().dtype(e.dtype));
+    if (e.op == "all_reduce") comm.all_reduce_sum(t);
+    else if (e.op == "all_gather") comm.all_gather(t);
+    else if (e.op == "broadcast") comm.broadcast(t, 0);
+    else comm.barrier();
+  }
+}
+
+std::string describe(const std::vector<Exchange>& log) {
+  std::string out;
+  for (const Exchange& e : log) {
+    std::string shape;
+    for (int64_t d : e.shape) shape += (shape.empty() ? "" : "x") + std::to_string(d);
+    out += (out.empty() ? "" : ", ") + e.op + " " + std::string(c10::toString(e.dtype)) + "[" + shape + "]";
+  }
+  return out;
+}
+
+int64_t payload_bytes(const std::vector<Exchange>& log) {
+  int64_t n = 0;
+  for (const Exchange& e : log) n += e.bytes;
+  return n;
+}
+
+double sent_bytes(const std::vector<Exchange>& log, int W) {
+  double n = 0;
+  for (const Exchange& e : log) n += wire_bytes(e, W);
+  return n;
+}
+
+// PWEMoE-LS / -EPO as one rank of W runs them: the communicator and this rank's tasks set as
+// PweMoeAlgorithm::train sets them.
+template <class Algo>
+class RankOf : public Algo {
+ public:
+  RankOf(const Communicator* comm, std::vector<bool> owned) {
+    this->comm_ = comm;
+    this->owned_ = std::move(owned);
+  }
+};
+
+at::Tensor flat_router_grads(const ParetoWeightEnsembling& pwe) {
+  std::vector<at::Tensor> flat;
+  for (const at::Tensor& p : pwe.router_parameters()) flat.push_back(p.grad().reshape({-1}).to(at::kDouble).clone());
+  return at::cat(flat);
+}
+
+int run_dist_step(int T, int64_t batch, int reps, int64_t layers, int64_t image, int threads, bool epo) {
+  const std::optional<host::LaunchEnv> env = host::read_launch_env();
+  FUSION_ENSURE(env.has_value(), "dist-step: WORLD_SIZE is unset or 1");
+  host::ConnectOptions co;
+  co.backend = "gloo";
+  co.timeout = std::chrono::seconds(900);  // the other ranks wait in a barrier while rank 0 steps alone
+  const std::shared_ptr<Communicator> comm = host::connect(*env, co);
+  const int W = env->world_size, rank = env->rank;
+  const bool main_rank = rank == 0;
+  FUSION_ENSURE(W <= T, "dist-step: ", W, " ranks for ", T, " tasks: at most one rank per task");
+  const int per_rank = std::max(1, threads / W);
+  const bool blas_too = set_compute_threads(per_rank);
+
+  Arch a = make_arch(layers, image);
+  SynthPool pool(a.pretrained, T);
+  const Context ctx = quiet_context();
+  auto pwe = ParetoWeightEnsembling::from_pool(pool, ctx, {}, "bench");
+  std::vector<std::unique_ptr<HeadTask>> owned_tasks;
+  std::vector<Task*> tasks;
+  std::vector<Batch> batches;
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(5);
+  for (int t = 0; t < T; ++t) {
+    owned_tasks.push_back(std::make_unique<HeadTask>("task" + std::to_string(t), 10, a.feature_dim, 100 + t));
+    tasks.push_back(owned_tasks.back().get());
+    std::vector<int64_t> shape{batch};
+    shape.insert(shape.end(), a.input_shape.begin(), a.input_shape.end());
+    batches.push_back({at::randn(shape, g), at::randint(10, {batch}, g)});
+  }
+  std::vector<double> r(T);
+  double sum = 0;
+  for (int t = 0; t < T; ++t) sum += (r[t] = 1.0 + t);
+  for (double& v : r) v /= sum;
+  std::vector<bool> mine(static_cast<size_t>(T), false);
+  for (int64_t t : items_of_rank(T, rank, W)) mine[static_cast<size_t>(t)] = true;
+  const auto counting = std::make_shared<CountingCommunicator>(comm);
+  PweMoeLs one;
+  RankOf<PweMoeLs> dist(counting.get(), mine);
+  fusion::Adam adam(pwe->router_parameters());
+  using Clock = std::chrono::steady_clock;
+  auto since = [](Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+
+  // Rank 0 alone on every task with all the threads; the others wait (their CPU seconds are kept, to
+  // show that waiting costs nothing).
+  std::vector<double> idle_cpu;
+  auto one_process = [&]() {
+    comm->barrier();
+    double s = NAN;
+    const std::clock_t c0 = std::clock();
+    if (main_rank) {
+      set_compute_threads(threads);
+      const auto t0 = Clock::now();
+      one.step(*pwe, adam, tasks, batches, r, 0.0, 1);  // lr 0: every rep steps the same routers
+      s = since(t0);
+    }
+    comm->barrier();
+    if (!main_rank) idle_cpu.push_back(static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC);
+    return s;
+  };
+  // Every rank on its tasks with threads / W threads; the step ends when the last rank is done.
+  auto distributed = [&]() {
+    set_compute_threads(per_rank);
+    comm->barrier();
+    const auto t0 = Clock::now();
+    dist.step(*pwe, adam, tasks, batches, r, 0.0, 1);
+    comm->barrier();
+    return since(t0);
+  };
+
+  // Warm-up, the router gradient both ways, and the exchange of one step.
+  one_process();
+  const at::Tensor g_one = main_rank ? flat_router_grads(*pwe) : at::Tensor();
+  counting->take();
+  distributed();
+  const std::vector<Exchange> ls_log = counting->take();
+  const at::Tensor g_dist = flat_router_grads(*pwe);
+  const double grad_diff =
+      main_rank ? (g_dist - g_one).abs().max().item<double>() / g_one.abs().max().item<double>() : NAN;
+
+  std::vector<double> t_one, t_dist, ratios;
+  for (int i = 0; i < reps; ++i) {
+    if (i % 2 == 0) {
+      t_one.push_back(one_process());
+      t_dist.push_back(distributed());
+    } else {
+      t_dist.push_back(distributed());
+      t_one.push_back(one_process());
+    }
+    ratios.push_back(t_dist.back() / t_one.back());
+  }
+
+  // The step's collectives alone, ranks in step: the communication a step pays on this link.
+  set_compute_threads(per_rank);
+  const int comm_reps = 100;
+  comm->barrier();
+  auto t0 = Clock::now();
+  for (int i = 0; i < comm_reps; ++i) replay(*comm, ls_log);
+  const double ls_comm_s = since(t0) / comm_reps;
+
+  // What every rank does whatever W (1 thread... per_rank threads): θ(r) = θ₀ + Σₜ gₜ τₜ over every
+  // task vector, and the projection ⟨τₜ, ∂L/∂θ⟩ after the backward passes. Rank 0 times; the rest wait.
+  double t_merge = NAN, t_projection = NAN;
+  comm->barrier();
+  if (main_rank) {
+    const at::Tensor rt = at::tensor(std::vector<float>(r.begin(), r.end()));
+    t_merge = seconds_of(
+        [&] {
+          c10::NoGradGuard ng;
+          pwe->merge(pwe->route(rt));
+        },
+        3);
+    StateDict fake_grads;
+    for (const auto& grp : pwe->groups())
+      for (size_t k = 0; k < grp.keys.size(); ++k) fake_grads.set(grp.keys[k], at::randn(grp.base[k].sizes(), g));
+    t_projection = seconds_of([&] { pwe->group_weight_grads(fake_grads); }, 3);
+  }
+  comm->barrier();
+
+  std::vector<Exchange> epo_log;
+  double epo_comm_s = NAN;
+  if (epo) {
+    RankOf<PweMoeEpo> dist_epo(counting.get(), mine);
+    counting->take();
+    dist_epo.step(*pwe, adam, tasks, batches, r, 0.0, 1);
+    epo_log = counting->take();
+    comm->barrier();
+    t0 = Clock::now();
+    for (int i = 0; i < comm_reps; ++i) replay(*comm, epo_log);
+    epo_comm_s = since(t0) / comm_reps;
+  }
+
+  // The waiting ranks' CPU seconds, to rank 0.
+  const at::Tensor idle = at::tensor(std::vector<double>{idle_cpu.empty() ? 0.0 : median(idle_cpu)});
+  const std::vector<at::Tensor> idles = comm->all_gather(idle);
+  comm->barrier();
+  if (!main_rank) return 0;
+
+  const double one_best = *std::min_element(t_one.begin(), t_one.end());
+  const double dist_best = *std::min_element(t_dist.begin(), t_dist.end());
+  const double ratio = median(ratios);
+  const int64_t ls_payload = payload_bytes(ls_log);
+  const double ls_sent = sent_bytes(ls_log, W);
+  std::printf("model: %s, T = %d, batch %lld per task, %d reps (alternated)\n", a.name.c_str(), T,
+              static_cast<long long>(batch), reps);
+  std::printf("%d ranks (Gloo on %s, the host's rendezvous); 1 rank x %d threads takes all %d tasks, %d ranks x %d "
+              "thread%s take task t on rank t mod %d%s\n",
+              W, env->master_addr.c_str(), threads, T, W, per_rank, per_rank == 1 ? "" : "s", W,
+              blas_too ? " (OpenBLAS's threads set alike)" : "");
+  std::printf("router parameters %lld in %zu groups; upscaled task vectors %.1f MiB (every rank holds them all)\n",
+              static_cast<long long>(pwe->num_router_parameters()), pwe->groups().size(),
+              mib(pwe->task_vector_bytes()));
+  std::printf("                                    best      median    each rep (s)\n");
+  std::printf("LS step, 1 rank x %d threads     %8.3f  %8.3f    %s\n", threads, one_best, median(t_one),
+              series(t_one).c_str());
+  std::printf("LS step, %d ranks x %d thread%s   %8.3f  %8.3f    %s\n", W, per_rank, per_rank == 1 ? " " : "s",
+              dist_best, median(t_dist), series(t_dist).c_str());
+  std::printf("%d ranks / 1 rank: per rep pair %s, median %.3f (best %.3f)\n", W, series(ratios).c_str(), ratio,
+              dist_best / one_best);
+  std::printf("router gradient, %d ranks vs 1 process: max |diff| / max |grad| = %.2e\n", W, grad_diff);
+  std::string idle_text;
+  for (size_t q = 1; q < idles.size(); ++q) {
+    char buf[48];
+    std::snprintf(buf, sizeof buf, "%s%.3f", idle_text.empty() ? "" : " ", idles[q].item<double>());
+    idle_text += buf;
+  }
+  std::printf("CPU seconds of %s while rank 0 stepped alone (median per step): %s\n",
+              W > 2 ? ("ranks 1.." + std::to_string(W - 1)).c_str() : "rank 1", idle_text.c_str());
+  std::printf("exchanged per LS step: %s; payload %lld B per rank; sent by each rank %.0f B (Gloo's ring all-gather: "
+              "(W-1) x payload), %.0f B over the %d ranks\n",
+              describe(ls_log).c_str(), static_cast<long long>(ls_payload), ls_sent, W * ls_sent, W);
+  std::printf("those collectives alone on %s: %.3f ms per step (mean of %d)\n", env->master_addr.c_str(),
+              1e3 * ls_comm_s, comm_reps);
+  std::printf("every rank, whatever W (%d thread%s): route + merge theta(r) %.3f s, projection <tau, dL/dtheta> %.3f s "
+              "(best of 3)\n",
+              per_rank, per_rank == 1 ? "" : "s", t_merge, t_projection);
+  if (epo)
+    std::printf("exchanged per EPO step: %s; payload %lld B per rank; sent by each rank %.0f B; alone on %s: %.3f ms "
+                "per step\n",
+                describe(epo_log).c_str(), static_cast<long long>(payload_bytes(epo_log)), sent_bytes(epo_log, W),
+                env->master_addr.c_str(), 1e3 * epo_comm_s);
+
+  // Beyond this machine: each rank's step = the fixed part + its ceil(T/W) tasks + the exchange.
+  // The per-task time comes from the measured W-rank step; the exchange adds its bytes over the link
+  // and, per collective, W − 1 ring hops at the latency measured here (the replay above, W − 1 hops).
+  const double fixed = t_merge + t_projection;
+  const int here_tasks = (T + W - 1) / W;
+  const double per_task = std::max(0.0, (median(t_dist) - fixed - ls_comm_s) / here_tasks);
+  const double hop_s = ls_comm_s / (static_cast<double>(ls_log.size()) * (W - 1));
+  std::printf("estimate over nodes (%d thread%s per rank): fixed %.3f s + ceil(T/W) x %.3f s per task (from the "
+              "%d-rank step) + the exchange: %zu collectives x (W-1) hops x %.2f ms (measured here) + bytes / link\n",
+              per_rank, per_rank == 1 ? "" : "s", fixed, per_task, W, ls_log.size(), 1e3 * hop_s);
+  for (int w : {1, 2, 4, 8, 16}) {
+    if (w > T) break;
+    const int n = (T + w - 1) / w;
+    double sent = 0;  // bytes each rank sends in the LS exchange at w ranks
+    for (const Exchange& e : ls_log) sent += wire_bytes(e, w);
+    const double latency = static_cast<double>(ls_log.size()) * (w - 1) * hop_s;
+    const double compute = fixed + n * per_task;
+    std::printf("  W = %2d: %d task%s per rank, compute %.2f s; sends %.0f B: %.2f us at 10 Gb/s, %.3f us at 100 "
+                "Gb/s; latency %.1f ms -> step %.2f s (%.2fx W = 1)\n",
+                w, n, n == 1 ? " " : "s", compute, sent, sent * 8 / 10e9 * 1e6, sent * 8 / 100e9 * 1e6, 1e3 * latency,
+                compute + latency + sent * 8 / 10e9, (compute + latency + sent * 8 / 10e9) / (fixed + T * per_task));
+  }
+  std::printf("\nTARGET pwe_moe_ls_%dranks_step_T%d %.3f <=1.0 %s %d ranks x %d thread vs 1 rank x %d threads, median "
+              "per rep pair\n",
+              W, T, ratio, ratio <= 1.0 ? "MET" : "MISSED", W, per_rank, threads);
+  std::printf("TARGET pwe_moe_ls_bytes_per_step_T%d_%dranks %.0f - N/A informational: bytes each rank sends per LS "
+              "step\n",
+              T, W, ls_sent);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -437,7 +783,8 @@ int main(int argc, char** argv) {
     int T = 2, reps = 3;
     int64_t batch = 16, layers = 12, image = 224;
     int threads = static_cast<int>(std::thread::hardware_concurrency());
-    bool full = true, emulate = false;
+    bool full = true, emulate = false, epo = false;
+    int nproc = 2;
     std::vector<int> task_counts;
     for (int i = 2; i + 1 < argc; i += 2) {
       const std::string k = argv[i];
@@ -450,15 +797,25 @@ int main(int argc, char** argv) {
       else if (k == "--image") image = v;
       else if (k == "--threads") threads = static_cast<int>(v);
       else if (k == "--full") full = v != 0;
+      else if (k == "--nproc") nproc = static_cast<int>(v);
+      else if (k == "--epo") epo = v != 0;
       else throw fusion::Error("unknown option " + k);
     }
     at::set_num_threads(threads);
     if (mode == "memory") return run_memory(T, layers, image);
     if (mode == "step") return run_step(T, batch, reps, layers, image, full);
+    if (mode == "dist-step") {
+      // Started by hand: start the ranks (this program again, with torchrun's environment) and wait.
+      if (!fusion::host::read_launch_env()) {
+        FUSION_ENSURE(nproc >= 2, "dist-step: --nproc ", nproc, ": expected 2 or more ranks");
+        return fusion::host::launch_local(nproc, std::vector<std::string>(argv, argv + argc));
+      }
+      return run_dist_step(T, batch, reps, layers, image, threads, epo);
+    }
     if (mode == "precision")
       return run_precision(task_counts.empty() ? std::vector<int>{2, 8} : task_counts, batch, reps, layers, image,
                            emulate);
-    std::fprintf(stderr, "usage: %s memory|step|precision [--tasks T (repeatable for precision)] [--emulate 0|1] [--batch B] [--reps N] [--layers L] [--image S] [--threads N] [--full 0|1]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s memory|step|precision|dist-step [--tasks T (repeatable for precision)] [--emulate 0|1] [--batch B] [--reps N] [--layers L] [--image S] [--threads N] [--full 0|1] [--nproc W] [--epo 0|1]\n", argv[0]);
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

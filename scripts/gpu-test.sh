@@ -22,3 +22,10 @@ cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release \
 cmake --build build-cuda -j "$(nproc)"
 ./build-cuda/bin/fusion --version
 FUSION_TEST_DEVICE=cuda ctest --test-dir build-cuda --output-on-failure -j 4
+# The 2-rank distributed tests (PWEMoE-LS and -EPO over 2 processes against one) once more with the
+# backend named (issue 13, item 7): NCCL where 2+ GPUs are listed, Gloo otherwise.
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+if [[ ${gpus:-0} -ge 2 ]]; then backend=nccl; else backend=gloo; fi
+echo "distributed: ${gpus:-0} GPU(s) listed: the 2-rank tests with [run] backend = \"$backend\""
+FUSION_TEST_BACKEND=$backend ctest --test-dir build-cuda --output-on-failure --no-tests=error \
+  -R '^distributed\.Distributed\..*TwoRanksEqualsOneProcess$'

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -47,9 +48,12 @@ class Distributed : public ::testing::Test {
   void TearDown() override {
     if (!HasFailure()) fs::remove_all(dir_);
   }
-  // A PWEMoE run on `tasks` tiny tasks.
+  // A PWEMoE run on `tasks` tiny tasks. FUSION_TEST_BACKEND (gloo, nccl; unset: the run's default,
+  // "auto") names [run] backend: scripts/gpu-test.sh runs the 2-rank tests over NCCL on 2+ GPUs.
   void write_pwe(const std::string& method, int tasks, int steps) {
-    std::ofstream(dir_ / "run.toml") << "progress = false\ntimeout_s = 20\n[method]\nname = \"" << method
+    const char* backend = std::getenv("FUSION_TEST_BACKEND");
+    std::ofstream(dir_ / "run.toml") << (backend && *backend ? "backend = \"" + std::string(backend) + "\"\n" : "")
+                                     << "progress = false\ntimeout_s = 20\n[method]\nname = \"" << method
                                      << "\"\nnum_steps = " << steps << "\nsave_interval = " << steps
                                      << "\nbatch_size = 8\nlr = 5e-2\neval_grid_m = 3\n"
                                         "[modelpool]\nname = \"tiny_models\"\ntasks = "

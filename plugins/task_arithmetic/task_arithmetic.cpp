@@ -1,5 +1,8 @@
 #include "task_arithmetic.hpp"
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <memory>
 #include <set>
 #include <utility>
@@ -38,9 +41,14 @@ void check_lambdas(const std::vector<double>& lambdas) {
 
 // Task arithmetic in one pass over the files of θ₀ and every θₜ (detail::CheckpointStream), chunk by
 // chunk: s = Σₜ θₜ, Δ = s − T·θ₀, θ = θ₀ + λ·Δ, the same float arithmetic per element as
-// sum_task_vectors + add_scaled_results. One λ: θ is written straight into the output, the one
-// model-sized buffer. A sweep: Δ is kept (flat), and each model θ₀ + λΔ is made when the host asks
-// for it, θ₀ read again from the stream; a buffer the host has dropped is reused for the next.
+// sum_task_vectors + add_scaled_results.
+//
+// When the host saves the models (detail::OutputFile::create gives a file), each θ goes straight
+// from the chunk, in cache, into its file as it is computed, and the save links that file instead
+// of writing it: a sweep then makes all of its models in the same single pass (Δ is never held).
+// Otherwise one λ writes θ into the output, the one model-sized buffer; a sweep keeps Δ (flat), and
+// each model θ₀ + λΔ is made when the host asks for it, θ₀ read again from the stream; a buffer the
+// host has dropped is reused for the next.
 Result run_streamed(ModelPool& models, const Context& ctx, const std::vector<double>& lambdas,
                     std::shared_ptr<const detail::CheckpointStream> stream) {
   const size_t t_count = stream->num_models() - 1;  // model 0 is θ₀
@@ -49,6 +57,60 @@ Result run_streamed(ModelPool& models, const Context& ctx, const std::vector<dou
   const float lambda0 = static_cast<float>(lambdas[0]);
   ConstModelPtr pretrained = models.pretrained();  // the Model object; its tensors are not read
   auto progress = ctx.progress("task arithmetic (streamed)", 1);
+
+  std::vector<std::unique_ptr<detail::OutputFile>> files;
+  for (size_t k = 0; k < lambdas.size(); ++k) {
+    std::unique_ptr<detail::OutputFile> file = detail::OutputFile::create(*stream, pretrained->parameters());
+    if (!file) break;
+    files.push_back(std::move(file));
+  }
+  Result result;
+  result.info = {{"num_experts", t_count}, {"scaling_factors", lambdas}};
+  result.sweep = sweep;
+  if (files.size() == lambdas.size()) {
+    constexpr int64_t kChunk = 16384;
+    const int threads = std::max(1, at::get_num_threads());
+    std::vector<std::vector<float>> scratch(threads, std::vector<float>(2 * kChunk));
+    std::vector<float> l(lambdas.begin(), lambdas.end());
+    stream->for_each_chunk(
+        [&](size_t i, int64_t b, int64_t e) {
+          float* out = scratch[at::get_thread_num()].data();
+          float* model = out + kChunk;
+          const int64_t n = e - b;
+          const float* x = stream->floats(1, i, b, e);
+          std::copy(x, x + n, out);
+          for (size_t t = 2; t <= t_count; ++t) {
+            const float* y = stream->floats(t, i, b, e);
+            for (int64_t j = 0; j < n; ++j) out[j] += y[j];
+          }
+          const float* base = stream->floats(0, i, b, e);
+          if (!sweep) {
+            for (int64_t j = 0; j < n; ++j) out[j] = (out[j] - t_f * base[j]) * lambda0 + base[j];
+            files[0]->write(i, b, e, out);
+            return;
+          }
+          for (int64_t j = 0; j < n; ++j) out[j] -= t_f * base[j];
+          for (size_t k = 0; k < l.size(); ++k) {
+            for (int64_t j = 0; j < n; ++j) model[j] = out[j] * l[k] + base[j];
+            files[k]->write(i, b, e, model);
+          }
+        },
+        kChunk);
+    progress->advance();
+    progress->finish();
+    for (size_t k = 0; k < lambdas.size(); ++k) {
+      ConstModelPtr model = pretrained->with_parameters(files[k]->finish());
+      if (!sweep) {
+        result.add("merged", std::move(model), nlohmann::json{{"scaling_factor", lambdas[0]}});
+      } else {
+        result.add("scaling_factor=" + format_scalar(lambdas[k]), std::move(model),
+                   nlohmann::json{{"scaling_factor", lambdas[k]}});
+      }
+    }
+    return result;
+  }
+  files.clear();
+
   at::Tensor flat = stream->flat_buffer();
   float* out_base = flat.data_ptr<float>();
   stream->for_each_chunk([&](size_t i, int64_t b, int64_t e) {
@@ -70,14 +132,11 @@ Result run_streamed(ModelPool& models, const Context& ctx, const std::vector<dou
   progress->advance();
   progress->finish();
 
-  Result result;
-  result.info = {{"num_experts", t_count}, {"scaling_factors", lambdas}};
   if (!sweep) {
     result.add("merged", pretrained->with_parameters(stream->unflatten(flat, pretrained->parameters())),
                nlohmann::json{{"scaling_factor", lambdas[0]}});
     return result;
   }
-  result.sweep = true;
   struct Shared {
     std::shared_ptr<const detail::CheckpointStream> stream;
     ConstModelPtr pretrained;

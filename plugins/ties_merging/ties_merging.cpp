@@ -640,19 +640,27 @@ Result TiesMerging::run_streamed(ModelPool& models, const Context& ctx, const st
   for (size_t t = 0; t < tasks; ++t) threshold_info[names[t]] = static_cast<double>(thresholds[t]);
 
   // Pass B. One λ: θ₀ + λτₘ straight into the output; a sweep: τₘ, for add_scaled_results.
+  // One λ and a host that saves the model: θ goes from each chunk straight into its file
+  // (detail::OutputFile), which the save then links.
   const bool sweep = lambdas.size() > 1;
   const float lambda = static_cast<float>(lambdas[0]);
-  at::Tensor flat = stream->flat_buffer();
-  float* out_base = flat.data_ptr<float>();
+  const ConstModelPtr pretrained = models.pretrained();
+  const StateDict& base_params = pretrained->parameters();
+  std::unique_ptr<detail::OutputFile> file = sweep ? nullptr : detail::OutputFile::create(*stream, base_params);
+  at::Tensor flat = file ? at::Tensor() : stream->flat_buffer();
+  float* out_base = file ? nullptr : flat.data_ptr<float>();
   const int threads = std::max(1, at::get_num_threads());
   constexpr int64_t kChunk = 4096;
-  std::vector<std::vector<float>> scratch(threads, std::vector<float>((tasks + 5) * kChunk));
+  std::vector<std::vector<float>> scratch(threads, std::vector<float>((tasks + 6) * kChunk));
   std::vector<int64_t> sign_total(threads, 0);
   std::vector<std::vector<std::pair<size_t, int64_t>>> undecided(threads);
   const auto trimmed = [&](float tau, size_t t) { return std::abs(tau) < thresholds[t] ? 0.0f : tau; };
   stream->for_each_chunk(
       [&](size_t i, int64_t b, int64_t e) {
-        if (!ties.included[i]) return;
+        if (!ties.included[i]) {  // a removed key: θ₀'s
+          if (file) file->write(i, b, e, stream->floats(0, i, b, e));
+          return;
+        }
         const int th = at::get_thread_num();
         float* v = scratch[th].data();
         const int64_t n = e - b;
@@ -733,12 +741,13 @@ Result TiesMerging::run_streamed(ModelPool& models, const Context& ctx, const st
         } else if (merge == MergeFunc::Max) {
           for (int64_t j = 0; j < n; ++j) acc[j] *= sign[j];
         }
-        float* out = out_base + stream->flat_offset(i) + b;
+        float* out = file ? count + kChunk : out_base + stream->flat_offset(i) + b;
         if (sweep) {
           std::copy(acc, acc + n, out);
         } else {
           for (int64_t j = 0; j < n; ++j) out[j] = acc[j] * lambda + base[j];
         }
+        if (file) file->write(i, b, e, out);
         sign_total[th] += signs;
       },
       kChunk);
@@ -752,7 +761,12 @@ Result TiesMerging::run_streamed(ModelPool& models, const Context& ctx, const st
         const float base = *stream->floats(0, i, j, j + 1);
         for (size_t t = 0; t < tasks; ++t) v[t] = trimmed(*stream->floats(t + 1, i, j, j + 1) - base, t);
         const float merged = merge_element(v.data(), 1, tasks, majority, merge);
-        out_base[stream->flat_offset(i) + j] = sweep ? merged : merged * lambda + base;
+        const float value = sweep ? merged : merged * lambda + base;
+        if (file) {
+          file->write(i, j, j + 1, &value);
+        } else {
+          out_base[stream->flat_offset(i) + j] = value;
+        }
       }
     }
   }
@@ -770,10 +784,11 @@ Result TiesMerging::run_streamed(ModelPool& models, const Context& ctx, const st
                  {"trim_select_fallbacks", ties.fallbacks},
                  {"removed_keys", removed_keys},
                  {option_name(&Options::scaling_factors), lambdas}};
-  const ConstModelPtr pretrained = models.pretrained();
-  const StateDict& base = pretrained->parameters();
-  StateDict merged = stream->unflatten(flat, base);
-  for (const std::string& key : removed_keys) merged.set(key, base.at(key));
+  const StateDict& base = base_params;
+  StateDict merged = file ? file->finish() : stream->unflatten(flat, base);
+  if (!file) {
+    for (const std::string& key : removed_keys) merged.set(key, base.at(key));
+  }
   if (!sweep) {
     result.add("merged", pretrained->with_parameters(std::move(merged)), nlohmann::json{{"scaling_factor", lambdas[0]}});
     return result;

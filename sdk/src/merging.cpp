@@ -1,5 +1,9 @@
 #include "fusion/merging.hpp"
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
 #include <cstring>
 #include <memory>
 #include <set>
@@ -57,11 +61,17 @@ ModelPtr weighted_sum_streamed(ModelPool& pool, const Context& ctx, const std::v
   // result keeps its Model object, config and integer tensors, as the loop below does.
   ModelPtr first = load_expert(pool, names[0], nullptr, "");
   auto progress = ctx.progress("summing experts (streamed)", 1);
-  at::Tensor flat = stream.flat_buffer();
-  float* out_base = flat.data_ptr<float>();
+  // When the host saves the model, it goes from each chunk straight into its file
+  // (detail::OutputFile), which the save then links; otherwise into one flat buffer.
+  std::unique_ptr<detail::OutputFile> file = detail::OutputFile::create(stream, first->parameters());
+  constexpr int64_t kChunk = 16384;
+  std::vector<std::vector<float>> scratch(file ? std::max(1, at::get_num_threads()) : 0,
+                                          std::vector<float>(kChunk));
+  at::Tensor flat = file ? at::Tensor() : stream.flat_buffer();
+  float* out_base = file ? nullptr : flat.data_ptr<float>();
   const size_t t_count = names.size();
   stream.for_each_chunk([&](size_t i, int64_t b, int64_t e) {
-    float* out = out_base + stream.flat_offset(i) + b;
+    float* out = file ? scratch[at::get_thread_num()].data() : out_base + stream.flat_offset(i) + b;
     const int64_t n = e - b;
     const float* x = stream.floats(0, i, b, e);
     if (w[0] == 1.0f) {
@@ -74,8 +84,9 @@ ModelPtr weighted_sum_streamed(ModelPool& pool, const Context& ctx, const std::v
       const float wt = w[t];
       for (int64_t j = 0; j < n; ++j) out[j] += wt * y[j];
     }
-  });
-  first->parameters() = stream.unflatten(flat, first->parameters());
+    if (file) file->write(i, b, e, out);
+  }, kChunk);
+  first->parameters() = file ? file->finish() : stream.unflatten(flat, first->parameters());
   progress->advance();
   progress->finish();
   return first;

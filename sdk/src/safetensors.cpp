@@ -35,6 +35,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <mutex>
 #include <random>
 #include <set>
 #include <sstream>
@@ -292,13 +293,43 @@ struct FiniteLabel {
 struct Mapping {
   void* base = nullptr;
   size_t size = 0;
+  int fd = -1;  ///< a finished OutputFile's file, kept open for the save that links it
   Mapping() = default;
   Mapping(const Mapping&) = delete;
   Mapping& operator=(const Mapping&) = delete;
-  ~Mapping() {
-    if (base != nullptr) ::munmap(base, size);
-  }
+  ~Mapping();
 };
+
+/// A finished detail::OutputFile, as save_safetensors finds it: the mapping its tensors view, the
+/// header its file starts with, and whether a save has linked it under a name already.
+struct OutputRecord {
+  const Mapping* mapping;
+  std::string header;  ///< the padded header text (after the 8-byte length)
+  size_t entries;      ///< how many tensors the file holds
+  bool linked = false;
+};
+std::mutex& outputs_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+std::vector<OutputRecord>& outputs() {
+  static std::vector<OutputRecord> records;
+  return records;
+}
+
+Mapping::~Mapping() {
+  if (fd >= 0) {
+    {
+      std::lock_guard<std::mutex> lock(outputs_mutex());
+      auto& records = outputs();
+      records.erase(std::remove_if(records.begin(), records.end(),
+                                   [this](const OutputRecord& r) { return r.mapping == this; }),
+                    records.end());
+    }
+    ::close(fd);  // an unnamed file never linked goes with it
+  }
+  if (base != nullptr) ::munmap(base, size);
+}
 
 /// The reader: SafetensorsFile's Impl is one, and the checkpoint loaders (load_safetensors,
 /// detail::load_weights, which alone checks finiteness) open their files as these directly.
@@ -1021,41 +1052,39 @@ void write_file_atomic(const fs::path& path, const std::string& contents) {
   write_atomic_with(path, [&](FileWriter& w) { w.write(contents); });
 }
 
-void save_safetensors(const fs::path& path, const StateDict& tensors,
-                      const std::map<std::string, std::string>& metadata) {
-  struct Entry {
-    const std::string* name;
-    at::Tensor tensor;
-    const DtypeSpec* spec;
-    uint64_t nbytes;
-  };
-  std::vector<Entry> entries;
-  entries.reserve(tensors.size());
-  for (const auto& [name, t] : tensors) {
-    FUSION_ENSURE(t.defined(), "cannot save ", path.string(), ": tensor ", qname(name), " is undefined");
-    const DtypeSpec* spec = find_dtype(t.scalar_type());
-    FUSION_ENSURE(spec != nullptr, "cannot save ", path.string(), ": tensor ", qname(name), " has dtype ",
-                  c10::toString(t.scalar_type()), ", which fusion cannot write to safetensors (supported: ",
-                  supported_list(), ")");
-    entries.push_back({&name, t, spec, static_cast<uint64_t>(t.numel()) * spec->itemsize});
-  }
-  // prepare() in tensor.rs: descending dtype (alignment), then ascending name.
-  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+namespace {
+
+/// One tensor of a file to write, placed by plan_file.
+struct PlanEntry {
+  const std::string* name;
+  const DtypeSpec* spec;
+  std::vector<int64_t> shape;
+  uint64_t nbytes;
+  size_t source;        ///< the caller's index of the tensor
+  uint64_t offset = 0;  ///< in the data section
+};
+
+/// The layout of save_safetensors: `entries` sorted as prepare() in tensor.rs sorts them (descending
+/// dtype, i.e. alignment, then ascending name) and given their offsets; returns the header text,
+/// padded with spaces to a multiple of 8. `path` names the file in errors.
+std::string plan_file(std::vector<PlanEntry>& entries, const std::map<std::string, std::string>& metadata,
+                      const fs::path& path) {
+  std::sort(entries.begin(), entries.end(), [](const PlanEntry& a, const PlanEntry& b) {
     if (a.spec->rank != b.spec->rank) return a.spec->rank > b.spec->rank;
     return *a.name < *b.name;
   });
-
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   std::map<std::string, std::string> meta = metadata;
   meta.emplace("format", "pt");
   header["__metadata__"] = meta;
   uint64_t offset = 0;
-  for (const auto& e : entries) {
+  for (auto& e : entries) {
     nlohmann::ordered_json info = nlohmann::ordered_json::object();
     info["dtype"] = e.spec->name;
-    info["shape"] = e.tensor.sizes().vec();
+    info["shape"] = e.shape;
     info["data_offsets"] = {offset, offset + e.nbytes};
     header[*e.name] = std::move(info);
+    e.offset = offset;
     offset += e.nbytes;
   }
   std::string text;
@@ -1068,6 +1097,113 @@ void save_safetensors(const fs::path& path, const StateDict& tensors,
   text.resize((text.size() + 7) / 8 * 8, ' ');
   FUSION_ENSURE(text.size() <= kMaxHeaderSize, "cannot save ", path.string(), ": the header would be ",
                 text.size(), " bytes, over the format's limit of ", kMaxHeaderSize);
+  return text;
+}
+
+/// Whether a page of [p, p + n) of this process's private file mapping holds a private copy (was
+/// written to since it was mapped): a page present but not the file's page, or swapped out, in
+/// /proc/self/pagemap (bits 63 present, 62 swapped, 61 file page). nullopt when it cannot be read.
+std::optional<bool> written_since_mapped(const void* p, size_t n) {
+  const size_t page = page_size();
+  const uint64_t first = reinterpret_cast<uintptr_t>(p) / page;
+  const uint64_t last = (reinterpret_cast<uintptr_t>(p) + n + page - 1) / page;
+  const int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  std::vector<uint64_t> entries(size_t{1} << 16);
+  std::optional<bool> out = false;
+  for (uint64_t pg = first; pg < last && out == false;) {
+    const size_t count = static_cast<size_t>(std::min<uint64_t>(entries.size(), last - pg));
+    const ssize_t got = ::pread(fd, entries.data(), count * 8, static_cast<off_t>(pg * 8));
+    if (got != static_cast<ssize_t>(count * 8)) {
+      out = std::nullopt;
+      break;
+    }
+    for (size_t j = 0; j < count; ++j) {
+      const uint64_t e = entries[j];
+      const bool present = (e >> 63) & 1, swapped = (e >> 62) & 1, file_page = (e >> 61) & 1;
+      if (swapped || (present && !file_page)) {
+        out = true;
+        break;
+      }
+    }
+    pg += count;
+  }
+  ::close(fd);
+  return out;
+}
+
+/// save_safetensors without writing the data again: when every tensor of `entries` (placed by
+/// plan_file, `text` its header) is the unchanged view, at its place, of one finished OutputFile
+/// that no save has linked yet, that file is fsynced and linked at `path` (through a temporary name
+/// and a rename, as write_atomic_with does). Returns false, having changed nothing, otherwise.
+bool link_output_file(const fs::path& path, const std::vector<PlanEntry>& entries,
+                      const std::vector<at::Tensor>& tensors, const std::string& text) {
+  const uint8_t* first = nullptr;
+  for (const PlanEntry& e : entries) {
+    const at::Tensor& t = tensors[e.source];
+    if (!t.device().is_cpu() || !t.is_contiguous() || t.scalar_type() != e.spec->type) return false;
+    if (e.nbytes > 0 && first == nullptr) first = static_cast<const uint8_t*>(t.data_ptr()) - e.offset;
+  }
+  if (first == nullptr) return false;
+  std::lock_guard<std::mutex> lock(outputs_mutex());
+  OutputRecord* record = nullptr;
+  for (OutputRecord& r : outputs()) {
+    const auto* base = static_cast<const uint8_t*>(r.mapping->base);
+    if (first == base + 8 + r.header.size()) record = &r;
+  }
+  if (record == nullptr || record->linked || record->header != text || record->entries != entries.size()) return false;
+  for (const PlanEntry& e : entries) {
+    if (e.nbytes > 0 && static_cast<const uint8_t*>(tensors[e.source].data_ptr()) != first + e.offset) return false;
+  }
+  const Mapping& mapping = *record->mapping;
+  if (written_since_mapped(mapping.base, mapping.size) != std::optional<bool>(false)) return false;
+  if (path.empty() || !path.has_filename()) return false;
+  const fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec) || fs::is_directory(path, ec)) return false;
+  if (::fsync(mapping.fd) != 0) return false;
+  const std::string proc = "/proc/self/fd/" + std::to_string(mapping.fd);
+  fs::path tmp;
+  bool made = false;
+  for (int attempt = 0; attempt < 100 && !made; ++attempt) {
+    tmp = dir / ("." + path.filename().string() + ".tmp-" + random_suffix());
+    made = ::linkat(AT_FDCWD, proc.c_str(), AT_FDCWD, tmp.c_str(), AT_SYMLINK_FOLLOW) == 0;
+    if (!made && errno != EEXIST) return false;
+  }
+  if (!made) return false;
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    return false;
+  }
+  record->linked = true;
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return true;
+}
+
+}  // namespace
+
+void save_safetensors(const fs::path& path, const StateDict& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  std::vector<PlanEntry> entries;
+  std::vector<at::Tensor> values;
+  entries.reserve(tensors.size());
+  values.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) {
+    FUSION_ENSURE(t.defined(), "cannot save ", path.string(), ": tensor ", qname(name), " is undefined");
+    const DtypeSpec* spec = find_dtype(t.scalar_type());
+    FUSION_ENSURE(spec != nullptr, "cannot save ", path.string(), ": tensor ", qname(name), " has dtype ",
+                  c10::toString(t.scalar_type()), ", which fusion cannot write to safetensors (supported: ",
+                  supported_list(), ")");
+    entries.push_back({&name, spec, t.sizes().vec(), static_cast<uint64_t>(t.numel()) * spec->itemsize,
+                       values.size()});
+    values.push_back(t);
+  }
+  const std::string text = plan_file(entries, metadata, path);
+  if (link_output_file(path, entries, values, text)) return;
 
   write_atomic_with(path, [&](FileWriter& w) {
     const uint64_t n = text.size();
@@ -1076,10 +1212,187 @@ void save_safetensors(const fs::path& path, const StateDict& tensors,
     for (const auto& e : entries) {
       if (e.nbytes == 0) continue;
       // One tensor at a time on the CPU, so a model on a GPU never needs a full CPU copy.
-      const at::Tensor t = e.tensor.detach().to(at::kCPU).contiguous();
+      const at::Tensor t = values[e.source].detach().to(at::kCPU).contiguous();
       w.write(t.data_ptr(), e.nbytes);
     }
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// OutputFile (checkpoint_stream.hpp): a merged model written as it is produced
+
+namespace {
+std::mutex& output_folder_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+fs::path& output_folder_path() {
+  static fs::path folder;
+  return folder;
+}
+
+/// pwrite() of all `n` bytes at `offset`; a large write first writes up to the next 64-byte
+/// boundary of the file (see FileWriter::write). Throws naming `folder`.
+void pwrite_all(int fd, const uint8_t* p, size_t n, uint64_t offset, const fs::path& folder) {
+  auto all = [&](const uint8_t* q, size_t m, uint64_t off) {
+    while (m > 0) {
+      const ssize_t w = ::pwrite(fd, q, std::min(m, size_t{1} << 30), static_cast<off_t>(off));
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) FUSION_FAIL("cannot write a merged model in ", folder.string(), ": ", errno_text(errno));
+      q += w;
+      m -= static_cast<size_t>(w);
+      off += static_cast<uint64_t>(w);
+    }
+  };
+  if (n >= 4096 && offset % 64 != 0) {
+    const size_t head = 64 - offset % 64;
+    all(p, head, offset);
+    p += head;
+    n -= head;
+    offset += head;
+  }
+  all(p, n, offset);
+}
+}  // namespace
+
+void detail::set_output_folder(const fs::path& folder) {
+  std::lock_guard<std::mutex> lock(output_folder_mutex());
+  output_folder_path() = folder;
+}
+
+fs::path detail::output_folder() {
+  std::lock_guard<std::mutex> lock(output_folder_mutex());
+  return output_folder_path();
+}
+
+struct detail::OutputFile::Impl {
+  fs::path folder;
+  int fd = -1;
+  std::string header;        ///< padded header text
+  size_t data_start = 0;     ///< 8 + header.size()
+  size_t file_size = 0;
+  std::vector<int64_t> offset_of;  ///< per stream tensor: its data's offset in the file, or -1
+  struct View {
+    std::string name;
+    at::ScalarType type;
+    std::vector<int64_t> shape;
+    uint64_t offset;  ///< in the file
+  };
+  std::vector<View> views;  ///< the model's tensors, in base's order
+  uint64_t expected = 0;    ///< bytes of the F32 tensors the merge writes
+  mutable std::atomic<uint64_t> written{0};
+  static constexpr uint64_t kKick = uint64_t{32} << 20;  ///< bytes between writeback requests
+
+  ~Impl() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+detail::OutputFile::OutputFile(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+detail::OutputFile::~OutputFile() = default;
+
+std::unique_ptr<detail::OutputFile> detail::OutputFile::create(const CheckpointStream& stream,
+                                                               const StateDict& base) {
+  const fs::path folder = output_folder();
+  if (folder.empty()) return nullptr;
+  const CheckpointStream::Impl& s = *stream.impl_;
+  std::unordered_map<std::string, size_t> index;
+  for (size_t i = 0; i < s.tensors.size(); ++i) index.emplace(s.tensors[i].name, i);
+  auto impl = std::make_unique<Impl>();
+  impl->folder = folder;
+  impl->offset_of.assign(s.tensors.size(), -1);
+  // The model unflatten() would give: base's keys, the stream's F32 tensors in place of base's.
+  std::vector<PlanEntry> entries;
+  std::vector<std::pair<at::Tensor, size_t>> from_base;  // (tensor, entry source) written here
+  std::vector<int64_t> stream_index;                     // per entry source: the stream tensor, or -1
+  for (const auto& [key, t] : base) {
+    const auto it = index.find(key);
+    const size_t source = entries.size();
+    if (it != index.end() && s.is_float[it->second]) {
+      const TensorInfo& info = s.tensors[it->second];
+      entries.push_back({&key, find_dtype(at::kFloat), info.shape, info.end - info.begin, source});
+      stream_index.push_back(static_cast<int64_t>(it->second));
+      impl->expected += info.end - info.begin;
+      continue;
+    }
+    const DtypeSpec* spec = find_dtype(t.scalar_type());
+    if (spec == nullptr) return nullptr;  // save_safetensors refuses it, with its message
+    entries.push_back({&key, spec, t.sizes().vec(), static_cast<uint64_t>(t.numel()) * spec->itemsize, source});
+    stream_index.push_back(-1);
+    from_base.emplace_back(t, source);
+  }
+  impl->header = plan_file(entries, {{"format", "pt"}}, folder / "model.safetensors");
+  impl->data_start = 8 + impl->header.size();
+  uint64_t data = 0;
+  for (const PlanEntry& e : entries) data += e.nbytes;
+  impl->file_size = impl->data_start + data;
+  impl->views.resize(entries.size());
+  for (const PlanEntry& e : entries) {
+    impl->views[e.source] = {*e.name, e.spec->type, e.shape, impl->data_start + e.offset};
+    if (stream_index[e.source] >= 0) {
+      impl->offset_of[static_cast<size_t>(stream_index[e.source])] = static_cast<int64_t>(impl->data_start + e.offset);
+    }
+  }
+
+  impl->fd = ::open(folder.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0666);
+  if (impl->fd < 0) return nullptr;  // a file system without unnamed files: saved as before
+  if (::ftruncate(impl->fd, static_cast<off_t>(impl->file_size)) != 0) {
+    FUSION_FAIL("cannot write a merged model in ", folder.string(), ": ", errno_text(errno));
+  }
+  const uint64_t n = impl->header.size();
+  std::string head(8, '\0');
+  std::memcpy(head.data(), &n, 8);  // little-endian host
+  head += impl->header;
+  pwrite_all(impl->fd, reinterpret_cast<const uint8_t*>(head.data()), head.size(), 0, folder);
+  for (const auto& [t, source] : from_base) {
+    const PlanEntry* e = nullptr;
+    for (const PlanEntry& p : entries) {
+      if (p.source == source) e = &p;
+    }
+    if (e->nbytes == 0) continue;
+    const at::Tensor c = t.detach().to(at::kCPU).contiguous();
+    pwrite_all(impl->fd, static_cast<const uint8_t*>(c.data_ptr()), e->nbytes, impl->data_start + e->offset, folder);
+  }
+  return std::unique_ptr<OutputFile>(new OutputFile(std::move(impl)));
+}
+
+void detail::OutputFile::write(size_t i, int64_t begin, int64_t end, const float* src) const {
+  const int64_t at = impl_->offset_of.at(i);
+  FUSION_ENSURE(at >= 0 && impl_->fd >= 0, "OutputFile::write: tensor ", i, " is not one the merge writes");
+  const size_t bytes = static_cast<size_t>(end - begin) * sizeof(float);
+  pwrite_all(impl_->fd, reinterpret_cast<const uint8_t*>(src), bytes,
+             static_cast<uint64_t>(at) + static_cast<uint64_t>(begin) * sizeof(float), impl_->folder);
+  const uint64_t before = impl_->written.fetch_add(bytes);
+  if ((before + bytes) / Impl::kKick != before / Impl::kKick) {
+    // Start writing what is there to disk, so that the save's fsync finds little left to do.
+    ::sync_file_range(impl_->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+  }
+}
+
+StateDict detail::OutputFile::finish() {
+  Impl& impl = *impl_;
+  FUSION_ENSURE(impl.fd >= 0, "OutputFile::finish called twice");
+  FUSION_ENSURE(impl.written >= impl.expected, "OutputFile::finish: the merge wrote ", impl.written.load(),
+                " of the ", impl.expected, " bytes of its F32 tensors");
+  ::sync_file_range(impl.fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+  void* p = ::mmap(nullptr, impl.file_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, impl.fd, 0);
+  if (p == MAP_FAILED) FUSION_FAIL("cannot map a merged model in ", impl.folder.string(), ": ", errno_text(errno));
+  auto mapping = std::make_shared<Mapping>();
+  mapping->base = p;
+  mapping->size = impl.file_size;
+  mapping->fd = impl.fd;
+  impl.fd = -1;
+  {
+    std::lock_guard<std::mutex> lock(outputs_mutex());
+    outputs().push_back({mapping.get(), impl.header, impl.views.size(), false});
+  }
+  StateDict out;
+  for (const Impl::View& v : impl.views) {
+    std::shared_ptr<Mapping> keep = mapping;
+    out.set(v.name, at::from_blob(static_cast<uint8_t*>(p) + v.offset, v.shape, [keep](void*) {},
+                                  at::TensorOptions().dtype(v.type)));
+  }
+  return out;
 }
 
 }  // namespace fusion

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
@@ -69,7 +70,50 @@ class FUSION_SDK_API CheckpointStream {
   struct Impl;
 
  private:
+  friend class OutputFile;
   explicit CheckpointStream(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Where streamed merges write the models they produce (OutputFile): the host sets its run folder
+/// while it runs a method whose models it will save, and an empty path otherwise (the default:
+/// nothing is written as produced). Not thread-safe against a concurrent OutputFile::create.
+FUSION_SDK_API void set_output_folder(const std::filesystem::path& folder);
+FUSION_SDK_API std::filesystem::path output_folder();
+
+/// A merged model written as it is produced: an unnamed file (O_TMPFILE) in output_folder(), laid
+/// out byte for byte as save_safetensors(path, model, {{"format", "pt"}}) lays out the model that
+/// `CheckpointStream::unflatten(flat, base)` would give, header first. A merge writes each F32
+/// tensor's elements into it as it computes them (write(); the kernel is asked to start writing
+/// them to disk as they come, so the disk works while the merge computes), then finish() maps the
+/// file and hands out the model's tensors as views of it. When the host then saves that model
+/// unchanged (save_safetensors finds every tensor at its place in such a file, and no page of the
+/// mapping written to since), the save fsyncs the file and links it under its name instead of
+/// writing it again; otherwise it writes as always. The file disappears with the last tensor if it
+/// was never saved, and never appears half-written.
+class FUSION_SDK_API OutputFile {
+ public:
+  /// The file for `base` (the pretrained model's parameters: every key, in its order; the F32
+  /// tensors of `stream` are the merge's to write, the others are written here from `base`).
+  /// nullptr when output_folder() is empty or cannot hold an unnamed file (the merge then uses
+  /// CheckpointStream::flat_buffer). Throws fusion::Error when the file cannot be written.
+  static std::unique_ptr<OutputFile> create(const CheckpointStream& stream, const StateDict& base);
+  ~OutputFile();
+  OutputFile(const OutputFile&) = delete;
+  OutputFile& operator=(const OutputFile&) = delete;
+
+  /// Writes elements [begin, end) of F32 tensor `i` of the stream (a key of `base`) from `src`.
+  /// Thread-safe for disjoint ranges; a range written again replaces what was written.
+  void write(size_t i, int64_t begin, int64_t end, const float* src) const;
+  /// The merged parameters, in `base`'s order, as copy-on-write views of the file (a tensor written
+  /// to is the caller's own copy; the file does not change). Call once, after every write; throws
+  /// fusion::Error when fewer bytes were written than the F32 tensors hold.
+  StateDict finish();
+
+  struct Impl;
+
+ private:
+  explicit OutputFile(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 

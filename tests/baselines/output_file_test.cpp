@@ -1,0 +1,227 @@
+// Merged models written as they are produced (detail::OutputFile): with an output folder set (as the
+// host sets it when it saves the models), the streamed merges write each model into an unnamed file
+// of that folder and a save links it. Checked here: the models equal those of the flat-buffer path
+// bit for bit (every golden case, and sweeps); the linked file holds exactly the bytes a plain save
+// writes, and is the very file the model's tensors view; a model written to after it was made, or
+// saved a second time, is written as before; nothing is left in the folder of a model never saved.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "fusion/checkpoint_pool.hpp"
+#include "fusion/checkpoint_stream.hpp"
+#include "fusion/merging.hpp"
+#include "fusion/safetensors.hpp"
+#include "support.hpp"
+#include "task_arithmetic.hpp"
+#include "ties_merging.hpp"
+
+using namespace fusion;
+using namespace fusion::methods;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The inode of the file mapped at `p` in this process (/proc/self/maps), 0 when none.
+uint64_t mapped_inode(const void* p) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  const auto addr = reinterpret_cast<uintptr_t>(p);
+  while (std::getline(maps, line)) {
+    std::istringstream in(line);
+    std::string range, perms, offset, dev;
+    uint64_t inode = 0;
+    in >> range >> perms >> offset >> dev >> inode;
+    const size_t dash = range.find('-');
+    const uintptr_t lo = std::stoull(range.substr(0, dash), nullptr, 16);
+    const uintptr_t hi = std::stoull(range.substr(dash + 1), nullptr, 16);
+    if (addr >= lo && addr < hi) return inode;
+  }
+  return 0;
+}
+
+uint64_t inode_of(const fs::path& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
+}
+
+std::string bytes_of_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+StateDict cloned(const StateDict& sd) {
+  StateDict out;
+  for (const auto& [k, t] : sd) out.set(k, t.clone());
+  return out;
+}
+
+// Sets the output folder for one scope, as the host does around a run.
+struct OutputFolder {
+  explicit OutputFolder(const fs::path& p) { fusion::detail::set_output_folder(p); }
+  ~OutputFolder() { fusion::detail::set_output_folder(fs::path()); }
+};
+
+class WrittenAsProduced : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() / ("fusion_baselines_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  fs::path dir_;
+
+  // Pretrained + 3 experts with tensors of odd sizes (so chunks and pages do not line up), an F32
+  // tensor larger than one chunk of every merge, and an integer tensor.
+  std::unique_ptr<CheckpointModelPool> pool() {
+    StringMap models;
+    for (int m = 0; m < 4; ++m) {
+      at::manual_seed(100 + m);
+      StateDict sd;
+      sd.set("b.weight", at::randn({301, 257}));
+      sd.set("a.bias", at::randn({7}));
+      sd.set("c.big", at::randn({70001}));
+      sd.set("d.count", at::randn({5}).to(at::kLong).to(at::kInt));
+      sd.set("position_ids", at::arange(9, at::kLong));
+      const std::string name = m == 0 ? "pretrained" : "expert_" + std::to_string(m);
+      save_safetensors(dir_ / (name + ".safetensors"), sd);
+      if (m > 0) models.emplace_back(name, (dir_ / (name + ".safetensors")).string());
+    }
+    std::map<std::string, Value> values{{"pretrained", (dir_ / "pretrained.safetensors").string()}, {"models", models}};
+    return std::make_unique<CheckpointModelPool>(
+        Context().with_config(Config::validate("modelpool", values, schema_of<CheckpointPoolOptions>())));
+  }
+  fs::path run_dir() {
+    const fs::path d = dir_ / "run";
+    fs::create_directories(d);
+    return d;
+  }
+  std::vector<StateDict> models_of(Algorithm& method, ModelPool& p) {
+    Result r = method.run(p, nullptr, Context());
+    std::vector<StateDict> out;
+    for (ResultModel& m : r.models) out.push_back(m.make()->parameters());
+    return out;
+  }
+  // Runs `method` without and with an output folder: the models are equal bit for bit, and each
+  // written model, saved, is linked (the file its tensors view) with a plain save's bytes.
+  void check(Algorithm& method) {
+    auto p = pool();
+    const std::vector<StateDict> flat = models_of(method, *p);
+    const fs::path run = run_dir();
+    OutputFolder folder(run);
+    const std::vector<StateDict> written = models_of(method, *p);
+    ASSERT_EQ(written.size(), flat.size());
+    for (size_t k = 0; k < flat.size(); ++k) {
+      SCOPED_TRACE("model " + std::to_string(k));
+      ASSERT_EQ(written[k].keys(), flat[k].keys());
+      for (const auto& [key, t] : flat[k]) EXPECT_TRUE(written[k].at(key).equal(t)) << key;
+      const void* data = written[k].at("b.weight").data_ptr();
+      ASSERT_NE(mapped_inode(data), 0u) << "not written as produced";
+      const fs::path linked = run / ("linked_" + std::to_string(k) + ".safetensors");
+      const fs::path plain = run / ("plain_" + std::to_string(k) + ".safetensors");
+      save_safetensors(linked, written[k]);
+      save_safetensors(plain, cloned(written[k]));
+      EXPECT_EQ(inode_of(linked), mapped_inode(data)) << "the save wrote the model again";
+      EXPECT_NE(inode_of(plain), mapped_inode(data));
+      EXPECT_EQ(bytes_of_file(linked), bytes_of_file(plain));
+    }
+  }
+};
+
+TEST_F(WrittenAsProduced, TaskArithmetic) {
+  TaskArithmetic method(TaskArithmeticOptions{0.3, {}});
+  check(method);
+}
+
+TEST_F(WrittenAsProduced, TaskArithmeticSweepMakesEveryModelInOnePass) {
+  TaskArithmetic method(TaskArithmeticOptions{0.3, std::vector<double>{0.1, 0.5, 1.0}});
+  check(method);
+}
+
+TEST_F(WrittenAsProduced, WeightedAverage) {
+  auto p = pool();
+  const ModelPtr flat = weighted_sum_of_experts(*p, Context(), {0.2, 0.3, 0.5});
+  OutputFolder folder(run_dir());
+  const ModelPtr written = weighted_sum_of_experts(*p, Context(), {0.2, 0.3, 0.5});
+  ASSERT_NE(mapped_inode(written->parameters().at("c.big").data_ptr()), 0u);
+  for (const auto& [key, t] : flat->parameters()) EXPECT_TRUE(written->parameters().at(key).equal(t)) << key;
+}
+
+TEST_F(WrittenAsProduced, TiesMergingWithRemovedKeys) {
+  for (const std::string merge : {"sum", "mean", "max"}) {
+    SCOPED_TRACE(merge);
+    TiesMergingOptions o;
+    o.threshold = 30;
+    o.merge_func = merge;
+    o.remove_keys = {"a\\..*"};
+    TiesMerging method(o);
+    check(method);
+  }
+}
+
+TEST_F(WrittenAsProduced, AModelChangedAfterItWasMadeIsSavedAsItIsNow) {
+  auto p = pool();
+  OutputFolder folder(run_dir());
+  TaskArithmetic method(TaskArithmeticOptions{0.3, {}});
+  StateDict sd = models_of(method, *p)[0];
+  const std::string before = bytes_of_file([&] {
+    const fs::path f = dir_ / "before.safetensors";
+    save_safetensors(f, cloned(sd));
+    return f;
+  }());
+  sd.at("c.big")[70000].add_(1.0);  // a private copy of that page: the file does not change
+  const fs::path out = dir_ / "after.safetensors";
+  save_safetensors(out, sd);
+  EXPECT_NE(inode_of(out), mapped_inode(sd.at("c.big").data_ptr()));
+  const StateDict saved = load_safetensors(out);
+  EXPECT_TRUE(saved.at("c.big").equal(sd.at("c.big")));
+  EXPECT_NE(bytes_of_file(out), before);
+}
+
+TEST_F(WrittenAsProduced, ASecondSaveWritesACopy) {
+  auto p = pool();
+  OutputFolder folder(run_dir());
+  TaskArithmetic method(TaskArithmeticOptions{0.3, {}});
+  const StateDict sd = models_of(method, *p)[0];
+  save_safetensors(dir_ / "one.safetensors", sd);
+  save_safetensors(dir_ / "two.safetensors", sd);
+  EXPECT_EQ(inode_of(dir_ / "one.safetensors"), mapped_inode(sd.at("c.big").data_ptr()));
+  EXPECT_NE(inode_of(dir_ / "two.safetensors"), inode_of(dir_ / "one.safetensors"));
+  EXPECT_EQ(bytes_of_file(dir_ / "one.safetensors"), bytes_of_file(dir_ / "two.safetensors"));
+}
+
+TEST_F(WrittenAsProduced, NothingIsLeftOfAModelNeverSaved) {
+  auto p = pool();
+  const fs::path run = run_dir();
+  {
+    OutputFolder folder(run);
+    TaskArithmetic method(TaskArithmeticOptions{0.3, std::vector<double>{0.1, 0.2}});
+    const std::vector<StateDict> models = models_of(method, *p);
+    ASSERT_NE(mapped_inode(models[1].at("c.big").data_ptr()), 0u);
+  }
+  EXPECT_TRUE(fs::is_empty(run));
+}
+
+TEST_F(WrittenAsProduced, NoFolderNoFile) {
+  auto p = pool();
+  std::vector<std::string> names{"pretrained", "expert_1"};
+  const auto stream = fusion::detail::CheckpointStream::open(*p, names);
+  ASSERT_NE(stream, nullptr);
+  EXPECT_EQ(fusion::detail::OutputFile::create(*stream, p->pretrained()->parameters()), nullptr);
+  OutputFolder folder(run_dir());
+  EXPECT_NE(fusion::detail::OutputFile::create(*stream, p->pretrained()->parameters()), nullptr);
+}
+
+}  // namespace

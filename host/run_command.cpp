@@ -11,6 +11,7 @@
 #include <set>
 
 #include "fusion/algorithm.hpp"
+#include "fusion/checkpoint_stream.hpp"
 #include "fusion/component.hpp"
 #include "fusion/dtype.hpp"
 #include "fusion/eval_cache.hpp"
@@ -329,7 +330,13 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
   Components components = instantiate(config, logger);
   time.load_s = load_time.seconds();
 
-  // 3. Execute the method.
+  // 3. Execute the method. When this process saves the models, a merge that streams from the files
+  //    writes each model into an unnamed file of the run folder as it computes it, and the save
+  //    links that file instead of writing it again (detail::OutputFile).
+  struct OutputFolder {
+    explicit OutputFolder(const fs::path& folder) { detail::set_output_folder(folder); }
+    ~OutputFolder() { detail::set_output_folder(fs::path()); }
+  } output_folder(config.save_models && world.is_main() ? config.run_dir : fs::path());
   const std::string& method = config.method.name();
   log.info("running " + method);
   Stopwatch merge_time;

@@ -226,6 +226,7 @@ std::string run(int T, int64_t batch, int64_t seq, int reps, int64_t layers) {
               series(c_ls).c_str(), median(c_ls), series(c_plain).c_str(), median(c_plain),
               series(cpu_ratios).c_str(), median(cpu_ratios));
   std::printf("task losses, LS step vs plain pass (same theta(r), same batches): max |diff| = %.2e\n", loss_diff);
+  std::fflush(stdout);
   char line[256];
   std::snprintf(line, sizeof(line), "TARGET pwe_moe_ls_vs_plain_gpt2_T%d %.3f <=1.05 %s", T, ratio,
                 ratio <= 1.05 ? "MET" : "MISSED");

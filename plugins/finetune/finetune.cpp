@@ -8,6 +8,7 @@
 #include <numeric>
 #include <optional>
 
+#include "fusion/distributed.hpp"
 #include "fusion/gpt2/model.hpp"
 #include "fusion/safetensors.hpp"
 #include "fusion/task_pool.hpp"
@@ -59,7 +60,7 @@ namespace {
 // The GPT2ForSequenceClassification model of a fine-tuned body and its head: config.json gains
 // id2label / label2id (label_names or LABEL_i) and pad_token_id; head_file receives the head.
 ModelPtr classifier_model(const gpt2::Gpt2Model& body, const StateDict& params, const at::Tensor& score,
-                          const FinetuneOptions& o, int64_t classes) {
+                          const FinetuneOptions& o, int64_t classes, const Communicator& comm) {
   nlohmann::json config = body.config();
   nlohmann::json id2label = nlohmann::json::object(), label2id = nlohmann::json::object();
   for (int64_t i = 0; i < classes; ++i) {
@@ -78,8 +79,11 @@ ModelPtr classifier_model(const gpt2::Gpt2Model& body, const StateDict& params, 
     StateDict head;
     head.set(body.keys().score, score.to(at::kCPU, at::kFloat).contiguous());
     const fs::path file(o.head_file);
-    if (!file.parent_path().empty()) fs::create_directories(file.parent_path());
-    save_safetensors(file, head, {{"producer", "fusion finetune"}, {"task", o.task}});
+    if (comm.is_main()) {  // several processes: rank 0 writes; the others wait until it has
+      if (!file.parent_path().empty()) fs::create_directories(file.parent_path());
+      save_safetensors(file, head, {{"producer", "fusion finetune"}, {"task", o.task}});
+    }
+    if (comm.distributed()) comm.barrier();
   }
   return std::make_shared<gpt2::Gpt2Model>(std::move(p), config, gpt2::Gpt2Head::kSequenceClassification,
                                            "finetune");
@@ -175,8 +179,23 @@ Result Finetune::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
   if (score.defined()) head_adam.emplace(std::vector<at::Tensor>{score}, o.weight_decay);
   const double head_lr = o.head_lr > 0.0 ? o.head_lr : o.lr;
   const int64_t K = o.head_only_steps;
+  // Several processes (data parallel): every rank draws the same global batch from the same stream
+  // (the one-process order), takes its rows (rows_of_rank), and the summed gradients of
+  // Σ_rows loss / batch are all-reduced in buckets; every rank then takes the same Adam step.
+  const Communicator& comm = communicator(ctx);
+  std::vector<at::Tensor> all_trainable = trainable, head_only;
+  if (score.defined()) {
+    all_trainable.push_back(score);
+    head_only.push_back(score);
+  }
+  const auto buckets = gradient_buckets(all_trainable, kGradientBucketBytes);
+  const auto head_buckets = gradient_buckets(head_only, kGradientBucketBytes);
+  if (comm.distributed())
+    ctx.log().info("finetune: data parallel over " + std::to_string(comm.world_size()) + " ranks, gradients summed in " +
+                   std::to_string(buckets.size()) + " bucket(s) of at most " +
+                   std::to_string(kGradientBucketBytes >> 20) + " MiB");
   auto stream = task.train_stream(o.batch_size, ctx.seed());
-  TrainLog log(ctx.run_dir().empty() ? std::filesystem::path() : ctx.run_dir() / "train_log.csv",
+  TrainLog log(ctx.run_dir().empty() || !comm.is_main() ? std::filesystem::path() : ctx.run_dir() / "train_log.csv",
                {"step", "loss", "accuracy", option_name(&FinetuneOptions::lr), "seconds"});
   auto progress = ctx.progress("finetune " + o.task, o.num_steps);
   const auto t0 = std::chrono::steady_clock::now();
@@ -190,17 +209,40 @@ Result Finetune::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
     // (Each rate computed by cosine_lr itself, so runs without head-only steps keep their bits.)
     const int64_t phase_step = probe ? step : step - K, phase_steps = probe ? K : o.num_steps - K;
     const double lr = probe ? 0.0 : cosine_lr(o.lr, phase_step, phase_steps, o.min_lr_factor);
-    at::Tensor logits = logits_of(batch.inputs, probe);
-    at::Tensor loss = at::cross_entropy_loss(logits, batch.labels);
-    const double loss_v = loss.item<double>();
-    FUSION_ENSURE(std::isfinite(loss_v), "finetune: the loss is not finite at step ", step,
-                  " (lower method.lr?)");
-    adam.zero_grad();
-    if (head_adam) head_adam->zero_grad();
-    loss.backward();
+    double loss_v = 0.0, acc = 0.0;
+    if (!comm.distributed()) {
+      at::Tensor logits = logits_of(batch.inputs, probe);
+      at::Tensor loss = at::cross_entropy_loss(logits, batch.labels);
+      loss_v = loss.item<double>();
+      FUSION_ENSURE(std::isfinite(loss_v), "finetune: the loss is not finite at step ", step,
+                    " (lower method.lr?)");
+      adam.zero_grad();
+      if (head_adam) head_adam->zero_grad();
+      loss.backward();
+      acc = logits.detach().argmax(1).eq(batch.labels).to(at::kDouble).mean().item<double>();
+    } else {
+      adam.zero_grad();
+      if (head_adam) head_adam->zero_grad();
+      const int64_t global = batch.labels.size(0);
+      const RowRange mine = rows_of_rank(global, comm.rank(), comm.world_size());
+      at::Tensor stats = at::zeros({2}, at::kDouble);  // this rank's Σ loss / global, Σ correct / global
+      if (mine.size() > 0) {
+        at::Tensor labels = batch.labels.slice(0, mine.begin, mine.end);
+        at::Tensor logits = logits_of(batch.inputs.slice(0, mine.begin, mine.end), probe);
+        at::Tensor loss = at::cross_entropy_loss(logits, labels, {}, at::Reduction::Sum) / static_cast<double>(global);
+        loss.backward();
+        stats[0] = loss.item<double>();
+        stats[1] = logits.detach().argmax(1).eq(labels).sum().item<double>() / static_cast<double>(global);
+      }
+      comm.all_reduce_sum(stats);
+      loss_v = stats[0].item<double>();
+      acc = stats[1].item<double>();
+      FUSION_ENSURE(std::isfinite(loss_v), "finetune: the loss is not finite at step ", step,
+                    " (lower method.lr?)");
+      all_reduce_gradients(comm, probe ? head_only : all_trainable, probe ? head_buckets : buckets);
+    }
     if (!probe) adam.step(lr);
     if (head_adam) head_adam->step(cosine_lr(head_lr, phase_step, phase_steps, o.min_lr_factor));
-    const double acc = logits.detach().argmax(1).eq(batch.labels).to(at::kDouble).mean().item<double>();
     losses.push_back(loss_v);
     window_loss += loss_v;
     window_acc += acc;
@@ -234,7 +276,7 @@ Result Finetune::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
                                     {"train_loss_last", last_mean},
                                     {"train_seconds", train_s}});
   ModelPtr tuned = start->with_parameters(params.detach());
-  if (gpt2_body) tuned = classifier_model(*gpt2_body, params.detach(), score.detach(), o, task.num_classes());
+  if (gpt2_body) tuned = classifier_model(*gpt2_body, params.detach(), score.detach(), o, task.num_classes(), comm);
   result.add(o.label.empty() ? o.task : o.label, tuned, option_values(o, &O::task, &O::from, &O::num_steps, &O::lr));
   return result;
 }

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <limits>
 
+#include "fusion/distributed.hpp"
 #include "fusion/error.hpp"
 #include "fusion/gpt2/config.hpp"
 #include "fusion/gpt2/model.hpp"
@@ -227,13 +228,24 @@ Result LmPretrain::run(ModelPool& models, TaskPool* /*tasks*/, const Context& ct
     }
     params.set(key, p);
   }
+  // Several processes: held-out chunk c is scored on rank c mod world and the sums added over the
+  // ranks; training is data parallel as in finetune (each rank's rows of the global batch, the
+  // gradients of the global mean loss summed over the ranks in buckets, the same Adam step).
+  const Communicator& comm = communicator(ctx);
   auto eval_loss = [&]() -> double {
     if (n_eval == 0) return std::nan("");
     at::NoGradGuard no_grad;
     double sum = 0.0;
-    for (int64_t i = 0; i < n_eval; i += o.batch_size) {
+    const int64_t chunks = (n_eval + o.batch_size - 1) / o.batch_size;
+    for (int64_t c : items_of_rank(chunks, comm.rank(), comm.world_size())) {
+      const int64_t i = c * o.batch_size;
       at::Tensor x = eval.slice(0, i, std::min(n_eval, i + o.batch_size));
       sum += causal_lm_step(*model, params, x, false) * static_cast<double>(x.size(0));
+    }
+    if (comm.distributed()) {
+      at::Tensor t = at::full({1}, sum, at::kDouble);
+      comm.all_reduce_sum(t);
+      sum = t.item<double>();
     }
     return sum / static_cast<double>(n_eval);
   };
@@ -243,7 +255,12 @@ Result LmPretrain::run(ModelPool& models, TaskPool* /*tasks*/, const Context& ct
                  short_number(eval_before));
 
   Adam adam(trainable, o.weight_decay);
-  TrainLog log(ctx.run_dir().empty() ? fs::path() : ctx.run_dir() / "train_log.csv",
+  const auto buckets = gradient_buckets(trainable, kGradientBucketBytes);
+  if (comm.distributed())
+    ctx.log().info("lm_pretrain: data parallel over " + std::to_string(comm.world_size()) +
+                   " ranks, gradients summed in " + std::to_string(buckets.size()) + " bucket(s) of at most " +
+                   std::to_string(kGradientBucketBytes >> 20) + " MiB");
+  TrainLog log(ctx.run_dir().empty() || !comm.is_main() ? fs::path() : ctx.run_dir() / "train_log.csv",
                {"step", "loss", option_name(&O::lr), "seconds"});
   auto progress = ctx.progress("lm_pretrain", o.num_steps);
   const auto t0 = std::chrono::steady_clock::now();
@@ -269,14 +286,43 @@ Result LmPretrain::run(ModelPool& models, TaskPool* /*tasks*/, const Context& ct
     const double lr = warmup_cosine_lr(o.lr, step, o.warmup_steps, o.num_steps, o.min_lr_factor);
     adam.zero_grad();
     double lv = 0.0;
-    if (o.sampled_softmax > 0) {
-      at::Tensor candidates = at::multinomial(proposal, o.sampled_softmax, /*replacement=*/true, gen).to(ctx.device());
-      at::Tensor loss = sampled_lm_loss(*model, params, x, candidates, log_expected);
-      lv = loss.item<double>();
-      FUSION_ENSURE(std::isfinite(lv), "lm_pretrain: the loss is not finite at step ", step, " (lower method.lr?)");
-      loss.backward();
+    if (!comm.distributed()) {
+      if (o.sampled_softmax > 0) {
+        at::Tensor candidates = at::multinomial(proposal, o.sampled_softmax, /*replacement=*/true, gen).to(ctx.device());
+        at::Tensor loss = sampled_lm_loss(*model, params, x, candidates, log_expected);
+        lv = loss.item<double>();
+        FUSION_ENSURE(std::isfinite(lv), "lm_pretrain: the loss is not finite at step ", step, " (lower method.lr?)");
+        loss.backward();
+      } else {
+        lv = causal_lm_step(*model, params, x, true);
+      }
     } else {
-      lv = causal_lm_step(*model, params, x, true);
+      // This rank's rows; every row has block_size - 1 targets, so the global mean loss is
+      // Σ_ranks (rows here / rows) · the mean here, and so is its gradient (scaled before the sum).
+      // The candidates are drawn on every rank (the generator's draws stay those of one process).
+      at::Tensor candidates;
+      if (o.sampled_softmax > 0)
+        candidates = at::multinomial(proposal, o.sampled_softmax, /*replacement=*/true, gen).to(ctx.device());
+      const int64_t global = x.size(0);
+      const RowRange mine = rows_of_rank(global, comm.rank(), comm.world_size());
+      const double share = static_cast<double>(mine.size()) / static_cast<double>(global);
+      at::Tensor sum = at::zeros({1}, at::kDouble);
+      if (mine.size() > 0) {
+        at::Tensor xs = x.slice(0, mine.begin, mine.end);
+        double here = 0.0;
+        if (o.sampled_softmax > 0) {
+          at::Tensor loss = sampled_lm_loss(*model, params, xs, candidates, log_expected);
+          loss.backward();
+          here = loss.item<double>();
+        } else {
+          here = causal_lm_step(*model, params, xs, true);
+        }
+        sum[0] = here * share;
+      }
+      comm.all_reduce_sum(sum);
+      lv = sum.item<double>();
+      FUSION_ENSURE(std::isfinite(lv), "lm_pretrain: the loss is not finite at step ", step, " (lower method.lr?)");
+      all_reduce_gradients(comm, trainable, buckets, share);
     }
     FUSION_ENSURE(std::isfinite(lv), "lm_pretrain: the loss is not finite at step ", step, " (lower method.lr?)");
     adam.step(lr);

@@ -8,6 +8,7 @@
 
 #include "fusion/clip/config.hpp"
 #include "fusion/clip/vision.hpp"
+#include "fusion/distributed.hpp"
 #include "fusion/safetensors.hpp"
 #include "fusion/task_pool.hpp"
 #include "training.hpp"
@@ -153,11 +154,21 @@ Result MultitaskPretrain::run(ModelPool& models, TaskPool* tasks, const Context&
                  std::to_string(o.batch_size) + " per task");
 
   Adam adam(trainable, o.weight_decay);
+  // Several processes (data parallel): every rank draws each task's global batch from the same
+  // stream (the one-process order) and takes its rows (rows_of_rank); the gradients of
+  // Σ_tasks Σ_rows loss / (batch · tasks) are summed over the ranks in buckets, and every rank takes
+  // the same Adam step.
+  const Communicator& comm = communicator(ctx);
+  const auto buckets = gradient_buckets(trainable, kGradientBucketBytes);
+  if (comm.distributed())
+    ctx.log().info("multitask_pretrain: data parallel over " + std::to_string(comm.world_size()) +
+                   " ranks, gradients summed in " + std::to_string(buckets.size()) + " bucket(s) of at most " +
+                   std::to_string(kGradientBucketBytes >> 20) + " MiB");
   std::vector<std::string> columns = {"step", "loss"};
   for (const auto& n : names) columns.push_back(n + ".loss");
   for (const auto& n : names) columns.push_back(n + ".accuracy");
   columns.insert(columns.end(), {option_name(&O::lr), "seconds"});
-  TrainLog log(ctx.run_dir().empty() ? fs::path() : ctx.run_dir() / "train_log.csv", columns);
+  TrainLog log(ctx.run_dir().empty() || !comm.is_main() ? fs::path() : ctx.run_dir() / "train_log.csv", columns);
   auto progress = ctx.progress("multitask_pretrain", o.num_steps);
   const auto t0 = std::chrono::steady_clock::now();
   const size_t T = task_list.size();
@@ -168,17 +179,44 @@ Result MultitaskPretrain::run(ModelPool& models, TaskPool* tasks, const Context&
     const double lr = warmup_cosine_lr(o.lr, step, o.warmup_steps, o.num_steps, o.min_lr_factor);
     adam.zero_grad();
     double total = 0.0;
-    for (size_t i = 0; i < T; ++i) {
-      Batch b = step == 1 ? first[i] : streams[i]->next();
-      at::Tensor logits = heads[i].forward(model->forward(params, b.inputs));
-      at::Tensor loss = at::cross_entropy_loss(logits, b.labels);
-      (loss / static_cast<double>(T)).backward();  // one task's activations alive at a time
-      const double lv = loss.item<double>();
-      FUSION_ENSURE(std::isfinite(lv), "multitask_pretrain: the loss of task \"", names[i],
-                    "\" is not finite at step ", step, " (lower method.lr?)");
-      total += lv / static_cast<double>(T);
-      win_loss[i] += lv;
-      win_acc[i] += logits.detach().argmax(1).eq(b.labels).to(at::kDouble).mean().item<double>();
+    if (!comm.distributed()) {
+      for (size_t i = 0; i < T; ++i) {
+        Batch b = step == 1 ? first[i] : streams[i]->next();
+        at::Tensor logits = heads[i].forward(model->forward(params, b.inputs));
+        at::Tensor loss = at::cross_entropy_loss(logits, b.labels);
+        (loss / static_cast<double>(T)).backward();  // one task's activations alive at a time
+        const double lv = loss.item<double>();
+        FUSION_ENSURE(std::isfinite(lv), "multitask_pretrain: the loss of task \"", names[i],
+                      "\" is not finite at step ", step, " (lower method.lr?)");
+        total += lv / static_cast<double>(T);
+        win_loss[i] += lv;
+        win_acc[i] += logits.detach().argmax(1).eq(b.labels).to(at::kDouble).mean().item<double>();
+      }
+    } else {
+      at::Tensor stats = at::zeros({static_cast<int64_t>(2 * T)}, at::kDouble);  // Σ loss / batch, Σ correct / batch
+      for (size_t i = 0; i < T; ++i) {
+        Batch b = step == 1 ? first[i] : streams[i]->next();
+        const int64_t global = b.labels.size(0);
+        const RowRange mine = rows_of_rank(global, comm.rank(), comm.world_size());
+        if (mine.size() == 0) continue;
+        at::Tensor labels = b.labels.slice(0, mine.begin, mine.end);
+        at::Tensor logits = heads[i].forward(model->forward(params, b.inputs.slice(0, mine.begin, mine.end)));
+        at::Tensor loss = at::cross_entropy_loss(logits, labels, {}, at::Reduction::Sum) / static_cast<double>(global);
+        (loss / static_cast<double>(T)).backward();
+        stats[static_cast<int64_t>(i)] = loss.item<double>();
+        stats[static_cast<int64_t>(T + i)] =
+            logits.detach().argmax(1).eq(labels).sum().item<double>() / static_cast<double>(global);
+      }
+      comm.all_reduce_sum(stats);
+      for (size_t i = 0; i < T; ++i) {
+        const double lv = stats[static_cast<int64_t>(i)].item<double>();
+        FUSION_ENSURE(std::isfinite(lv), "multitask_pretrain: the loss of task \"", names[i],
+                      "\" is not finite at step ", step, " (lower method.lr?)");
+        total += lv / static_cast<double>(T);
+        win_loss[i] += lv;
+        win_acc[i] += stats[static_cast<int64_t>(T + i)].item<double>();
+      }
+      all_reduce_gradients(comm, trainable, buckets);
     }
     adam.step(lr);
     if (step == 1) first_loss = total;
@@ -216,13 +254,14 @@ Result MultitaskPretrain::run(ModelPool& models, TaskPool* tasks, const Context&
   nlohmann::json final_train = nlohmann::json::object();
   for (size_t i = 0; i < T; ++i) {
     const fs::path file = heads_dir / (names[i] + ".safetensors");
-    save_head_file(file, heads[i]);
+    if (comm.is_main()) save_head_file(file, heads[i]);  // several processes: rank 0 writes
     head_files[names[i]] = file.string();
     final_train[names[i]] = {{"loss", last_loss[i]}, {"accuracy", last_acc[i]}};
     ctx.log().info("multitask_pretrain: " + names[i] + ": train loss " + short_number(last_loss[i]) +
                    ", train accuracy " + short_number(last_acc[i]) + "; head -> " + file.string());
   }
 
+  if (comm.distributed()) comm.barrier();  // the heads are on disk for every rank once it returns
   Result result;
   result.info = option_values(o, &O::init, &O::num_steps);
   result.info.update(nlohmann::json{{"trainable_params", model_params + head_params},

@@ -288,6 +288,7 @@ int cli_main(int argc, char** argv) {
       request.config = args[0];
       request.overrides.assign(args.begin() + 1, args.end());
       request.command_line.assign(argv, argv + argc);
+      watch_interruptions();  // SIGINT/SIGTERM: temporary files removed, one line, exit 130/143
       run(request, logger);
       return 0;
     }

@@ -1,9 +1,14 @@
 #include "distributed.hpp"
 
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <pthread.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,16 +20,22 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <map>
+#include <mutex>
 #include <thread>
 
 #include "fusion/error.hpp"
 
 namespace fusion::host {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -219,11 +230,15 @@ bool nccl_available() {
 #endif
 }
 
+std::string resolved_backend(const ConnectOptions& options) {
+  if (options.backend != "auto") return options.backend;
+  return options.cuda_device && nccl_available() ? "nccl" : "gloo";
+}
+
 std::shared_ptr<Communicator> connect(const LaunchEnv& env, const ConnectOptions& options) {
   const std::string me = "rank " + std::to_string(env.rank) + ": ";
   const std::string where = env.master_addr + ":" + std::to_string(env.master_port) + " (MASTER_ADDR:MASTER_PORT)";
-  std::string backend = options.backend;
-  if (backend == "auto") backend = options.cuda_device && nccl_available() ? "nccl" : "gloo";
+  const std::string backend = resolved_backend(options);
   FUSION_ENSURE(backend == "gloo" || backend == "nccl", me, "run.backend: expected \"auto\", \"gloo\" or \"nccl\", got \"",
                 backend, "\"");
   FUSION_ENSURE(backend != "nccl" || nccl_available(), me,
@@ -283,6 +298,276 @@ std::shared_ptr<Communicator> connect(const LaunchEnv& env, const ConnectOptions
 }
 
 // ---------------------------------------------------------------------------------------------
+// SIGINT / SIGTERM
+
+namespace {
+
+// What the watcher needs once a signal came, kept in fixed buffers: after the main thread is stopped
+// (it may hold the allocator's or a logger's lock) only system calls run.
+char g_run_dir[4096];
+char g_log_file[4096];
+char g_prefix[64];  // "rank R: " of a run over several processes, else ""
+std::atomic<bool> g_cleanup_set{false};
+std::atomic<bool> g_main_stopped{false};
+pthread_t g_main_thread;
+constexpr int kStopSignal = SIGUSR2;
+
+int g_signal_pipe[2] = {-1, -1};
+
+// SIGINT/SIGTERM, on whichever thread: the watcher reads the signal from the pipe.
+void to_pipe(int sig) {
+  const int saved = errno;
+  const auto b = static_cast<unsigned char>(sig);
+  [[maybe_unused]] const ssize_t n = ::write(g_signal_pipe[1], &b, 1);
+  errno = saved;
+}
+
+// The main thread, on kStopSignal: stays where it is until the process exits.
+void stop_here(int) {
+  g_main_stopped.store(true);
+  for (;;) ::pause();
+}
+
+void put(int fd, const char* s) {
+  size_t n = std::strlen(s);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, s, n);
+    if (w <= 0) return;
+    s += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+bool is_hex_tail(const char* s, size_t n) {
+  if (n != 8) return false;
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isxdigit(static_cast<unsigned char>(s[i]))) return false;
+  return true;
+}
+
+// "…tmp-XXXXXXXX" (random_suffix): a write_file_atomic / save_safetensors temporary file when the
+// name starts with '.', a write_directory_atomic folder otherwise.
+bool has_tmp_suffix(const char* name) {
+  const size_t n = std::strlen(name);
+  return n > 13 && std::memcmp(name + n - 13, ".tmp-", 5) == 0 && is_hex_tail(name + n - 8, 8);
+}
+
+// This process's own temporary names: the plot's ".pareto.svg.tmp<pid>.svg/.gp" and the write
+// probe ".fusion_write_test.<pid>".
+bool is_own_temporary(const char* name, const char* pid) {
+  if (name[0] != '.') return false;
+  char probe[64] = ".fusion_write_test.";
+  std::strncat(probe, pid, sizeof probe - std::strlen(probe) - 1);
+  if (std::strcmp(name, probe) == 0) return true;
+  char tag[32] = ".tmp";
+  std::strncat(tag, pid, sizeof tag - std::strlen(tag) - 1);
+  std::strncat(tag, ".", sizeof tag - std::strlen(tag) - 1);
+  return std::strstr(name, tag) != nullptr;
+}
+
+struct Dirent64 {
+  uint64_t d_ino;
+  int64_t d_off;
+  unsigned short d_reclen;
+  unsigned char d_type;
+  char d_name[1];
+};
+
+bool is_dir_at(int dirfd, const char* name, unsigned char type) {
+  if (type != DT_UNKNOWN) return type == DT_DIR;
+  struct stat st;
+  return ::fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+}
+
+// Calls f(dirfd, name, type) for each entry of the open folder `fd` (not . and ..). Entries removed
+// while listing may hide others from this pass: callers list again until a pass removes nothing.
+template <class F>
+void each_entry(int fd, F&& f) {
+  alignas(8) char buf[4096];
+  ::lseek(fd, 0, SEEK_SET);
+  for (;;) {
+    const long n = ::syscall(SYS_getdents64, fd, buf, sizeof buf);
+    if (n <= 0) return;
+    for (long off = 0; off < n;) {
+      const auto* d = reinterpret_cast<const Dirent64*>(buf + off);
+      off += d->d_reclen;
+      if (std::strcmp(d->d_name, ".") == 0 || std::strcmp(d->d_name, "..") == 0) continue;
+      f(d->d_name, d->d_type);
+    }
+  }
+}
+
+// rm -r of `name` in `dirfd` (symbolic links are removed, not followed).
+void remove_tree(int dirfd, const char* name, int depth) {
+  if (::unlinkat(dirfd, name, 0) == 0 || depth > 16) return;
+  const int fd = ::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return;
+  for (int pass = 0; pass < 4; ++pass) {
+    bool removed = false;
+    each_entry(fd, [&](const char* child, unsigned char type) {
+      if (is_dir_at(fd, child, type)) remove_tree(fd, child, depth + 1);
+      else ::unlinkat(fd, child, 0);
+      removed = true;
+    });
+    if (!removed) break;
+  }
+  ::close(fd);
+  ::unlinkat(dirfd, name, AT_REMOVEDIR);
+}
+
+// Removes the temporary files and folders under the open folder `fd`, down to `depth` levels.
+void remove_temporaries(int fd, const char* pid, int depth) {
+  for (int pass = 0; pass < 4; ++pass) {
+    bool removed = false;
+    each_entry(fd, [&](const char* name, unsigned char type) {
+      const bool dir = is_dir_at(fd, name, type);
+      if ((has_tmp_suffix(name) && (dir || name[0] == '.')) || is_own_temporary(name, pid)) {
+        if (dir) remove_tree(fd, name, 0);
+        else ::unlinkat(fd, name, 0);
+        removed = true;
+      } else if (dir && depth > 0) {
+        const int sub = ::openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sub >= 0) {
+          remove_temporaries(sub, pid, depth - 1);
+          ::close(sub);
+        }
+      }
+    });
+    if (!removed) break;
+  }
+}
+
+// The temporary files this process has open anywhere (a head cache, a head file outside the run folder).
+void remove_open_temporaries() {
+  const int fd = ::open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  each_entry(fd, [&](const char* name, unsigned char) {
+    char target[4096];
+    const ssize_t n = ::readlinkat(fd, name, target, sizeof target - 1);
+    if (n <= 0) return;
+    target[n] = '\0';
+    if (target[0] != '/' || std::strstr(target, " (deleted)") != nullptr) return;
+    const char* base = std::strrchr(target, '/') + 1;
+    if (base[0] == '.' && has_tmp_suffix(base)) {
+      ::unlink(target);
+      return;
+    }
+    // a file inside a write_directory_atomic folder: the folder goes
+    for (char* slash = std::strchr(target + 1, '/'); slash != nullptr; slash = std::strchr(slash + 1, '/')) {
+      *slash = '\0';
+      const char* component = std::strrchr(target, '/') + 1;
+      if (component[0] != '.' && has_tmp_suffix(component)) {
+        remove_tree(AT_FDCWD, target, 0);
+        return;
+      }
+      *slash = '/';
+    }
+  });
+  ::close(fd);
+}
+
+[[noreturn]] void on_interruption(int sig) {
+  // Stop the main thread (where it is: in the middle of a write, a step or a collective), so that it
+  // starts no new file while the temporary ones are removed.
+  ::pthread_kill(g_main_thread, kStopSignal);
+  for (int i = 0; i < 200 && !g_main_stopped.load(); ++i) ::usleep(5000);
+  ::alarm(10);
+  char pid[24];
+  std::snprintf(pid, sizeof pid, "%ld", static_cast<long>(::getpid()));
+  if (g_cleanup_set.load() && g_run_dir[0] != '\0') {
+    const int fd = ::open(g_run_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+      remove_temporaries(fd, pid, 4);
+      ::close(fd);
+    }
+  }
+  remove_open_temporaries();
+  const char* name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+  char line[512];
+  std::snprintf(line, sizeof line, "interrupted by %s: stopped; its temporary files were removed (exit status %d)\n",
+                name, 128 + sig);
+  if (::isatty(2)) put(2, "\r\x1b[K");  // a progress bar's line
+  put(2, "fusion: error: ");
+  put(2, g_prefix);
+  put(2, line);
+  if (g_cleanup_set.load() && g_log_file[0] != '\0') {
+    const int fd = ::open(g_log_file, O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd >= 0) {
+      char stamp[32] = "";
+      const std::time_t now = std::time(nullptr);
+      std::tm tm{};
+      if (::localtime_r(&now, &tm)) std::strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S ", &tm);
+      put(fd, stamp);
+      put(fd, "error: ");
+      put(fd, g_prefix);
+      put(fd, line);
+      ::close(fd);
+    }
+  }
+  ::_exit(128 + sig);
+}
+
+// SIGINT and SIGTERM, but not one this process was started with ignored (a shell's background job
+// ignores SIGINT; nohup-like wrappers): that one stays ignored, as it was.
+sigset_t interruption_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (const int sig : {SIGINT, SIGTERM}) {
+    struct sigaction now {};
+    if (::sigaction(sig, nullptr, &now) == 0 && now.sa_handler == SIG_IGN) continue;
+    sigaddset(&set, sig);
+  }
+  return set;
+}
+
+}  // namespace
+
+void watch_interruptions() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* world = std::getenv("WORLD_SIZE");
+    const char* rank = std::getenv("RANK");
+    if (world && rank && std::atoi(world) > 1)
+      std::snprintf(g_prefix, sizeof g_prefix, "rank %d: ", std::atoi(rank));
+    g_main_thread = ::pthread_self();
+    struct sigaction sa {};
+    sa.sa_handler = stop_here;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(kStopSignal, &sa, nullptr);
+    const sigset_t set = interruption_signals();
+    if (sigisemptyset(&set) || ::pipe2(g_signal_pipe, O_CLOEXEC) != 0) return;
+    // Threads started before this one (OpenBLAS starts its workers when it is loaded) still take the
+    // signals: a handler that only writes the signal's number to a pipe, whichever thread runs it.
+    // This thread and those it starts block them (no system call of the run is interrupted); the
+    // watcher takes them and reads the pipe.
+    struct sigaction on {};
+    on.sa_handler = to_pipe;
+    on.sa_flags = SA_RESTART;
+    sigemptyset(&on.sa_mask);
+    for (const int sig : {SIGINT, SIGTERM})
+      if (sigismember(&set, sig)) ::sigaction(sig, &on, nullptr);
+    ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    std::thread([set] {
+      ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+      for (;;) {
+        unsigned char sig = 0;
+        if (::read(g_signal_pipe[0], &sig, 1) == 1 && (sig == SIGINT || sig == SIGTERM)) on_interruption(sig);
+      }
+    }).detach();
+  });
+}
+
+void set_interruption_cleanup(const fs::path& run_dir, const fs::path& log_file) {
+  g_cleanup_set.store(false);
+  std::error_code ec;
+  const fs::path dir = run_dir.empty() ? run_dir : fs::absolute(run_dir, ec);
+  const fs::path log = log_file.empty() ? log_file : fs::absolute(log_file, ec);
+  std::snprintf(g_run_dir, sizeof g_run_dir, "%s", dir.c_str());
+  std::snprintf(g_log_file, sizeof g_log_file, "%s", log.c_str());
+  g_cleanup_set.store(true);
+}
+
+// ---------------------------------------------------------------------------------------------
 // fusion run --nproc N
 
 namespace {
@@ -317,6 +602,11 @@ int launch_local(int nproc, const std::vector<std::string>& child_args) {
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   std::fflush(nullptr);
+  // SIGINT/SIGTERM are taken with sigtimedwait below and passed on to the ranks; each rank gets
+  // back the mask this process had.
+  const sigset_t signals = interruption_signals();
+  sigset_t before;
+  ::pthread_sigmask(SIG_BLOCK, &signals, &before);
   std::map<pid_t, int> running;  // pid → rank
   for (int r = 0; r < nproc; ++r) {
     const pid_t pid = ::fork();
@@ -331,6 +621,7 @@ int launch_local(int nproc, const std::vector<std::string>& child_args) {
       ::setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
       ::setenv("MASTER_ADDR", master_addr.c_str(), 1);
       ::setenv("MASTER_PORT", master_port.c_str(), 1);
+      ::pthread_sigmask(SIG_SETMASK, &before, nullptr);
       ::execv("/proc/self/exe", argv.data());
       std::fprintf(stderr, "fusion: error: rank %d: cannot start /proc/self/exe: %s\n", r, std::strerror(errno));
       std::_Exit(127);
@@ -338,6 +629,7 @@ int launch_local(int nproc, const std::vector<std::string>& child_args) {
     running[pid] = r;
   }
   int result = 0;
+  int interrupted = 0;  // the signal this process got
   std::optional<Clock::time_point> kill_at;
   while (!running.empty()) {
     int status = 0;
@@ -348,7 +640,16 @@ int launch_local(int nproc, const std::vector<std::string>& child_args) {
         for (const auto& [p, _] : running) ::kill(p, SIGKILL);
         kill_at.reset();
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      const timespec wait{0, 20 * 1000 * 1000};
+      const int sig = ::sigtimedwait(&signals, nullptr, &wait);
+      if ((sig == SIGINT || sig == SIGTERM) && !interrupted) {
+        // Ctrl-C reached the ranks too (one process group), unless they ignore SIGINT; a SIGTERM to
+        // this process did not. SIGTERM stops them either way.
+        interrupted = sig;
+        result = 128 + sig;
+        for (const auto& [p, _] : running) ::kill(p, SIGTERM);
+        kill_at = Clock::now() + std::chrono::seconds(5);
+      }
       continue;
     }
     auto it = running.find(pid);
@@ -366,6 +667,7 @@ int launch_local(int nproc, const std::vector<std::string>& child_args) {
     for (const auto& [p, _] : running) ::kill(p, SIGTERM);
     kill_at = Clock::now() + std::chrono::seconds(5);
   }
+  ::pthread_sigmask(SIG_SETMASK, &before, nullptr);
   return result;
 }
 

@@ -2,6 +2,7 @@
 // `fusion run` over several processes: torchrun's environment, the rendezvous through c10d's
 // TCPStore, the c10d communicator (Gloo; NCCL where LibTorch has it), and `fusion run --nproc N`.
 #include <chrono>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -33,6 +34,10 @@ struct ConnectOptions {
   std::chrono::milliseconds timeout{60000};  ///< rendezvous and every collective
 };
 
+/// The backend `options` select: "auto" is "nccl" for a CUDA device in a build with NCCL, else
+/// "gloo"; any other value as it is (connect refuses an unknown one).
+std::string resolved_backend(const ConnectOptions& options);
+
 /// Joins the run described by `env`: rank 0 listens on MASTER_ADDR:MASTER_PORT (TCPStore), every
 /// rank checks in with its WORLD_SIZE, rank 0 checks that they agree and that no RANK is taken twice,
 /// then the process group is made. Throws fusion::Error "rank R: <cause>" when a peer does not join
@@ -43,11 +48,33 @@ std::shared_ptr<Communicator> connect(const LaunchEnv& env, const ConnectOptions
 /// Whether this LibTorch was built with NCCL (and the host with it).
 bool nccl_available();
 
+/// SIGINT and SIGTERM during `fusion run` (one process, or one rank of several). Call once, from the
+/// main thread, before the run starts threads: blocks both signals in this thread (and so in every
+/// thread started later, which inherit the mask; no system call of the run sees EINTR), installs a
+/// handler that passes them through a pipe (for threads started earlier: OpenBLAS's, at load time)
+/// and starts one thread that takes them. On either, that
+/// thread stops the main thread where it is, removes what unfinished atomic writes left (the
+/// temporary files `.NAME.tmp-XXXXXXXX` of write_file_atomic and save_safetensors, the folders
+/// `NAME.tmp-XXXXXXXX` of write_directory_atomic, the plot's and the write probe's files of this
+/// process) under the run folder set by set_interruption_cleanup, and any such temporary file this
+/// process holds open elsewhere (a head cache, a head file), prints one line "fusion: error: [rank R: ]
+/// interrupted by SIGTERM ...", appends it to the run's log, and exits with status 128 + the signal
+/// (130 for SIGINT, 143 for SIGTERM). Finished files (checkpoints, the log, a report already written)
+/// stay, so a PWEMoE run can resume. Only system calls run once a signal came (the stopped thread
+/// may hold any lock); a 10 s alarm ends the process if the clean-up itself hangs.
+void watch_interruptions();
+
+/// The run folder whose temporary files an interruption removes, and the log file it appends its line
+/// to (empty: none). Set by the process that writes the run folder, once it exists.
+void set_interruption_cleanup(const std::filesystem::path& run_dir, const std::filesystem::path& log_file);
+
 /// `fusion run --nproc N ...`: starts N copies of this executable (argv without --nproc) with
 /// RANK, LOCAL_RANK = 0..N−1, WORLD_SIZE = LOCAL_WORLD_SIZE = N, MASTER_ADDR (kept, else 127.0.0.1)
 /// and MASTER_PORT (kept, else a free port of the loopback), and waits for them. When a rank fails
 /// (non-zero exit or a signal), the others are stopped (SIGTERM, then SIGKILL after 5 s). Returns
-/// the exit status of the first rank that failed, or 0.
+/// the exit status of the first rank that failed, or 0. SIGINT or SIGTERM to the launcher is passed
+/// on to every rank, which then stop as watch_interruptions says; the launcher waits for them (SIGKILL
+/// after 5 s) and returns 128 + the signal.
 int launch_local(int nproc, const std::vector<std::string>& child_args);
 
 }  // namespace fusion::host

@@ -61,8 +61,10 @@ void prepare_run_dir(const fs::path& dir) {
 // config (config.toml). Returns the resolved config for report.json.
 // With several processes only rank 0 writes (the run directory, its log, config.toml); the others
 // log warnings and errors to stderr only.
-json start_run(const RunRequest& request, const ResolvedConfig& config, Logger& log, const Communicator& comm) {
+json start_run(const RunRequest& request, const ResolvedConfig& config, Logger& log, const Communicator& comm,
+               const std::string& backend) {
   if (comm.is_main()) {
+    set_interruption_cleanup(config.run_dir, config.run_dir / "log.txt");  // SIGINT/SIGTERM from now on
     prepare_run_dir(config.run_dir);
     log.set_file(config.run_dir / "log.txt");
   }
@@ -73,7 +75,8 @@ json start_run(const RunRequest& request, const ResolvedConfig& config, Logger& 
            dtype_name(config.dtype) + ", " + std::to_string(config.threads) + " threads, seed " +
            std::to_string(config.seed) + ")");
   if (comm.distributed())
-    log.info(std::to_string(comm.world_size()) + " processes (" + config.run.backend + " backend, timeout " +
+    log.info(std::to_string(comm.world_size()) + " processes (" + backend + " backend" +
+             (config.run.backend == "auto" ? " (auto)" : "") + ", timeout " +
              std::to_string(config.run.timeout_s) + " s): this is rank 0, the one that writes " +
              config.run_dir.string());
   if (!config.precision_note.empty()) log.info(config.precision_note);
@@ -178,22 +181,69 @@ std::vector<ModelReport> evaluate_models(Result& result, const Components& c,
   return reports;
 }
 
-// Stage 4 over several processes: model i is made and evaluated by rank i mod world, the task pool's
-// reports gathered (as JSON text, which keeps every double exactly) and put in order; rank 0 makes and
-// saves every model when models are saved, and writes everything. The reports are those of one process.
+// Whether `pool` evaluates a model as the SDK's TaskPool::evaluate does (it does not override it):
+// then a model's report is its tasks' Task::evaluate reports, "average" and model_info, and the
+// host may evaluate one task of a model on one rank. A pool with an evaluate() of its own may add
+// keys or side effects (text_classification writes predictions per model): its models are evaluated
+// whole, through it. Uses GCC's bound member function extension to read which function the pool's
+// vtable holds; other compilers take every pool as overriding it.
+bool evaluates_as_the_sdk(TaskPool& pool) {
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpmf-conversions"
+  struct Plain : TaskPool {
+    std::vector<std::string> task_names() const override { return {}; }
+    Task& task(const std::string& name) override { FUSION_FAIL("no task '", name, "'"); }
+  } plain;
+  using Evaluate = json (*)(TaskPool*, const Model&);
+  json (TaskPool::*evaluate)(const Model&) = &TaskPool::evaluate;
+  return (Evaluate)(pool.*evaluate) == (Evaluate)(plain.*evaluate);
+#pragma GCC diagnostic pop
+#else
+  (void)pool;
+  return false;
+#endif
+}
+
+// Stage 4 over several processes. With a task pool that evaluates as the SDK does, the run's
+// (model, task) pairs, in model-major order, are cut into one contiguous block per rank (their
+// counts differ by one at most; a block boundary inside a model makes it once more: at most
+// world − 1 makes more than in one process), each
+// pair evaluated with Task::evaluate; a model's report is then put together as TaskPool::evaluate
+// does (tasks in order, "average" summed in task order, model_info). Otherwise model i is evaluated
+// whole by rank i mod world. The reports travel as JSON text (which keeps every double exactly), so
+// they are those of one process. Rank 0 makes and saves every model when models are saved, and
+// writes everything.
 std::vector<ModelReport> evaluate_models_distributed(Result& result, const Components& c,
                                                      const ResolvedConfig& config, Logger& log, Timings& time,
                                                      const Communicator& comm) {
   const std::string& method = config.method.name();
   const size_t n_models = result.models.size();
-  const std::vector<int64_t> mine = items_of_rank(static_cast<int64_t>(n_models), comm.rank(), comm.world_size());
-  json evaluated = json::object();  // model index → the task pool's report
+  const size_t n_tasks = c.tasks.size();
+  const bool by_pair = c.task_pool && n_tasks > 0 && evaluates_as_the_sdk(*c.task_pool);
+  const auto world = static_cast<size_t>(comm.world_size()), rank = static_cast<size_t>(comm.rank());
+  // The tasks of each model this rank evaluates (by_pair), or the models it evaluates whole.
+  std::vector<std::vector<size_t>> tasks_here(n_models);
+  std::vector<bool> whole_here(n_models, false);
+  if (by_pair) {
+    const size_t pairs = n_models * n_tasks;
+    for (size_t p = rank * pairs / world; p < (rank + 1) * pairs / world; ++p) tasks_here[p / n_tasks].push_back(p % n_tasks);
+    log.info("evaluation: " + std::to_string(n_models) + " model" + (n_models == 1 ? "" : "s") + " x " +
+             std::to_string(n_tasks) + " task" + (n_tasks == 1 ? "" : "s") + " = " + std::to_string(pairs) +
+             " (model, task) pairs over " + std::to_string(world) + " processes, " + std::to_string(pairs / world) +
+             (pairs % world ? " or " + std::to_string(pairs / world + 1) : "") + " each");
+  } else if (c.task_pool) {
+    for (int64_t i : items_of_rank(static_cast<int64_t>(n_models), comm.rank(), comm.world_size()))
+      whole_here[static_cast<size_t>(i)] = true;
+    log.info("evaluation: " + std::to_string(n_models) + " model" + (n_models == 1 ? "" : "s") + " over " +
+             std::to_string(world) + " processes, each evaluated whole by one (task pool '" + config.taskpool->name() +
+             "' has an evaluate() of its own)");
+  }
+  json evaluated = json::object();  // model index → the task pool's report, or {task → Task::evaluate's, model_info}
   std::set<std::string> used_dirs;
   std::vector<std::optional<std::string>> paths(n_models);
-  size_t next_mine = 0;
   for (size_t i = 0; i < n_models; ++i) {
-    const bool evaluate_here = c.task_pool && next_mine < mine.size() && mine[next_mine] == static_cast<int64_t>(i);
-    if (evaluate_here) ++next_mine;
+    const bool evaluate_here = whole_here[i] || !tasks_here[i].empty();
     const bool save_here = config.save_models && comm.is_main();
     ResultModel& rm = result.models[i];
     if (!evaluate_here && !save_here) {
@@ -207,10 +257,19 @@ std::vector<ModelReport> evaluate_models_distributed(Result& result, const Compo
     FUSION_ENSURE(model, "method '", method, "' made no model for '", rm.label, "'");
     if (evaluate_here) {
       Stopwatch t;
-      evaluated[std::to_string(i)] = config.dtype == config.storage_dtype
-                                         ? c.task_pool->evaluate(*model)
-                                         : c.task_pool->evaluate(*model->with_parameters(
-                                               model->parameters().to(config.device, config.dtype)));
+      // Mixed precision: evaluated through a copy in the compute dtype (the model is saved as it is).
+      const ConstModelPtr evaluated_model =
+          config.dtype == config.storage_dtype
+              ? model
+              : ConstModelPtr(model->with_parameters(model->parameters().to(config.device, config.dtype)));
+      if (whole_here[i]) {
+        evaluated[std::to_string(i)] = c.task_pool->evaluate(*evaluated_model);
+      } else {
+        json part = json::object();
+        for (size_t k : tasks_here[i]) part[c.tasks[k]] = c.task_pool->task(c.tasks[k]).evaluate(*evaluated_model);
+        part["model_info"] = model_info(*evaluated_model);
+        evaluated[std::to_string(i)] = std::move(part);
+      }
       time.eval_s += t.seconds();
     }
     if (save_here) {
@@ -240,7 +299,14 @@ std::vector<ModelReport> evaluate_models_distributed(Result& result, const Compo
   for (const at::Tensor& b : all) {
     const auto* p = b.data_ptr<uint8_t>();
     const json part = json::parse(std::string(p, p + strnlen(reinterpret_cast<const char*>(p), b.numel())));
-    for (const auto& [k, v] : part.items()) gathered[k] = v;
+    for (const auto& [k, v] : part.items()) {
+      if (!by_pair) {
+        gathered[k] = v;
+        continue;
+      }
+      json& model = gathered[k];
+      for (const auto& [key, value] : v.items()) model[key] = value;
+    }
   }
   std::vector<ModelReport> reports;
   for (size_t i = 0; i < n_models; ++i) {
@@ -249,7 +315,19 @@ std::vector<ModelReport> evaluate_models_distributed(Result& result, const Compo
     report.label = rm.label;
     if (!rm.metadata.is_null()) report.metadata = rm.metadata;
     if (c.task_pool) {
-      report.evaluation = Evaluation::from_task_pool(gathered.at(std::to_string(i)), c.tasks);
+      json fusionbench = gathered.at(std::to_string(i));
+      if (by_pair) {
+        // TaskPool::evaluate's report: the tasks, their mean accuracy and loss (summed in task order), model_info.
+        double acc_sum = 0.0, loss_sum = 0.0;
+        for (const std::string& task : c.tasks) {
+          const json& r = fusionbench.at(task);
+          acc_sum += r.at("accuracy").get<double>();
+          loss_sum += r.at("loss").get<double>();
+        }
+        fusionbench["average"] = {{"accuracy", acc_sum / static_cast<double>(n_tasks)},
+                                  {"loss", loss_sum / static_cast<double>(n_tasks)}};
+      }
+      report.evaluation = Evaluation::from_task_pool(std::move(fusionbench), c.tasks);
       log.info(evaluation_line("model " + std::to_string(i + 1) + "/" + std::to_string(n_models) + " '" +
                                    rm.label + "'",
                                *report.evaluation, c.tasks));
@@ -303,12 +381,14 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
   // Several processes (torchrun's environment, or fusion run --nproc N): join the others first, so
   // that a peer that never comes is found before anything is loaded.
   std::shared_ptr<Communicator> comm;
+  std::string backend;  // the one chosen ("auto" resolved)
   if (const std::optional<LaunchEnv> env = read_launch_env()) {
     ConnectOptions co;
     co.backend = file.run.backend;
     co.timeout = std::chrono::seconds(file.run.timeout_s);
     co.cuda_device = file.run.device.rfind("cuda", 0) == 0 || (file.run.device == "auto" && cuda_device_count() > 0);
     comm = connect(*env, co);
+    backend = resolved_backend(co);
     if (env->rank != 0) log.set_level(LogLevel::Warn);
   }
   struct Installed {
@@ -323,7 +403,7 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
     time.plugins_s = t.seconds();
   }
   const ResolvedConfig config = resolve_config(file, plugins);
-  const json resolved = start_run(request, config, log, world);
+  const json resolved = start_run(request, config, log, world, backend);
 
   // 2. Instantiate the components; the method's requirements are checked before any weight is read.
   Stopwatch load_time;

@@ -225,7 +225,8 @@ Result Finetune::run(ModelPool& models, TaskPool* tasks, const Context& ctx) {
       if (head_adam) head_adam->zero_grad();
       const int64_t global = batch.labels.size(0);
       const RowRange mine = rows_of_rank(global, comm.rank(), comm.world_size());
-      at::Tensor stats = at::zeros({2}, at::kDouble);  // this rank's Σ loss / global, Σ correct / global
+      // This rank's Σ loss / global and Σ correct / global, on the run's device (NCCL takes no CPU tensor).
+      at::Tensor stats = at::zeros({2}, at::TensorOptions().dtype(at::kDouble).device(ctx.device()));
       if (mine.size() > 0) {
         at::Tensor labels = batch.labels.slice(0, mine.begin, mine.end);
         at::Tensor logits = logits_of(batch.inputs.slice(0, mine.begin, mine.end), probe);

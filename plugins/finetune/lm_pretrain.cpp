@@ -243,7 +243,7 @@ Result LmPretrain::run(ModelPool& models, TaskPool* /*tasks*/, const Context& ct
       sum += causal_lm_step(*model, params, x, false) * static_cast<double>(x.size(0));
     }
     if (comm.distributed()) {
-      at::Tensor t = at::full({1}, sum, at::kDouble);
+      at::Tensor t = at::full({1}, sum, at::TensorOptions().dtype(at::kDouble).device(ctx.device()));
       comm.all_reduce_sum(t);
       sum = t.item<double>();
     }
@@ -306,7 +306,7 @@ Result LmPretrain::run(ModelPool& models, TaskPool* /*tasks*/, const Context& ct
       const int64_t global = x.size(0);
       const RowRange mine = rows_of_rank(global, comm.rank(), comm.world_size());
       const double share = static_cast<double>(mine.size()) / static_cast<double>(global);
-      at::Tensor sum = at::zeros({1}, at::kDouble);
+      at::Tensor sum = at::zeros({1}, at::TensorOptions().dtype(at::kDouble).device(ctx.device()));
       if (mine.size() > 0) {
         at::Tensor xs = x.slice(0, mine.begin, mine.end);
         double here = 0.0;

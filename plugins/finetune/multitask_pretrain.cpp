@@ -193,7 +193,9 @@ Result MultitaskPretrain::run(ModelPool& models, TaskPool* tasks, const Context&
         win_acc[i] += logits.detach().argmax(1).eq(b.labels).to(at::kDouble).mean().item<double>();
       }
     } else {
-      at::Tensor stats = at::zeros({static_cast<int64_t>(2 * T)}, at::kDouble);  // Σ loss / batch, Σ correct / batch
+      // Per task Σ loss / batch, then Σ correct / batch, on the run's device (NCCL takes no CPU tensor).
+      at::Tensor stats =
+          at::zeros({static_cast<int64_t>(2 * T)}, at::TensorOptions().dtype(at::kDouble).device(ctx.device()));
       for (size_t i = 0; i < T; ++i) {
         Batch b = step == 1 ? first[i] : streams[i]->next();
         const int64_t global = b.labels.size(0);

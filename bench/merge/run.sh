@@ -10,6 +10,11 @@
 # the default), hyperfine, GNU time (/usr/bin/time), jq, awk, ~7 GB free in WORK_DIR (the inputs and
 # the sweep's ten merged models). No Python.
 # Environment: RUNS (default 3) timed runs per command, after one warm-up run (files in page cache).
+#   BEFORE=<another build folder>: its `fusion` runs every method too, in the same hyperfine run
+#   (`<method>@before`), and each method's time after/before is printed (a change measured side by
+#   side, e.g. with the build of the previous commit).
+#   METHODS="task_arithmetic ta_sweep": only these methods (default: all five; targets of the others
+#   are then not printed).
 #
 # Targets (issue 11), each printed with its ratio and MET or MISSED, and as a last machine-readable
 # line per target: `TARGET <name> <ratio> <limit> MET|MISSED`.
@@ -19,8 +24,12 @@
 #                      measured), peak RSS ≤ 2× one model
 #   ta_sweep           10 λ values of task arithmetic, each merged model saved: ≤ 3× read
 #   ties_vs_cat        TIES less the start-up ≤ 2.5× `cat`; peak RSS ≤ 2.5× one model
-# Every `fusion run` saves its merged model(s) (written atomically, fsync'd), so its time includes
-# writing 350 MB per model; `read` and `cat` write nothing.
+# Every `fusion run` saves its merged model(s) (fsync'd, never half-written), so its time includes
+# writing 350 MB per model; `read` and `cat` write nothing. The streamed merges write each model into
+# its file as they compute it, and the save links that file (detail::OutputFile).
+# Phases: from each method's report.json of the /usr/bin/time run, where its wall time goes: outside
+# run() (process start, LibTorch and plugin loading, exit), plugins, merge (with writing the models
+# when they are written as produced) and save (fsync and link, or the whole write).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -62,35 +71,57 @@ write_config simple_average $'name = "simple_average"'
 write_config weighted_average $'name = "weighted_average"\nweights = [1, 2, 3, 4, 5, 6, 7, 8]\nnormalize = true'
 write_config ta_sweep $'name = "task_arithmetic"\nscaling_factors = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]'
 write_config ties_merging $'name = "ties_merging"\nthreshold = 20\nmerge_func = "sum"\nscaling_factor = 0.3'
-methods=(task_arithmetic simple_average weighted_average ta_sweep ties_merging)
+read -r -a methods <<<"${METHODS:-task_arithmetic simple_average weighted_average ta_sweep ties_merging}"
+before=${BEFORE:+$(cd "$BEFORE" && pwd)}
+if [[ -n "$before" ]]; then
+  [[ -x "$before/bin/fusion" ]] || { echo "error: BEFORE=$BEFORE has no bin/fusion" >&2; exit 1; }
+  for m in "${methods[@]}"; do
+    sed "s|out_dir = \"$work/out_$m\"|out_dir = \"$work/out_${m}_before\"|" "$work/$m.toml" >"$work/${m}_before.toml"
+  done
+fi
 
 cat_cmd="cat ${model_files[*]} > /dev/null"
 startup_cmd="$build/bin/fusion_bench_read_all"
 read_cmd="$build/bin/fusion_bench_read_all ${files[*]}"
 clean="rm -rf"
-for m in "${methods[@]}"; do clean+=" $work/out_$m"; done
+for m in "${methods[@]}"; do clean+=" $work/out_$m $work/out_${m}_before"; done
 
 echo "== timing (hyperfine, $runs runs after 1 warm-up; files in the page cache)"
 args=(-n cat "$cat_cmd" -n startup "$startup_cmd" -n read "$read_cmd")
-for m in "${methods[@]}"; do args+=(-n "$m" "$fusion run $work/$m.toml"); done
+for m in "${methods[@]}"; do
+  args+=(-n "$m" "$fusion run $work/$m.toml")
+  [[ -z "$before" ]] || args+=(-n "$m@before" "$before/bin/fusion run $work/${m}_before.toml")
+done
 hyperfine --warmup 1 --runs "$runs" --export-json "$work/hyperfine.json" --prepare "$clean" "${args[@]}"
 
 echo "== peak RSS and CPU time (/usr/bin/time -v, one run each)"
 : >"$work/rss.txt"
-peak() {  # name, command... → appends "name kbytes cpu_seconds"
+: >"$work/phases.txt"
+peak() {  # name, command... → appends "name kbytes cpu_seconds"; for a run, its phases to phases.txt
   local name=$1
   shift
   $clean
   /usr/bin/time -v "$@" 2>"$work/time.txt" >/dev/null || { cat "$work/time.txt" >&2; exit 1; }
   awk -F': ' -v n="$name" '/Maximum resident set size/ {rss = $2} /User time/ {u = $2} /System time/ {s = $2}
                            END {print n, rss, u + s}' "$work/time.txt" >>"$work/rss.txt"
+  local report="$work/out_${name/@before/_before}/report.json"
+  if [[ -f "$report" ]]; then
+    local wall
+    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s}' "$work/time.txt")
+    jq -r --arg n "$name" --arg w "$wall" '.timings | "\($n) \($w) \(.plugins_s) \(.merge_s) \(.save_s) \(.total_s)"' "$report" >>"$work/phases.txt"
+  fi
 }
 peak read $read_cmd
-for m in "${methods[@]}"; do peak "$m" "$fusion" run "$work/$m.toml"; done
+for m in "${methods[@]}"; do
+  peak "$m" "$fusion" run "$work/$m.toml"
+  [[ -z "$before" ]] || peak "$m@before" "$before/bin/fusion" run "$work/${m}_before.toml"
+done
 $clean
 
 jq -r '.results[] | "\(.command) \(.mean) \(.stddev // 0)"' "$work/hyperfine.json" >"$work/means.txt"
-awk -v model="$model_bytes" '
+names="cat startup read"
+for m in "${methods[@]}"; do names+=" $m"; [[ -z "$before" ]] || names+=" $m@before"; done
+awk -v model="$model_bytes" -v names="$names" -v phases="$work/phases.txt" '
   FNR == NR { mean[$1] = $2; sd[$1] = $3; next }
   { rss[$1] = $2 * 1024; cpu[$1] = $3 }
   function target(name, ratio, limit) {
@@ -101,26 +132,40 @@ awk -v model="$model_bytes" '
   END {
     printf "one model: %.1f MB; cat, read and each method read the same 9 files\n", model / 1e6
     printf "wall time from hyperfine; CPU time (user + sys) and peak RSS from one /usr/bin/time -v run\n"
-    printf "%-18s %8s %6s %7s %7s %7s %12s %8s\n", "command", "mean s", "± s", "x cat", "x read", "CPU s", "peak RSS MB", "x model"
-    n = split("cat startup read task_arithmetic simple_average weighted_average ta_sweep ties_merging", names, " ")
+    printf "%-24s %8s %6s %7s %7s %7s %12s %8s\n", "command", "mean s", "± s", "x cat", "x read", "CPU s", "peak RSS MB", "x model"
+    n = split(names, list, " ")
     for (i = 1; i <= n; i++) {
-      c = names[i]
+      c = list[i]
       r = (c in rss) ? sprintf("%7.2f %12.1f %8.2f", cpu[c], rss[c] / 1e6, rss[c] / model) : sprintf("%7s %12s %8s", "-", "-", "-")
-      printf "%-18s %8.3f %6.3f %7.2f %7.2f %s\n", c, mean[c], sd[c], mean[c] / mean["cat"], mean[c] / mean["read"], r
+      printf "%-24s %8.3f %6.3f %7.2f %7.2f %s\n", c, mean[c], sd[c], mean[c] / mean["cat"], mean[c] / mean["read"], r
     }
     net = mean["read"] - mean["startup"]
     printf "LibTorch start-up (startup) %.3f s; read less start-up %.3f s\n", mean["startup"], net
+    print "phases (s, one /usr/bin/time run each, from its report.json): wall = outside run() + plugins + merge + save"
+    printf "  %-24s %7s %12s %8s %7s %7s\n", "method", "wall", "outside run", "plugins", "merge", "save"
+    while ((getline line < phases) > 0) {
+      split(line, f, " ")
+      printf "  %-24s %7.2f %12.2f %8.2f %7.2f %7.2f\n", f[1], f[2], f[2] - f[6], f[3], f[4], f[5]
+    }
+    for (i = 1; i <= n; i++) {
+      c = list[i]
+      if ((c "@before") in mean) printf "after/before %-16s %.3f s / %.3f s = %.2f\n", c, mean[c], mean[c "@before"], mean[c] / mean[c "@before"]
+    }
     print "targets:"
     target("read_vs_cat", net / mean["cat"], 1.1)
     split("task_arithmetic simple_average weighted_average", avg, " ")
     for (i = 1; i <= 3; i++) {
+      if (!(avg[i] in mean)) continue
       target(avg[i] "_vs_read", mean[avg[i]] / mean["read"], 1.2)
       target(avg[i] "_rss", rss[avg[i]] / model, 2)
     }
-    target("ta_sweep_vs_read", mean["ta_sweep"] / mean["read"], 3)
-    target("ties_vs_cat", (mean["ties_merging"] - mean["startup"]) / mean["cat"], 2.5)
-    target("ties_rss", rss["ties_merging"] / model, 2.5)
-    printf "also: task_arithmetic less start-up %.2fx cat; ties_merging %.2fx read\n",
-           (mean["task_arithmetic"] - mean["startup"]) / mean["cat"], mean["ties_merging"] / mean["read"]
+    if ("ta_sweep" in mean) target("ta_sweep_vs_read", mean["ta_sweep"] / mean["read"], 3)
+    if ("ties_merging" in mean) {
+      target("ties_vs_cat", (mean["ties_merging"] - mean["startup"]) / mean["cat"], 2.5)
+      target("ties_rss", rss["ties_merging"] / model, 2.5)
+    }
+    if ("task_arithmetic" in mean)
+      printf "also: task_arithmetic less start-up %.2fx cat\n", (mean["task_arithmetic"] - mean["startup"]) / mean["cat"]
+    if ("ties_merging" in mean) printf "also: ties_merging %.2fx read\n", mean["ties_merging"] / mean["read"]
     printf "%s", lines
   }' "$work/means.txt" "$work/rss.txt"

@@ -184,7 +184,7 @@ std::vector<ModelReport> evaluate_models(Result& result, const Components& c,
 // Whether `pool` evaluates a model as the SDK's TaskPool::evaluate does (it does not override it):
 // then a model's report is its tasks' Task::evaluate reports, "average" and model_info, and the
 // host may evaluate one task of a model on one rank. A pool with an evaluate() of its own may add
-// keys or side effects (text_classification writes predictions per model): its models are evaluated
+// keys or side effects: its models are evaluated
 // whole, through it. Uses GCC's bound member function extension to read which function the pool's
 // vtable holds; other compilers take every pool as overriding it.
 bool evaluates_as_the_sdk(TaskPool& pool) {

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "fusion/error.hpp"
+#include "fusion/distributed.hpp"
 #include "fusion/files.hpp"
 #include "head.hpp"
 #include "model_facts.hpp"
@@ -352,6 +353,7 @@ std::unique_ptr<BatchStream> ImageClassificationTask::test_stream(int64_t batch_
 }
 
 nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
+  const int64_t evaluation = evaluations_++;  // k of predictions/model_<k>
   const auto start = std::chrono::steady_clock::now();
   // Images of another size than the model takes are refused before any is read, naming the option.
   if (auto takes = model_image_size(model); takes && takes->size != options_.preprocess.image_size) {
@@ -420,7 +422,9 @@ nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
   nlohmann::json report;
   if (options_.save_predictions) {
     const fs::path file =
-        predictions_file_.empty() ? ctx_.run_dir() / "predictions" / (spec_.name + ".csv") : predictions_file_;
+        predictions_file_.empty()
+            ? ctx_.run_dir() / "predictions" / ("model_" + std::to_string(evaluation)) / (spec_.name + ".csv")
+            : predictions_file_;
     try {
       fs::create_directories(file.parent_path());
       write_file_atomic(file, csv);
@@ -504,7 +508,7 @@ void ImageClassificationPoolOptions::bind(Options<ImageClassificationPoolOptions
   o("save_predictions", &O::save_predictions,
     "write each evaluated test image's predicted label and loss: run_dir/predictions/model_<k>/<task>.csv for the "
     "k-th evaluated model (k from 0; each task's report names its file), columns index,sample,label,label_name,"
-    "predicted,predicted_name,loss");
+    "predicted,predicted_name,loss; one process only");
 }
 
 ComponentInfo ImageClassificationPool::info() {
@@ -628,6 +632,12 @@ ImageClassificationPool::ImageClassificationPool(
 ImageClassificationPool::ImageClassificationPool(std::vector<TaskSpec> tasks, ImageClassificationOptions options,
                                                  Context ctx)
     : options_(std::move(options)), ctx_(std::move(ctx)) {
+  // Over several processes each one evaluates a share of the run's (model, task) pairs, so a task's
+  // evaluation count is not the run's model index that names the predictions' folder.
+  const Communicator& comm = communicator(ctx_);
+  FUSION_ENSURE(!options_.save_predictions || !comm.distributed(), key(&PoolOptions::save_predictions),
+                " = true is not supported over several processes (", comm.world_size(),
+                " here): run it in one process");
   for (TaskSpec& spec : tasks) {
     tasks_.push_back(std::make_unique<ImageClassificationTask>(std::move(spec), options_, ctx_));
   }
@@ -720,14 +730,6 @@ void ImageClassificationPool::adapt_to(const ModelPool& models) {
   if (options_.clip_model.empty()) {
     for (const auto& t : tasks_) t->check_head_source(facts.no_text_tower);
   }
-}
-
-nlohmann::json ImageClassificationPool::evaluate(const Model& model) {
-  if (options_.save_predictions) {
-    const fs::path dir = ctx_.run_dir() / "predictions" / ("model_" + std::to_string(evaluated_models_++));
-    for (auto& t : tasks_) t->set_predictions_file(dir / (t->name() + ".csv"));
-  }
-  return TaskPool::evaluate(model);
 }
 
 std::vector<std::string> ImageClassificationPool::task_names() const {

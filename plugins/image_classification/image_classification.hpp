@@ -151,7 +151,9 @@ class ImageClassificationTask : public Task {
   /// Where the next evaluate() writes its predictions when save_predictions is on: a CSV with the
   /// columns index,sample,label,label_name,predicted,predicted_name,loss, one row per evaluated image
   /// in evaluation order (index: the image's place in the test split; sample: its file, or
-  /// "<images file>[i]" for IDX), written atomically. Empty: run_dir/predictions/<task>.csv.
+  /// "<images file>[i]" for IDX), written atomically. Empty (the default): run_dir/predictions/model_<k>/<task>.csv for the k-th
+  /// evaluate() of this task (k from 0), which in a run is the k-th evaluated model: the pool's
+  /// evaluate() is the SDK's, which evaluates every task of each model in turn.
   void set_predictions_file(std::filesystem::path file) { predictions_file_ = std::move(file); }
 
   const std::vector<std::string>& classnames() const { return classnames_; }
@@ -201,6 +203,7 @@ class ImageClassificationTask : public Task {
   std::shared_ptr<SampleSource> test_, train_;
   std::vector<int64_t> test_indices_;
   std::filesystem::path predictions_file_;
+  int64_t evaluations_ = 0;  ///< evaluate() calls so far (k of model_<k>)
   mutable std::mutex head_mutex_;
   mutable std::optional<clip::ZeroShotHead> head_;
 };
@@ -236,9 +239,6 @@ class ImageClassificationPool : public TaskPool, public ModelAwareTaskPool, publ
   /// the host): filled task by task in order, the first evaluated images of a split when only part
   /// of it fits (the rest is decoded at every evaluation, with the same results). Logs what changes.
   void set_eval_cache_bytes(int64_t bytes) override;
-  /// TaskPool::evaluate; with save_predictions, the k-th evaluated model's (k = 0, 1, ...) predictions
-  /// go to run_dir/predictions/model_<k>/<task>.csv, and each task's report names its file.
-  nlohmann::json evaluate(const Model& model) override;
   /// The options every task shares (after adapt_to, with what it learned).
   const ImageClassificationOptions& options() const { return options_; }
 
@@ -253,7 +253,6 @@ class ImageClassificationPool : public TaskPool, public ModelAwareTaskPool, publ
   ImageClassificationOptions options_;
   Context ctx_;
   std::vector<std::unique_ptr<ImageClassificationTask>> tasks_;
-  int64_t evaluated_models_ = 0;
 };
 
 }  // namespace fusion::image_classification

@@ -13,6 +13,7 @@
 
 #include "fusion/checkpoint_pool.hpp"
 #include "fusion/error.hpp"
+#include "fusion/distributed.hpp"
 #include "fusion/files.hpp"
 #include "fusion/gpt2/config.hpp"
 #include "fusion/gpt2/model.hpp"
@@ -259,6 +260,7 @@ std::unique_ptr<BatchStream> TextClassificationTask::test_stream(int64_t batch_s
 }
 
 nlohmann::json TextClassificationTask::evaluate(const Model& model) {
+  const int64_t evaluation = evaluations_++;  // k of predictions/model_<k>
   const auto start = std::chrono::steady_clock::now();
   const auto* gpt2 = dynamic_cast<const gpt2::Gpt2Model*>(&model);
   if (gpt2 && options_.max_length > gpt2->gpt2_config().n_positions) {
@@ -321,7 +323,9 @@ nlohmann::json TextClassificationTask::evaluate(const Model& model) {
   nlohmann::json report;
   if (options_.save_predictions) {
     const fs::path file =
-        predictions_file_.empty() ? ctx_.run_dir() / "predictions" / (spec_.name + ".csv") : predictions_file_;
+        predictions_file_.empty()
+            ? ctx_.run_dir() / "predictions" / ("model_" + std::to_string(evaluation)) / (spec_.name + ".csv")
+            : predictions_file_;
     try {
       fs::create_directories(file.parent_path());
       write_file_atomic(file, csv);
@@ -396,7 +400,7 @@ void TextClassificationPoolOptions::bind(Options<TextClassificationPoolOptions>&
   o("save_predictions", &O::save_predictions,
     "write each test example's predicted label and loss: run_dir/predictions/model_<k>/<task>.csv for the k-th "
     "evaluated model (k from 0; each task's report names its file), columns line,label,label_name,predicted,"
-    "predicted_name,loss");
+    "predicted_name,loss; one process only");
 }
 
 ComponentInfo TextClassificationPool::info() {
@@ -514,6 +518,12 @@ TextClassificationPool::TextClassificationPool(std::pair<std::vector<TextTaskSpe
 TextClassificationPool::TextClassificationPool(std::vector<TextTaskSpec> tasks, TextClassificationOptions options,
                                                Context ctx)
     : options_(std::move(options)), ctx_(std::move(ctx)), budget_(std::make_shared<EvalCacheBudget>()) {
+  // Over several processes each one evaluates a share of the run's (model, task) pairs, so a task's
+  // evaluation count is not the run's model index that names the predictions' folder.
+  const Communicator& comm = communicator(ctx_);
+  FUSION_ENSURE(!options_.save_predictions || !comm.distributed(), key(&PoolOptions::save_predictions),
+                " = true is not supported over several processes (", comm.world_size(),
+                " here): run it in one process");
   for (TextTaskSpec& spec : tasks) {
     tasks_.push_back(std::make_unique<TextClassificationTask>(std::move(spec), options_, ctx_, budget_));
     const TextClassificationTask& t = *tasks_.back();
@@ -622,12 +632,6 @@ void TextClassificationPool::adapt_to(const ModelPool& models) {
                 e.what());
   }
   for (auto& t : tasks_) t->set_tokenizer(*tokenizer);
-}
-
-nlohmann::json TextClassificationPool::evaluate(const Model& model) {
-  const fs::path dir = ctx_.run_dir() / "predictions" / ("model_" + std::to_string(evaluated_models_++));
-  for (auto& t : tasks_) t->set_predictions_file(dir / (t->name() + ".csv"));
-  return TaskPool::evaluate(model);
 }
 
 std::vector<std::string> TextClassificationPool::task_names() const {

@@ -143,7 +143,9 @@ class TextClassificationTask : public Task {
   /// Where the next evaluate() writes its predictions when save_predictions is on: a CSV with the
   /// header line,label,label_name,predicted,predicted_name,loss and one row per evaluated example
   /// (line: the example's line in the split's file; names quoted as RFC 4180 when needed), written
-  /// atomically. Empty: run_dir/predictions/<task>.csv.
+  /// atomically. Empty (the default): run_dir/predictions/model_<k>/<task>.csv for the k-th
+  /// evaluate() of this task (k from 0), which in a run is the k-th evaluated model: the pool's
+  /// evaluate() is the SDK's, which evaluates every task of each model in turn.
   void set_predictions_file(std::filesystem::path file) { predictions_file_ = std::move(file); }
 
   const std::vector<std::string>& label_names() const { return spec_.labels; }
@@ -184,6 +186,7 @@ class TextClassificationTask : public Task {
   std::vector<int64_t> test_indices_;
   std::vector<std::vector<int64_t>> cached_ids_;  // by test example; empty: not kept
   std::filesystem::path predictions_file_;
+  int64_t evaluations_ = 0;  ///< evaluate() calls so far (k of model_<k>)
   mutable std::mutex mutex_;
   mutable std::optional<gpt2::Gpt2Tokenizer> tokenizer_;
   mutable at::Tensor head_;
@@ -219,9 +222,6 @@ class TextClassificationPool : public TaskPool, public ModelAwareTaskPool, publi
   /// Keeps at most `bytes` of tokenized test examples between evaluations ([run] eval_cache_mb),
   /// filled task by task in evaluation order.
   void set_eval_cache_bytes(int64_t bytes) override;
-  /// TaskPool::evaluate; with save_predictions, the k-th evaluated model's (k = 0, 1, ...) predictions
-  /// go to run_dir/predictions/model_<k>/<task>.csv, and each task's report names its file.
-  nlohmann::json evaluate(const Model& model) override;
   const TextClassificationOptions& options() const { return options_; }
 
  private:
@@ -231,7 +231,6 @@ class TextClassificationPool : public TaskPool, public ModelAwareTaskPool, publi
   Context ctx_;
   std::shared_ptr<EvalCacheBudget> budget_;
   std::vector<std::unique_ptr<TextClassificationTask>> tasks_;
-  int64_t evaluated_models_ = 0;
 };
 
 }  // namespace fusion::text_classification

@@ -10,6 +10,7 @@
 
 #include "fusion/clip/vision_pool.hpp"
 #include "fusion/context.hpp"
+#include "fusion/distributed.hpp"
 #include "fusion/eval_cache.hpp"
 #include "fusion/safetensors.hpp"
 #include "head.hpp"
@@ -222,6 +223,25 @@ TEST_P(OnDevice, SavePredictionsWritesOneCsvPerModelAndTask) {
   nlohmann::json plain = make_pool(Context(s).with_config(off))->evaluate(model);
   EXPECT_FALSE(plain["colours"].contains("predictions"));
   EXPECT_FALSE(fs::exists(other.path() / "predictions"));
+}
+
+// Over several processes each one evaluates a share of the (model, task) pairs, so the
+// predictions' model_<k> would be wrong: save_predictions is refused there, in one line.
+TEST(SavePredictions, RefusedOverSeveralProcesses) {
+  struct TwoRanks : SingleProcessCommunicator {
+    int world_size() const override { return 2; }
+  };
+  ColourData data;
+  Config cfg = taskpool_config({{"test_datasets", StringMap{{"colours", data.test.string()}}},
+                                {"task_info", StringMap{{"colours", data.info.string()}}},
+                                {"heads", StringMap{{"colours", data.head.string()}}},
+                                {"save_predictions", true}});
+  set_communicator(std::make_shared<TwoRanks>());
+  const std::string msg = error_of([&] { make_pool(quiet_context("cpu", cfg)); });
+  set_communicator(nullptr);
+  EXPECT_EQ(msg, "taskpool.save_predictions = true is not supported over several processes (2 here): run it in one "
+                 "process");
+  EXPECT_NO_THROW(make_pool(quiet_context("cpu", cfg)));  // one process
 }
 
 TEST_P(OnDevice, LogitsAreDifferentiableInParams) {

@@ -662,7 +662,7 @@ int run_dist_step(int T, int64_t batch, int reps, int64_t layers, int64_t image,
   for (int i = 0; i < comm_reps; ++i) replay(*comm, ls_log);
   const double ls_comm_s = since(t0) / comm_reps;
 
-  // What every rank does whatever W (1 thread... per_rank threads): θ(r) = θ₀ + Σₜ gₜ τₜ over every
+  // What every rank does whatever W (at per_rank threads): θ(r) = θ₀ + Σₜ gₜ τₜ over every
   // task vector, and the projection ⟨τₜ, ∂L/∂θ⟩ after the backward passes. Rank 0 times; the rest wait.
   double t_merge = NAN, t_projection = NAN;
   comm->barrier();

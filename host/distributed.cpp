@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -29,6 +30,7 @@
 #include <ctime>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "fusion/error.hpp"
@@ -75,16 +77,19 @@ std::string text(const std::vector<uint8_t>& b) { return {b.begin(), b.end()}; }
 // The c10d process group as the SDK's communicator. Every failure is "rank R: <what> failed: ...".
 class C10dCommunicator : public Communicator {
  public:
+  /// `staging`: where tensors of another device travel through (NCCL moves CUDA tensors only: a
+  /// CPU tensor is copied to the rank's GPU and the result copied back); unset for Gloo.
   C10dCommunicator(c10::intrusive_ptr<c10d::Store> store, c10::intrusive_ptr<c10d::ProcessGroup> pg, int rank,
-                   int world, std::string backend, std::chrono::milliseconds timeout)
+                   int world, std::string backend, std::chrono::milliseconds timeout,
+                   std::optional<at::Device> staging)
       : store_(std::move(store)), pg_(std::move(pg)), rank_(rank), world_(world), backend_(std::move(backend)),
-        timeout_(timeout) {}
+        timeout_(timeout), staging_(staging) {}
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
 
   void all_reduce_sum(at::Tensor& tensor) const override {
     guarded("all_reduce", [&] {
-      std::vector<at::Tensor> t{tensor.is_contiguous() ? tensor : tensor.contiguous()};
+      std::vector<at::Tensor> t{on_wire(tensor)};
       pg_->allreduce(t)->wait();
       if (!t[0].is_same(tensor)) tensor.copy_(t[0]);
     });
@@ -92,18 +97,20 @@ class C10dCommunicator : public Communicator {
   std::vector<at::Tensor> all_gather(const at::Tensor& tensor) const override {
     std::vector<at::Tensor> out;
     guarded("all_gather", [&] {
-      std::vector<at::Tensor> in{tensor.contiguous()};
+      std::vector<at::Tensor> in{on_wire(tensor)};
       std::vector<std::vector<at::Tensor>> outs(1);
       for (int r = 0; r < world_; ++r) outs[0].push_back(at::empty_like(in[0]));
       pg_->allgather(outs, in)->wait();
       out = std::move(outs[0]);
+      if (!in[0].device().is_cpu() && tensor.device().is_cpu())
+        for (at::Tensor& t : out) t = t.to(tensor.device());
     });
     return out;
   }
   void broadcast(at::Tensor& tensor, int root) const override {
     FUSION_ENSURE(root >= 0 && root < world_, "rank ", rank_, ": broadcast from rank ", root, " of ", world_);
     guarded("broadcast", [&] {
-      std::vector<at::Tensor> t{tensor.is_contiguous() ? tensor : tensor.contiguous()};
+      std::vector<at::Tensor> t{on_wire(tensor)};
       c10d::BroadcastOptions o;
       o.rootRank = root;
       pg_->broadcast(t, o)->wait();
@@ -124,11 +131,17 @@ class C10dCommunicator : public Communicator {
                   seconds_text(timeout_), " (run.timeout_s): ", cause_of(e));
     }
   }
+  // The tensor as the backend takes it: contiguous, and on the staging device when it has one.
+  at::Tensor on_wire(const at::Tensor& tensor) const {
+    if (staging_ && tensor.device() != *staging_) return tensor.to(*staging_).contiguous();
+    return tensor.is_contiguous() ? tensor : tensor.contiguous();
+  }
   c10::intrusive_ptr<c10d::Store> store_;  // rank 0's holds the rendezvous server
   c10::intrusive_ptr<c10d::ProcessGroup> pg_;
   int rank_, world_;
   std::string backend_;
   std::chrono::milliseconds timeout_;
+  std::optional<at::Device> staging_;
 };
 
 // Rank 0: waits until every rank 1..world−1 has checked in with the same WORLD_SIZE, then publishes
@@ -222,6 +235,15 @@ std::optional<LaunchEnv> read_launch_env() {
   return env;
 }
 
+at::Device rank_cuda_device(const LaunchEnv& env) {
+  int gpus = 0;
+  try {
+    gpus = at::detail::getCUDAHooks().getNumGPUs();
+  } catch (...) {
+  }
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(gpus > 0 ? env.local_rank % gpus : 0));
+}
+
 bool nccl_available() {
 #if defined(FUSION_HAVE_NCCL)
   return true;
@@ -294,7 +316,9 @@ std::shared_ptr<Communicator> connect(const LaunchEnv& env, const ConnectOptions
   } catch (const std::exception& e) {
     FUSION_FAIL(me, "cannot make the ", backend, " process group of ", env.world_size, " ranks: ", cause_of(e));
   }
-  return std::make_shared<C10dCommunicator>(store, pg, env.rank, env.world_size, backend, options.timeout);
+  std::optional<at::Device> staging;
+  if (backend == "nccl") staging = rank_cuda_device(env);
+  return std::make_shared<C10dCommunicator>(store, pg, env.rank, env.world_size, backend, options.timeout, staging);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -47,6 +47,10 @@ std::shared_ptr<Communicator> connect(const LaunchEnv& env, const ConnectOptions
 
 /// Whether this LibTorch was built with NCCL (and the host with it).
 bool nccl_available();
+/// The GPU of a rank whose run.device is "auto" or "cuda": cuda:(LOCAL_RANK mod visible GPUs), as
+/// torchrun scripts do, so the local ranks of a machine spread over its GPUs (NCCL refuses two ranks
+/// on one GPU). An explicit "cuda:N" is taken as given.
+at::Device rank_cuda_device(const LaunchEnv& env);
 
 /// SIGINT and SIGTERM during `fusion run` (one process, or one rank of several). Call once, from the
 /// main thread, before the run starts threads: blocks both signals in this thread (and so in every

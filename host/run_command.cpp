@@ -382,7 +382,8 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
   // that a peer that never comes is found before anything is loaded.
   std::shared_ptr<Communicator> comm;
   std::string backend;  // the one chosen ("auto" resolved)
-  if (const std::optional<LaunchEnv> env = read_launch_env()) {
+  const std::optional<LaunchEnv> env = read_launch_env();
+  if (env) {
     ConnectOptions co;
     co.backend = file.run.backend;
     co.timeout = std::chrono::seconds(file.run.timeout_s);
@@ -402,7 +403,13 @@ void run(const RunRequest& request, const std::shared_ptr<Logger>& logger) {
     load_plugins(plugins, file.run.plugins);
     time.plugins_s = t.seconds();
   }
-  const ResolvedConfig config = resolve_config(file, plugins);
+  const ResolvedConfig config = [&] {
+    ResolvedConfig c = resolve_config(file, plugins);
+    // Over several processes, "auto" and "cuda" put each local rank on its own GPU.
+    if (env && c.device.is_cuda() && (file.run.device == "auto" || file.run.device == "cuda"))
+      c.device = rank_cuda_device(*env);
+    return c;
+  }();
   const json resolved = start_run(request, config, log, world, backend);
 
   // 2. Instantiate the components; the method's requirements are checked before any weight is read.

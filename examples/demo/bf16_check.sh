@@ -130,9 +130,11 @@ for n in $SUITES; do
         ;;
     esac
   done
-  share=$(awk "BEGIN{printf \"%.4f\", $all_same / $all_total}")
-  v=$(awk "BEGIN{print ($share >= 0.99) ? \"MET\" : \"MISSED\"}")
-  targets+=("TARGET bf16-${n}tasks-top1-agreement $share >=0.99 $v ($all_same of $all_total predictions, evaluation-only methods)")
+  if [ "$all_total" -gt 0 ]; then
+    share=$(awk "BEGIN{printf \"%.4f\", $all_same / $all_total}")
+    v=$(awk "BEGIN{print ($share >= 0.99) ? \"MET\" : \"MISSED\"}")
+    targets+=("TARGET bf16-${n}tasks-top1-agreement $share >=0.99 $v ($all_same of $all_total predictions, evaluation-only methods)")
+  fi
 done
 {
   echo

@@ -70,20 +70,21 @@ Result run_streamed(ModelPool& models, const Context& ctx, const std::vector<dou
   if (files.size() == lambdas.size()) {
     constexpr int64_t kChunk = 16384;
     const int threads = std::max(1, at::get_num_threads());
-    std::vector<std::vector<float>> scratch(threads, std::vector<float>(2 * kChunk));
+    std::vector<std::vector<float>> scratch(threads, std::vector<float>(3 * kChunk));
     std::vector<float> l(lambdas.begin(), lambdas.end());
     stream->for_each_chunk(
         [&](size_t i, int64_t b, int64_t e) {
           float* out = scratch[at::get_thread_num()].data();
           float* model = out + kChunk;
+          float* base = model + kChunk;
           const int64_t n = e - b;
-          const float* x = stream->floats(1, i, b, e);
-          std::copy(x, x + n, out);
+          stream->read(1, i, b, e, out);
           for (size_t t = 2; t <= t_count; ++t) {
-            const float* y = stream->floats(t, i, b, e);
+            float* y = model;
+            stream->read(t, i, b, e, y);
             for (int64_t j = 0; j < n; ++j) out[j] += y[j];
           }
-          const float* base = stream->floats(0, i, b, e);
+          stream->read(0, i, b, e, base);
           if (!sweep) {
             for (int64_t j = 0; j < n; ++j) out[j] = (out[j] - t_f * base[j]) * lambda0 + base[j];
             files[0]->write(i, b, e, out);
@@ -113,22 +114,25 @@ Result run_streamed(ModelPool& models, const Context& ctx, const std::vector<dou
 
   at::Tensor flat = stream->flat_buffer();
   float* out_base = flat.data_ptr<float>();
+  constexpr int64_t kChunk = 16384;
+  std::vector<std::vector<float>> scratch(std::max(1, at::get_num_threads()), std::vector<float>(kChunk));
   stream->for_each_chunk([&](size_t i, int64_t b, int64_t e) {
     float* out = out_base + stream->flat_offset(i) + b;
+    float* y = scratch[at::get_thread_num()].data();
     const int64_t n = e - b;
-    const float* x = stream->floats(1, i, b, e);
-    std::copy(x, x + n, out);
+    stream->read(1, i, b, e, out);
     for (size_t t = 2; t <= t_count; ++t) {
-      const float* y = stream->floats(t, i, b, e);
+      stream->read(t, i, b, e, y);
       for (int64_t j = 0; j < n; ++j) out[j] += y[j];
     }
-    const float* base = stream->floats(0, i, b, e);
+    const float* base = y;
+    stream->read(0, i, b, e, y);
     if (sweep) {
       for (int64_t j = 0; j < n; ++j) out[j] -= t_f * base[j];
     } else {
       for (int64_t j = 0; j < n; ++j) out[j] = (out[j] - t_f * base[j]) * lambda0 + base[j];
     }
-  });
+  }, kChunk);
   progress->advance();
   progress->finish();
 
@@ -159,8 +163,9 @@ Result run_streamed(ModelPool& models, const Context& ctx, const std::vector<dou
           const float l = static_cast<float>(lambda);
           s.for_each_chunk([&](size_t i, int64_t b, int64_t e) {
             const int64_t off = s.flat_offset(i);
-            const float* base = s.floats(0, i, b, e);
-            for (int64_t j = 0; j < e - b; ++j) o[off + b + j] = d[off + b + j] * l + base[j];
+            float* base = o + off + b;  // θ₀ read into the output, then θ₀ + λΔ in place
+            s.read(0, i, b, e, base);
+            for (int64_t j = 0; j < e - b; ++j) base[j] = d[off + b + j] * l + base[j];
           });
           return shared->pretrained->with_parameters(s.unflatten(out, shared->pretrained->parameters()));
         },

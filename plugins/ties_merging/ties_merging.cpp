@@ -320,6 +320,27 @@ void finish_merge(const at::Tensor& sign, const at::Tensor& count, MergeFunc mer
 // θ₀ + λτₘ written out. An element whose sum is exactly 0 while some τ̂ₜ is not takes the majority
 // sign sign(Σ s), known only at the end: those (rare) elements are recomputed after the pass.
 
+// Pass A's arithmetic on one task's chunk: the magnitudes |θₜ − θ₀| as bit patterns into `mags`,
+// and how many lie below `lo` and within [lo, hi]. Compiled for AVX2 and the baseline, as
+// merge_chunk.
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+std::pair<uint32_t, uint32_t> count_magnitudes(const float* y, const float* base, int64_t n, uint32_t lo,
+                                               uint32_t hi, uint32_t* mags) {
+  uint32_t n_below = 0, n_inside = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const float tau = y[j] - base[j];
+    uint32_t v;
+    std::memcpy(&v, &tau, sizeof v);
+    v &= 0x7fffffffu;
+    mags[j] = v;
+    n_below += v < lo ? 1u : 0u;
+    n_inside += (v >= lo && v <= hi) ? 1u : 0u;
+  }
+  return {n_below, n_inside};
+}
+
 struct StreamedTies {
   const detail::CheckpointStream& stream;
   std::vector<size_t> parts;  ///< the stream's tensors merged (F32, not removed), in file order
@@ -361,6 +382,7 @@ struct StreamedTies {
       uint32_t lo = 0, hi = 0xffffffffu;
     };
     std::vector<Bracket> brackets(tasks);
+    std::vector<float> base_block(kBlock), y_block(kBlock);
     const double q = static_cast<double>(k) / static_cast<double>(d);
     for (size_t t = 0; t < tasks; ++t) {
       // A grid over the flat vector (every element has the same chance, whatever its tensor's
@@ -375,9 +397,9 @@ struct StreamedTies {
           const int64_t b = std::max<int64_t>(g - (start - n), 0);
           const int64_t e = std::min<int64_t>(g + kBlock - (start - n), n);
           if (e <= b) continue;
-          const float* base = stream.floats(0, i, b, e);
-          const float* y = stream.floats(t + 1, i, b, e);
-          for (int64_t j = 0; j < e - b; ++j) sample.push_back(magnitude_bits(y[j] - base[j]));
+          stream.read(0, i, b, e, base_block.data());
+          stream.read(t + 1, i, b, e, y_block.data());
+          for (int64_t j = 0; j < e - b; ++j) sample.push_back(magnitude_bits(y_block[j] - base_block[j]));
         }
       }
       const double n_s = static_cast<double>(sample.size());
@@ -390,34 +412,30 @@ struct StreamedTies {
       };
       if (rank - delta >= 1.0) brackets[t].lo = at_rank(rank - delta);
       if (rank + delta <= n_s) brackets[t].hi = at_rank(rank + delta);
-      for (size_t i : parts) stream.release(t + 1, i, 0, numel(i));  // the sampled pages (and
-    }                                                                 // those faulted around them)
-    for (size_t i : parts) stream.release(0, i, 0, numel(i));
+    }
 
     // Pass A: per task, how many magnitudes lie below the bracket, and those inside it.
     const int threads = std::max(1, at::get_num_threads());
     const int64_t cap = std::max<int64_t>(int64_t{1} << 16, d / 16);  // candidates kept per task
     std::vector<std::vector<int64_t>> below(threads, std::vector<int64_t>(tasks, 0));
     std::vector<std::vector<std::vector<uint32_t>>> inside(threads, std::vector<std::vector<uint32_t>>(tasks));
-    std::vector<std::vector<uint32_t>> scratch(threads, std::vector<uint32_t>(8192));
+    constexpr int64_t kChunk = 8192;
+    // Per thread: the magnitudes, θ₀'s chunk and θₜ's chunk.
+    std::vector<std::vector<uint32_t>> scratch(threads, std::vector<uint32_t>(3 * kChunk));
     std::vector<std::atomic<int64_t>> collected(tasks);
     for (auto& c : collected) c = 0;
     stream.for_each_chunk([&](size_t i, int64_t b, int64_t e) {
       if (!included[i]) return;
       const int th = at::get_thread_num();
-      const float* base = stream.floats(0, i, b, e);
+      float* base = reinterpret_cast<float*>(scratch[th].data() + kChunk);
+      float* y = base + kChunk;
+      stream.read(0, i, b, e, base);
       for (size_t t = 0; t < tasks; ++t) {
-        const float* y = stream.floats(t + 1, i, b, e);
+        stream.read(t + 1, i, b, e, y);
         const uint32_t lo = brackets[t].lo, hi = brackets[t].hi;
-        uint32_t n_below = 0, n_inside = 0;
         uint32_t* mags = scratch[th].data();
         const int64_t n = e - b;
-        for (int64_t j = 0; j < n; ++j) {  // vectorised: the counts
-          const uint32_t v = magnitude_bits(y[j] - base[j]);
-          mags[j] = v;
-          n_below += v < lo ? 1u : 0u;
-          n_inside += (v >= lo && v <= hi) ? 1u : 0u;
-        }
+        const auto [n_below, n_inside] = count_magnitudes(y, base, n, lo, hi, mags);
         std::vector<uint32_t>& in = inside[th][t];
         const size_t before = in.size();
         if (n_inside > 0) {
@@ -445,7 +463,7 @@ struct StreamedTies {
           in.shrink_to_fit();
         }
       }
-    });
+    }, kChunk);
 
     std::vector<float> out(tasks);
     for (size_t t = 0; t < tasks; ++t) {
@@ -488,6 +506,96 @@ inline float merge_element(const float* v, int64_t stride, size_t tasks, int s, 
   if (merge == MergeFunc::Mean) return acc / static_cast<float>(std::max(count, 1));
   if (merge == MergeFunc::Max) return acc * static_cast<float>(s);
   return acc;
+}
+
+// Pass B's arithmetic on one chunk of n elements (the streamed merge's for_each_chunk calls it),
+// each step a loop over the chunk that the compiler vectorises; compiled for AVX2 and for the
+// baseline x86-64, the loader picking one (on 2 cores the pass is bound by this arithmetic, not by
+// reading). Buffers, each `stride` floats, from `v`: θₜ of each task (τ̂ₜ on return), the sum
+// (then the sign bit an agreeing value has), the non-zero mask (non-zero where some τ̂ₜ is), the
+// elected signs, the merged τₘ and the counts. `base` is θ₀; thr_bits holds the thresholds' bits.
+struct ChunkResult {
+  int64_t signs;       ///< Σ of the elected signs
+  bool any_undecided;  ///< an element whose sum is 0 while some τ̂ₜ is not
+};
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+ChunkResult merge_chunk(float* v, const float* base, const uint32_t* thr_bits, size_t tasks, int64_t n,
+                        int64_t stride, MergeFunc merge) {
+  for (size_t t = 0; t < tasks; ++t) {
+    // τ̂ₜ = θₜ − θ₀ where |τ| ≥ threshold, else 0, in place: |τ| < threshold compared as bit
+    // patterns (they order as the values do for non-negative floats), integer masks.
+    float* vt = v + static_cast<int64_t>(t) * stride;
+    const uint32_t thr = thr_bits[t];
+    for (int64_t j = 0; j < n; ++j) {
+      const float tau = vt[j] - base[j];
+      uint32_t bits;
+      std::memcpy(&bits, &tau, sizeof bits);
+      bits &= 0u - static_cast<uint32_t>((bits & 0x7fffffffu) >= thr);
+      std::memcpy(&vt[j], &bits, sizeof bits);
+    }
+  }
+  float* sum = v + static_cast<int64_t>(tasks) * stride;
+  float* nonzero = sum + stride;
+  float* sign = nonzero + stride;
+  float* acc = sign + stride;
+  float* count = acc + stride;
+  auto* nz = reinterpret_cast<uint32_t*>(nonzero);
+  std::fill(sum, sum + n, 0.0f);
+  std::fill(nz, nz + n, 0u);
+  for (size_t t = 0; t < tasks; ++t) {
+    const float* vt = v + static_cast<int64_t>(t) * stride;
+    for (int64_t j = 0; j < n; ++j) sum[j] += vt[j];  // in task order, as FusionBench's sum
+    const auto* vb = reinterpret_cast<const uint32_t*>(vt);
+    for (int64_t j = 0; j < n; ++j) nz[j] |= vb[j] & 0x7fffffffu;
+  }
+  // The signs and their sum in 32-bit integers, and whether any element is undecided (a
+  // float-to-int64 sum and a branch per element would not vectorise).
+  int32_t signs32 = 0;
+  uint32_t any_undecided = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const int32_t sj = static_cast<int32_t>(sum[j] > 0.0f) - static_cast<int32_t>(sum[j] < 0.0f);
+    sign[j] = static_cast<float>(sj);
+    signs32 += sj;
+    any_undecided |= static_cast<uint32_t>(sj == 0) & static_cast<uint32_t>(nz[j] != 0u);
+  }
+  // agree = s > 0 ? τ̂ > 0 : τ̂ < 0: τ̂ non-zero and its sign bit that of "s ≤ 0". `want` (the sum's
+  // buffer, no longer needed) holds the sign bit an agreeing value has.
+  auto* want = reinterpret_cast<uint32_t*>(sum);
+  for (int64_t j = 0; j < n; ++j) want[j] = sign[j] > 0.0f ? 0u : 0x80000000u;
+  auto* cnt = reinterpret_cast<uint32_t*>(count);
+  auto* ab = reinterpret_cast<uint32_t*>(acc);
+  std::fill(acc, acc + n, 0.0f);
+  std::fill(cnt, cnt + n, 0u);
+  for (size_t t = 0; t < tasks; ++t) {
+    const auto* vb = reinterpret_cast<const uint32_t*>(v + static_cast<int64_t>(t) * stride);
+    if (merge == MergeFunc::Max) {
+      for (int64_t j = 0; j < n; ++j) {  // magnitudes compared as bit patterns
+        const uint32_t agree = static_cast<uint32_t>((vb[j] & 0x7fffffffu) != 0u) &
+                               static_cast<uint32_t>((vb[j] & 0x80000000u) == want[j]);
+        const uint32_t mag = vb[j] & 0x7fffffffu & (0u - agree);
+        ab[j] = ab[j] > mag ? ab[j] : mag;
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        const uint32_t agree = static_cast<uint32_t>((vb[j] & 0x7fffffffu) != 0u) &
+                               static_cast<uint32_t>((vb[j] & 0x80000000u) == want[j]);
+        const uint32_t kept = vb[j] & (0u - agree);
+        float k;
+        std::memcpy(&k, &kept, sizeof k);
+        acc[j] += k;
+        cnt[j] += agree;
+      }
+    }
+  }
+  if (merge == MergeFunc::Mean) {
+    for (int64_t j = 0; j < n; ++j) acc[j] /= static_cast<float>(std::max(cnt[j], 1u));
+  } else if (merge == MergeFunc::Max) {
+    for (int64_t j = 0; j < n; ++j) acc[j] *= sign[j];
+  }
+  return {signs32, any_undecided != 0u};
 }
 
 }  // namespace
@@ -660,104 +768,40 @@ Result TiesMerging::run_streamed(ModelPool& models, const Context& ctx, const st
   float* out_base = file ? nullptr : flat.data_ptr<float>();
   const int threads = std::max(1, at::get_num_threads());
   constexpr int64_t kChunk = 4096;
-  std::vector<std::vector<float>> scratch(threads, std::vector<float>((tasks + 6) * kChunk));
+  // Per thread: each task's chunk (θₜ read, then τ̂ₜ in place), the sum, the non-zero mask, the
+  // signs, the merged values, the counts, θ₀'s chunk and the output chunk.
+  std::vector<std::vector<float>> scratch(threads, std::vector<float>((tasks + 7) * kChunk));
   std::vector<int64_t> sign_total(threads, 0);
   std::vector<std::vector<std::pair<size_t, int64_t>>> undecided(threads);
   const auto trimmed = [&](float tau, size_t t) { return std::abs(tau) < thresholds[t] ? 0.0f : tau; };
+  std::vector<uint32_t> thr_bits(tasks);
+  for (size_t t = 0; t < tasks; ++t) std::memcpy(&thr_bits[t], &thresholds[t], sizeof(uint32_t));
   stream->for_each_chunk(
       [&](size_t i, int64_t b, int64_t e) {
-        if (!ties.included[i]) {  // a removed key: θ₀'s
-          if (file) file->write(i, b, e, stream->floats(0, i, b, e));
-          return;
-        }
         const int th = at::get_thread_num();
         float* v = scratch[th].data();
+        float* base = v + static_cast<int64_t>(tasks + 5) * kChunk;
         const int64_t n = e - b;
-        const float* base = stream->floats(0, i, b, e);
-        for (size_t t = 0; t < tasks; ++t) {
-          const float* y = stream->floats(t + 1, i, b, e);
-          float* vt = v + static_cast<int64_t>(t) * kChunk;
-          // |τ| < threshold compared as bit patterns (they order as the values do for
-          // non-negative floats): integer masks, which the compiler vectorises.
-          uint32_t thr;
-          std::memcpy(&thr, &thresholds[t], sizeof thr);
-          uint32_t* vb = reinterpret_cast<uint32_t*>(vt);
-          for (int64_t j = 0; j < n; ++j) {
-            const float tau = y[j] - base[j];
-            uint32_t bits;
-            std::memcpy(&bits, &tau, sizeof bits);
-            vb[j] = bits & (0u - static_cast<uint32_t>((bits & 0x7fffffffu) >= thr));
+        if (!ties.included[i]) {  // a removed key: θ₀'s
+          if (file) {
+            stream->read(0, i, b, e, base);
+            file->write(i, b, e, base);
           }
+          return;
         }
-        // Each step a loop over the chunk's elements, so that the compiler vectorises it.
-        float* sum = v + static_cast<int64_t>(tasks) * kChunk;
-        float* nonzero = sum + kChunk;
-        float* sign = nonzero + kChunk;
-        float* acc = sign + kChunk;
-        float* count = acc + kChunk;
-        std::fill(sum, sum + n, 0.0f);
-        for (size_t t = 0; t < tasks; ++t) {
-          const float* vt = v + static_cast<int64_t>(t) * kChunk;
-          for (int64_t j = 0; j < n; ++j) sum[j] += vt[j];  // in task order, as FusionBench's sum
-          const uint32_t* vb = reinterpret_cast<const uint32_t*>(vt);
-          uint32_t* nz = reinterpret_cast<uint32_t*>(nonzero);
-          if (t == 0) std::fill(nz, nz + n, 0u);
-          for (int64_t j = 0; j < n; ++j) nz[j] |= vb[j] & 0x7fffffffu;
-        }
-        // The signs and their sum in 32-bit integers, and whether any element is undecided, in
-        // loops the compiler vectorises (a float-to-int64 sum and a branch per element do not).
-        int32_t signs32 = 0;
-        uint32_t any_undecided = 0;
-        const uint32_t* nzb = reinterpret_cast<const uint32_t*>(nonzero);
-        for (int64_t j = 0; j < n; ++j) {
-          const int32_t sj = static_cast<int32_t>(sum[j] > 0.0f) - static_cast<int32_t>(sum[j] < 0.0f);
-          sign[j] = static_cast<float>(sj);
-          signs32 += sj;
-          any_undecided |= static_cast<uint32_t>(sj == 0) & static_cast<uint32_t>(nzb[j] != 0u);
-        }
-        const int64_t signs = signs32;
-        if (any_undecided != 0u) {
+        stream->read(0, i, b, e, base);
+        for (size_t t = 0; t < tasks; ++t) stream->read(t + 1, i, b, e, v + static_cast<int64_t>(t) * kChunk);
+        const ChunkResult r = merge_chunk(v, base, thr_bits.data(), tasks, n, kChunk, merge);
+        const float* sign = v + static_cast<int64_t>(tasks + 2) * kChunk;
+        const float* acc = sign + kChunk;
+        if (r.any_undecided) {
+          const auto* nzb = reinterpret_cast<const uint32_t*>(v + static_cast<int64_t>(tasks + 1) * kChunk);
           for (int64_t j = 0; j < n; ++j) {
             if (sign[j] == 0.0f && nzb[j] != 0u) undecided[th].emplace_back(i, b + j);  // needs sign(Σ s)
           }
         }
-        // agree = s > 0 ? τ̂ > 0 : τ̂ < 0: τ̂ non-zero and its sign bit that of "s ≤ 0", as integer
-        // masks (vectorised). `want` holds the sign bit an agreeing value has.
-        uint32_t* want = reinterpret_cast<uint32_t*>(nonzero);
-        for (int64_t j = 0; j < n; ++j) want[j] = sign[j] > 0.0f ? 0u : 0x80000000u;
-        uint32_t* cnt = reinterpret_cast<uint32_t*>(count);
-        std::fill(acc, acc + n, 0.0f);
-        std::fill(cnt, cnt + n, 0u);
-        uint32_t* ab = reinterpret_cast<uint32_t*>(acc);
-        for (size_t t = 0; t < tasks; ++t) {
-          const uint32_t* vb = reinterpret_cast<const uint32_t*>(v + static_cast<int64_t>(t) * kChunk);
-          const float* vt = v + static_cast<int64_t>(t) * kChunk;
-          if (merge == MergeFunc::Max) {
-            for (int64_t j = 0; j < n; ++j) {  // magnitudes compared as bit patterns
-              const uint32_t agree = static_cast<uint32_t>((vb[j] & 0x7fffffffu) != 0u) &
-                                     static_cast<uint32_t>((vb[j] & 0x80000000u) == want[j]);
-              const uint32_t mag = vb[j] & 0x7fffffffu & (0u - agree);
-              ab[j] = ab[j] > mag ? ab[j] : mag;
-            }
-          } else {
-            for (int64_t j = 0; j < n; ++j) {
-              const uint32_t agree = static_cast<uint32_t>((vb[j] & 0x7fffffffu) != 0u) &
-                                     static_cast<uint32_t>((vb[j] & 0x80000000u) == want[j]);
-              uint32_t kept = vb[j] & (0u - agree);
-              float k;
-              std::memcpy(&k, &kept, sizeof k);
-              acc[j] += k;
-              cnt[j] += agree;
-            }
-            (void)vt;
-          }
-        }
-        if (merge == MergeFunc::Mean) {
-          for (int64_t j = 0; j < n; ++j) acc[j] /= static_cast<float>(std::max(cnt[j], 1u));
-        } else if (merge == MergeFunc::Max) {
-          for (int64_t j = 0; j < n; ++j) acc[j] *= sign[j];
-        }
-        float* out = file ? count + kChunk : out_base + stream->flat_offset(i) + b;
+        const int64_t signs = r.signs;
+        float* out = file ? base + kChunk : out_base + stream->flat_offset(i) + b;
         if (sweep) {
           std::copy(acc, acc + n, out);
         } else {

@@ -65,22 +65,21 @@ ModelPtr weighted_sum_streamed(ModelPool& pool, const Context& ctx, const std::v
   // (detail::OutputFile), which the save then links; otherwise into one flat buffer.
   std::unique_ptr<detail::OutputFile> file = detail::OutputFile::create(stream, first->parameters());
   constexpr int64_t kChunk = 16384;
-  std::vector<std::vector<float>> scratch(file ? std::max(1, at::get_num_threads()) : 0,
-                                          std::vector<float>(kChunk));
+  // Per thread: the output chunk (when written to the file) and the chunk each expert is read into.
+  std::vector<std::vector<float>> scratch(std::max(1, at::get_num_threads()), std::vector<float>(2 * kChunk));
   at::Tensor flat = file ? at::Tensor() : stream.flat_buffer();
   float* out_base = file ? nullptr : flat.data_ptr<float>();
   const size_t t_count = names.size();
   stream.for_each_chunk([&](size_t i, int64_t b, int64_t e) {
-    float* out = file ? scratch[at::get_thread_num()].data() : out_base + stream.flat_offset(i) + b;
+    float* y = scratch[at::get_thread_num()].data();
+    float* out = file ? y + kChunk : out_base + stream.flat_offset(i) + b;
     const int64_t n = e - b;
-    const float* x = stream.floats(0, i, b, e);
-    if (w[0] == 1.0f) {
-      std::memcpy(out, x, static_cast<size_t>(n) * sizeof(float));
-    } else {
-      for (int64_t j = 0; j < n; ++j) out[j] = x[j] * w[0];
+    stream.read(0, i, b, e, out);  // x₀, scaled in place
+    if (w[0] != 1.0f) {
+      for (int64_t j = 0; j < n; ++j) out[j] = out[j] * w[0];
     }
     for (size_t t = 1; t < t_count; ++t) {
-      const float* y = stream.floats(t, i, b, e);
+      stream.read(t, i, b, e, y);
       const float wt = w[t];
       for (int64_t j = 0; j < n; ++j) out[j] += wt * y[j];
     }

@@ -231,8 +231,13 @@ bool copy_checking(const uint8_t* __restrict src, uint8_t* __restrict dst, size_
 }
 
 /// Whether one of `count` elements at `p` (aligned to `Bits`) is NaN or ±Inf: the check of a tensor
-/// read in place, as a view of the mapping. One pass, no branch, vectorised like copy_checking.
+/// read in place, or of a piece pread() into a buffer. One pass, no branch, vectorised like
+/// copy_checking; compiled twice, for AVX2 and for the baseline x86-64 (the loader picks one when
+/// the library loads), since it runs over every byte of every checkpoint read.
 template <typename Bits, Bits kMaxFinite>
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx2", "default")))
+#endif
 bool any_non_finite(const uint8_t* p, size_t count) {
   constexpr Bits kMagnitude = std::numeric_limits<Bits>::max();
   Bits bad = 0;
@@ -340,8 +345,14 @@ Mapping::~Mapping() {
 /// would write every byte again and fault in fresh memory for it (the reader used to copy, and
 /// took ~10x the time of `cat` on bench/merge's files). Where a copy is needed (misaligned data)
 /// it is made as before, the finiteness check in the copying loop.
+///
+/// The finiteness check does not touch the mapping: it pread()s the data in pieces into a small
+/// buffer per thread, as `cat` reads, and checks each piece while it is in cache (check_finite).
+/// Checking through the mapping cost a page-table entry per 4 KiB set up and torn down again, ~1.5x
+/// the time of `cat` on bench/merge's files; a view handed out is then mapped only where it is used.
 struct MappedFile {
   fs::path path;
+  int fd = -1;  ///< the file, open while this lives (check_finite and CheckpointStream read it)
   std::shared_ptr<Mapping> mapping;
   const uint8_t* base = nullptr;  ///< mapping->base
   size_t size = 0;
@@ -354,7 +365,9 @@ struct MappedFile {
   MappedFile() = default;
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
-  ~MappedFile() = default;
+  ~MappedFile() {
+    if (fd >= 0) ::close(fd);
+  }
 
   [[noreturn]] void fail(const std::string& what) const { fail_file(path, what); }
 
@@ -382,14 +395,22 @@ struct MappedFile {
   /// write has copied would be lost. The loaders call it once a checkpoint is read and checked,
   /// before the tensors reach the caller, so a loaded model costs no memory until it is used.
   void drop_resident() const { ::madvise(mapping->base, size, MADV_DONTNEED); }
+  /// Reads bytes [begin, end) of the data section into `dst` with pread() (not through the
+  /// mapping). Throws naming the file when the read fails or the file has shrunk.
+  void pread_data(uint64_t begin, uint64_t end, void* dst) const;
+  /// The first NaN or ±Inf of the floating-point tensors read in place (aligned; read() checks the
+  /// others as it copies them), in file order: the tensor's index in `tensors` and the element.
+  /// The data is pread() in pieces, on the intra-op threads, and checked in cache.
+  std::optional<std::pair<size_t, NonFinite>> check_finite() const;
   /// One tensor (SafetensorsFile::tensor): a view of the mapping, or a copy where the data is not
   /// aligned to its element size. With `finite`, a NaN or ±Inf in a
   /// floating-point tensor throws, naming `finite->label` (when not empty), the file, the tensor,
-  /// the element and the value; integer and bool tensors are not checked.
-  at::Tensor read(const TensorInfo& info, const FiniteLabel* finite) const;
+  /// the element and the value; integer and bool tensors are not checked. With `checked`, a view's
+  /// data has been checked already (check_finite) and only a copy is checked here.
+  at::Tensor read(const TensorInfo& info, const FiniteLabel* finite, bool checked = false) const;
   /// Every tensor, in file order (SafetensorsFile::read_all), checked as read() with `finite`.
-  /// With `drop`, the pages of each tensor are dropped from the resident set once it is read and
-  /// checked (the loaders: as drop_resident, so a checkpoint is never wholly resident while read).
+  /// With `drop`, the pages of each tensor are dropped from the resident set once it is read
+  /// (the loaders: as drop_resident, for the tensors a dtype or device conversion has read).
   StateDict read_all(const at::Device& device, std::optional<at::ScalarType> dtype,
                      const FiniteLabel* finite, bool drop = false) const;
 };
@@ -424,8 +445,11 @@ void MappedFile::open() {
   }
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
   const int err = errno;
-  ::close(fd);
-  if (p == MAP_FAILED) fail("cannot map the file: " + errno_text(err));
+  if (p == MAP_FAILED) {
+    ::close(fd);
+    fail("cannot map the file: " + errno_text(err));
+  }
+  this->fd = fd;
   mapping = std::make_shared<Mapping>();
   mapping->base = p;
   mapping->size = size;
@@ -588,7 +612,7 @@ std::optional<NonFinite> MappedFile::copy_out(uint64_t begin, uint64_t end, void
   return std::nullopt;
 }
 
-at::Tensor MappedFile::read(const TensorInfo& info, const FiniteLabel* finite) const {
+at::Tensor MappedFile::read(const TensorInfo& info, const FiniteLabel* finite, bool checked) const {
   const DtypeSpec* spec = find_dtype(info.dtype);
   const auto options = at::TensorOptions().dtype(spec->type);
   const FiniteCheck* check = finite != nullptr ? finite_check(spec->type) : nullptr;
@@ -596,10 +620,11 @@ at::Tensor MappedFile::read(const TensorInfo& info, const FiniteLabel* finite) c
   at::Tensor t;
   std::optional<NonFinite> bad;
   if (info.end > info.begin && reinterpret_cast<uintptr_t>(src) % spec->itemsize == 0) {
-    // A view: the check reads the data in place, the one pass over it, on the intra-op threads
-    // (one core's loads do not reach the memory bandwidth that `cat`'s kernel copy gets).
+    // A view. Unless check_finite has checked it, the check reads the data in place, on the
+    // intra-op threads (one core's loads do not reach the memory bandwidth that `cat`'s kernel
+    // copy gets).
     const size_t count = static_cast<size_t>(info.end - info.begin) / spec->itemsize;
-    if (check != nullptr) {
+    if (check != nullptr && !checked) {
       std::atomic<bool> any{false};
       const size_t itemsize = spec->itemsize;
       at::parallel_for(0, static_cast<int64_t>(count), int64_t{1} << 20, [&](int64_t b, int64_t e) {
@@ -627,13 +652,102 @@ at::Tensor MappedFile::read(const TensorInfo& info, const FiniteLabel* finite) c
   return t;
 }
 
+void MappedFile::pread_data(uint64_t begin, uint64_t end, void* dst) const {
+  auto* out = static_cast<uint8_t*>(dst);
+  uint64_t pos = data_start + begin;
+  const uint64_t stop = data_start + end;
+  while (pos < stop) {
+    const ssize_t n = ::pread(fd, out, static_cast<size_t>(std::min<uint64_t>(stop - pos, uint64_t{1} << 30)),
+                              static_cast<off_t>(pos));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail("cannot read: " + errno_text(errno));
+    if (n == 0) fail("the file ended at byte " + std::to_string(pos) + " while it was read (changed since it was opened?)");
+    out += n;
+    pos += static_cast<uint64_t>(n);
+  }
+}
+
+namespace {
+/// A thread's buffer for pread() pieces: 64-byte aligned, reused.
+uint8_t* piece_buffer(size_t bytes) {
+  struct Buffer {
+    std::unique_ptr<uint64_t[]> data;
+    size_t bytes = 0;
+  };
+  thread_local Buffer buffer;
+  if (buffer.bytes < bytes) {
+    buffer.data.reset(new uint64_t[(bytes + 63) / 8]);
+    buffer.bytes = bytes;
+  }
+  const auto p = reinterpret_cast<uintptr_t>(buffer.data.get());
+  return reinterpret_cast<uint8_t*>((p + 63) / 64 * 64);
+}
+/// Bytes per pread() piece: large enough that a syscall's cost is small against the copy, small
+/// enough that the piece is still in the core's L2 cache when it is checked.
+constexpr uint64_t kPieceBytes = uint64_t{128} << 10;
+}  // namespace
+
+std::optional<std::pair<size_t, NonFinite>> MappedFile::check_finite() const {
+  struct Piece {
+    size_t tensor;
+    uint64_t begin, end;  // in the data section
+  };
+  std::vector<Piece> pieces;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorInfo& info = tensors[i];
+    const DtypeSpec* spec = find_dtype(info.dtype);
+    if (finite_check(spec->type) == nullptr || info.end == info.begin) continue;
+    if ((reinterpret_cast<uintptr_t>(base) + data_start + info.begin) % spec->itemsize != 0) continue;
+    for (uint64_t b = info.begin; b < info.end; b += kPieceBytes) pieces.push_back({i, b, std::min(b + kPieceBytes, info.end)});
+  }
+  // The first bad piece in file order; pieces after one found are skipped.
+  std::atomic<size_t> first_bad{pieces.size()};
+  std::atomic<bool> failed{false};
+  std::string error;
+  std::mutex error_mu;
+  at::parallel_for(0, static_cast<int64_t>(pieces.size()), 1, [&](int64_t b, int64_t e) {
+    uint8_t* buf = piece_buffer(kPieceBytes);
+    for (int64_t p = b; p < e && !failed; ++p) {
+      if (static_cast<size_t>(p) > first_bad) break;
+      const Piece& piece = pieces[static_cast<size_t>(p)];
+      try {
+        pread_data(piece.begin, piece.end, buf);
+      } catch (const std::exception& ex) {  // kept for the calling thread
+        std::lock_guard<std::mutex> lock(error_mu);
+        if (!failed.exchange(true)) error = ex.what();
+        return;
+      }
+      const FiniteCheck* check = finite_check(find_dtype(tensors[piece.tensor].dtype)->type);
+      if (check->any(buf, (piece.end - piece.begin) / check->itemsize)) {
+        size_t cur = first_bad;
+        while (static_cast<size_t>(p) < cur && !first_bad.compare_exchange_weak(cur, static_cast<size_t>(p))) {
+        }
+        return;
+      }
+    }
+  });
+  if (failed) throw Error(error);
+  if (first_bad == pieces.size()) return std::nullopt;
+  const Piece& piece = pieces[first_bad];
+  const TensorInfo& info = tensors[piece.tensor];
+  const FiniteCheck* check = finite_check(find_dtype(info.dtype)->type);
+  uint8_t* buf = piece_buffer(kPieceBytes);
+  pread_data(piece.begin, piece.end, buf);
+  NonFinite bad = *check->first(buf, (piece.end - piece.begin) / check->itemsize);
+  bad.index += (piece.begin - info.begin) / check->itemsize;
+  return std::make_pair(piece.tensor, bad);
+}
+
 StateDict MappedFile::read_all(const at::Device& device, std::optional<at::ScalarType> dtype,
                                const FiniteLabel* finite, bool drop) const {
   StateDict out;
   const size_t page = page_size();
   size_t dropped = 0;  // pages before this offset are dropped
-  for (const auto& info : tensors) {
-    at::Tensor t = read(info, finite);
+  const std::optional<std::pair<size_t, NonFinite>> bad = finite != nullptr ? check_finite() : std::nullopt;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorInfo& info = tensors[i];
+    if (bad && bad->first == i) fail_non_finite(info, bad->second, finite->label);
+    at::Tensor t = read(info, finite, true);
     if (dtype && at::isFloatingType(t.scalar_type()) && t.scalar_type() != *dtype) t = t.to(*dtype);
     if (t.device() != device) t = t.to(device);
     out.set(info.name, std::move(t));
@@ -818,6 +932,9 @@ struct detail::CheckpointStream::Impl {
   std::vector<bool> is_float;
   std::vector<int64_t> offsets;  ///< flat offsets of the F32 tensors (-1 for the others)
   int64_t numel = 0;
+  /// Whether floats() has handed out views of the mappings: for_each_chunk then drops the pages
+  /// used (read() maps nothing).
+  mutable std::atomic<bool> mapped{false};
 
   const uint8_t* data(size_t m, size_t i) const {
     const MappedFile* f = models[m].file_of[i];
@@ -887,7 +1004,24 @@ const float* detail::CheckpointStream::floats(size_t m, size_t i, int64_t begin,
     const Impl::Model& model = impl_->models[m];
     model.file_of[i]->fail_non_finite(*model.info_of[i], bad, model.label);
   }
+  impl_->mapped.store(true, std::memory_order_relaxed);
   return reinterpret_cast<const float*>(p);
+}
+
+void detail::CheckpointStream::read(size_t m, size_t i, int64_t begin, int64_t end, float* dst) const {
+  const Impl::Model& model = impl_->models.at(m);
+  const MappedFile& file = *model.file_of.at(i);
+  const TensorInfo& info = *model.info_of[i];
+  const FiniteCheck& check = kFiniteCheck<int32_t, 0x7f7fffff>;
+  const auto count = static_cast<size_t>(end - begin);
+  file.pread_data(info.begin + static_cast<uint64_t>(begin) * sizeof(float),
+                  info.begin + static_cast<uint64_t>(end) * sizeof(float), dst);
+  const auto* p = reinterpret_cast<const uint8_t*>(dst);
+  if (check.any(p, count)) {
+    NonFinite bad = *check.first(p, count);
+    bad.index += static_cast<uint64_t>(begin);
+    file.fail_non_finite(info, bad, model.label);
+  }
 }
 
 void detail::CheckpointStream::release(size_t m, size_t i, int64_t begin, int64_t end) const {
@@ -902,23 +1036,43 @@ void detail::CheckpointStream::release(size_t m, size_t i, int64_t begin, int64_
 
 void detail::CheckpointStream::for_each_chunk(const std::function<void(size_t, int64_t, int64_t)>& f,
                                               int64_t chunk) const {
-  constexpr int64_t kRelease = int64_t{1} << 18;  // elements between madvise calls (1 MiB of F32)
+  // One parallel loop over the pieces of every F32 tensor (a loop per tensor left a core idle on
+  // the small ones); each thread takes a contiguous run of pieces, in file order.
+  struct Piece {
+    size_t tensor;
+    int64_t begin, end;
+  };
+  std::vector<Piece> pieces;
   for (size_t i = 0; i < impl_->tensors.size(); ++i) {
     if (!impl_->is_float[i]) continue;
     const TensorInfo& info = impl_->tensors[i];
     const auto n = static_cast<int64_t>((info.end - info.begin) / sizeof(float));
-    at::parallel_for(0, n, kRelease, [&](int64_t b0, int64_t e0) {
-      int64_t released = b0;
-      for (int64_t b = b0; b < e0; b += chunk) {
-        const int64_t e = std::min(b + chunk, e0);
-        f(i, b, e);
-        if (e - released >= kRelease || e == e0) {
-          for (size_t m = 0; m < impl_->models.size(); ++m) release(m, i, released, e);
-          released = e;
-        }
-      }
-    });
+    for (int64_t b = 0; b < n; b += chunk) pieces.push_back({i, b, std::min(b + chunk, n)});
   }
+  constexpr int64_t kRelease = int64_t{1} << 18;  // elements between madvise calls (1 MiB of F32)
+  at::parallel_for(0, static_cast<int64_t>(pieces.size()), 1, [&](int64_t p0, int64_t p1) {
+    // The pages floats() mapped, dropped in runs of at least kRelease elements of one tensor.
+    size_t run_tensor = 0;
+    int64_t run_begin = 0, run_end = 0;
+    const auto flush = [&] {
+      if (run_end > run_begin && impl_->mapped.load(std::memory_order_relaxed)) {
+        for (size_t m = 0; m < impl_->models.size(); ++m) release(m, run_tensor, run_begin, run_end);
+      }
+      run_begin = run_end;
+    };
+    for (int64_t p = p0; p < p1; ++p) {
+      const Piece& piece = pieces[static_cast<size_t>(p)];
+      f(piece.tensor, piece.begin, piece.end);
+      if (piece.tensor != run_tensor || piece.begin != run_end) {
+        flush();
+        run_tensor = piece.tensor;
+        run_begin = piece.begin;
+      }
+      run_end = piece.end;
+      if (run_end - run_begin >= kRelease) flush();
+    }
+    flush();
+  });
 }
 
 int64_t detail::CheckpointStream::flat_offset(size_t i) const { return impl_->offsets.at(i); }

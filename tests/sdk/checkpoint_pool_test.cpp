@@ -1,11 +1,14 @@
 // The `safetensors` checkpoint pool (checkpoint_pool.hpp): options, lazy loading on the context's
 // dtype, layout checks against the pretrained model, and atomic saving as a Hugging Face folder.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include <atomic>
+#include <cstring>
 #include <limits>
 
 #include "fusion/checkpoint_pool.hpp"
@@ -399,6 +402,68 @@ TEST_F(NonFiniteWeights, ElementIndexBeyondTheFirstCopyChunk) {
   bad.at("w")[n - 3] = std::numeric_limits<float>::quiet_NaN();
   auto p = pool_of(sd, bad);
   expect_error([&] { p->load("e"); }, {"tensor 'w': F32 element " + std::to_string(n - 7) + " holds -inf"});
+}
+
+TEST_F(NonFiniteWeights, TheFirstInFileOrderIsNamedWhateverTheThreadThatFindsIt) {
+  // The check reads the data in pieces on several threads: the value named is still the first in
+  // file order, across tensors and across the pieces of one tensor.
+  at::set_num_threads(2);
+  const int64_t n = int64_t{1} << 20;  // 4 MiB of F32 each: many pieces, spread over the threads
+  StateDict sd;
+  sd.set("a", at::zeros({n}, at::kFloat));
+  sd.set("w", at::zeros({n}, at::kFloat));
+  StateDict bad = sd;
+  bad.set("a", sd.at("a").clone());
+  bad.set("w", sd.at("w").clone());
+  bad.at("w")[0] = std::numeric_limits<float>::infinity();     // in the last thread's pieces
+  bad.at("a")[n - 40000] = -std::numeric_limits<float>::infinity();
+  bad.at("a")[40000] = std::numeric_limits<float>::quiet_NaN();  // the first: piece 1 of 'a'
+  auto p = pool_of(sd, bad);
+  expect_error([&] { p->load("e"); }, {"tensor 'a': F32 element 40000 holds nan"});
+  bad.at("a")[40000] = 0.0f;
+  fusion::save_safetensors(dir_ / "e.safetensors", bad);
+  expect_error([&] { p->load("e"); }, {"tensor 'a': F32 element " + std::to_string(n - 40000) + " holds -inf"});
+  bad.at("a")[n - 40000] = 0.0f;
+  fusion::save_safetensors(dir_ / "e.safetensors", bad);
+  expect_error([&] { p->load("e"); }, {"tensor 'w': F32 element 0 holds inf"});
+}
+
+TEST_F(NonFiniteWeights, StreamReadCopiesAndChecksAsFloatsDoes) {
+  // CheckpointStream::read (pread into the caller's buffer) gives the bytes floats() views, and
+  // refuses a NaN with the same message, the index counted from the tensor's start.
+  const int64_t n = 70001;
+  StateDict sd;
+  sd.set("a", at::zeros({3}, at::kFloat));
+  sd.set("w", edge_values(at::kFloat, n));
+  auto p = pool_of(sd, sd);
+  const auto stream = fusion::detail::CheckpointStream::open(*p, {"pretrained", "e"});
+  ASSERT_NE(stream, nullptr);
+  size_t w = 0;
+  while (stream->tensors()[w].name != "w") ++w;
+  std::vector<float> buf(n);
+  stream->read(1, w, 5, n, buf.data());
+  EXPECT_EQ(0, std::memcmp(buf.data(), stream->floats(1, w, 5, n), (n - 5) * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(buf.data(), sd.at("w").data_ptr<float>() + 5, (n - 5) * sizeof(float)));
+  StateDict bad = sd;
+  bad.set("w", sd.at("w").clone());
+  bad.at("w")[n - 2] = std::numeric_limits<float>::quiet_NaN();
+  fusion::save_safetensors(dir_ / "e.safetensors", bad);
+  const auto bad_stream = fusion::detail::CheckpointStream::open(*p, {"pretrained", "e"});
+  ASSERT_NE(bad_stream, nullptr);
+  bad_stream->read(1, w, 0, n - 2, buf.data());  // the range before it is fine
+  const std::string message = "modelpool.models.e: " + (dir_ / "e.safetensors").string() +
+                              ": tensor 'w': F32 element " + std::to_string(n - 2) + " holds nan (weights must be finite)";
+  EXPECT_EQ(fusion::testing::error_of([&] { bad_stream->read(1, w, 1000, n, buf.data()); }), message);
+  EXPECT_EQ(fusion::testing::error_of([&] { bad_stream->floats(1, w, 1000, n); }), message);
+}
+
+TEST(ParallelFor, RunsOnSeveralThreadsInCodeThatLinksTheSdk) {
+  // at::parallel_for's OpenMP pragma is compiled into the caller: without -fopenmp (which the SDK's
+  // target passes on) it runs the whole range on one thread, and every streamed merge with it.
+  at::set_num_threads(2);
+  std::atomic<int> chunks{0};
+  at::parallel_for(0, 1000, 1, [&](int64_t, int64_t) { ++chunks; });
+  EXPECT_EQ(chunks.load(), 2);
 }
 
 TEST_F(NonFiniteWeights, StreamedMergesCheckAsTheyRead) {

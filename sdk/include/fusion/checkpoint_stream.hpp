@@ -46,12 +46,18 @@ class FUSION_SDK_API CheckpointStream {
   /// (fusion::Error "<option>: <file>: tensor '<name>': F32 element <i> holds nan (weights must be
   /// finite)", as the pool's loader). Valid while the stream lives. Thread-safe.
   const float* floats(size_t m, size_t i, int64_t begin, int64_t end) const;
+  /// Reads elements [begin, end) of F32 tensor `i` of model `m` into `dst`, checked for NaN and
+  /// ±Inf as floats() checks them. A copy with pread(), as `cat` reads, into the caller's buffer
+  /// (which a small chunk keeps in cache): ~1.6x faster than reading through the mapping, which
+  /// costs a page-table entry per 4 KiB set up and dropped again. Maps nothing. Thread-safe.
+  void read(size_t m, size_t i, int64_t begin, int64_t end, float* dst) const;
   /// Drops the pages wholly inside elements [begin, end) of tensor `i` of model `m` from the
   /// resident set (they come back from the page cache if read again). Thread-safe.
   void release(size_t m, size_t i, int64_t begin, int64_t end) const;
   /// Calls f(i, begin, end) over every F32 tensor i in pieces of at most `chunk` elements (small
   /// enough that the pieces of every model stay in cache between reading and using them), on the
-  /// intra-op threads, and releases what every model held of each piece once f has used it.
+  /// intra-op threads (each a contiguous run of pieces, in file order), and, once floats() has
+  /// been used, releases what every model held of each piece once f has used it.
   void for_each_chunk(const std::function<void(size_t i, int64_t begin, int64_t end)>& f,
                       int64_t chunk = 8192) const;
 

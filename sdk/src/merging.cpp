@@ -64,7 +64,7 @@ ModelPtr weighted_sum_streamed(ModelPool& pool, const Context& ctx, const std::v
   // When the host saves the model, it goes from each chunk straight into its file
   // (detail::OutputFile), which the save then links; otherwise into one flat buffer.
   std::unique_ptr<detail::OutputFile> file = detail::OutputFile::create(stream, first->parameters());
-  constexpr int64_t kChunk = 16384;
+  constexpr int64_t kChunk = 32768;
   // Per thread: the output chunk (when written to the file) and the chunk each expert is read into.
   std::vector<std::vector<float>> scratch(std::max(1, at::get_num_threads()), std::vector<float>(2 * kChunk));
   at::Tensor flat = file ? at::Tensor() : stream.flat_buffer();

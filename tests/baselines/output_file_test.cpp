@@ -4,6 +4,7 @@
 // bit for bit (every golden case, and sweeps); the linked file holds exactly the bytes a plain save
 // writes, and is the very file the model's tensors view; a model written to after it was made, or
 // saved a second time, is written as before; nothing is left in the folder of a model never saved.
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -168,6 +169,36 @@ TEST_F(WrittenAsProduced, TiesMergingWithRemovedKeys) {
     o.remove_keys = {"a\\..*"};
     TiesMerging method(o);
     check(method);
+  }
+}
+
+TEST_F(WrittenAsProduced, StreamedTiesFindsTheInMemoryThresholdsAndModel) {
+  // The streamed TIES (a sample's bracket, pass A's counts and candidates, pass B's fused merge with
+  // its AVX2 form where the CPU has it, over several threads) against the in-memory TIES (the exact
+  // radix select over whole task vectors, ATen's ops) on the same models: the same thresholds bit
+  // for bit, and the same merged model (to float32 rounding: ATen's θ₀ + λτ may fuse the
+  // multiply-add).
+  at::set_num_threads(2);
+  auto p = pool();
+  std::vector<std::pair<std::string, StateDict>> experts;
+  for (const std::string& name : p->expert_names()) experts.emplace_back(name, cloned(p->load(name)->parameters()));
+  auto memory = fusion::testing::MemoryModelPool::from_state_dicts(cloned(p->pretrained()->parameters()), experts);
+  for (const std::string merge : {"sum", "mean", "max"}) {
+    for (const double threshold : {20.0, 50.0, 97.0}) {
+      SCOPED_TRACE(merge + " " + std::to_string(threshold));
+      TiesMergingOptions o;
+      o.threshold = threshold;
+      o.merge_func = merge;
+      o.scaling_factor = 0.7;
+      const Result streamed = TiesMerging(o).run(*p, nullptr, Context());
+      const Result in_memory = TiesMerging(o).run(*memory, nullptr, Context());
+      ASSERT_TRUE(streamed.info.contains("trim_select_fallbacks")) << "the streamed path did not run";
+      EXPECT_EQ(streamed.info.at("trim_select_fallbacks").get<int>(), 0);  // the bracket held each threshold
+      EXPECT_EQ(streamed.info.at("trim_thresholds").dump(), in_memory.info.at("trim_thresholds").dump());
+      EXPECT_EQ(fusion::testing::state_dict_difference(streamed.models.at(0).make()->parameters(),
+                                                       in_memory.models.at(0).make()->parameters(), 1e-6, 1e-6),
+                "");
+    }
   }
 }
 

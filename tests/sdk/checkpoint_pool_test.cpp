@@ -457,6 +457,21 @@ TEST_F(NonFiniteWeights, StreamReadCopiesAndChecksAsFloatsDoes) {
   EXPECT_EQ(fusion::testing::error_of([&] { bad_stream->floats(1, w, 1000, n); }), message);
 }
 
+TEST_F(NonFiniteWeights, AFileCutShortAfterItWasOpenedIsNamedNotABusError) {
+  // The stream reads with pread(), not through the mapping (where a page past the new end of the
+  // file would raise SIGBUS): a file cut short after it was opened gives one line naming it.
+  StateDict sd;
+  sd.set("w", at::zeros({50000}, at::kFloat));
+  auto p = pool_of(sd, sd);
+  const auto stream = fusion::detail::CheckpointStream::open(*p, {"pretrained", "e"});
+  ASSERT_NE(stream, nullptr);
+  fs::resize_file(dir_ / "e.safetensors", fs::file_size(dir_ / "e.safetensors") - 100000);
+  std::vector<float> buf(50000);
+  const std::string error = fusion::testing::error_of([&] { stream->read(1, 0, 0, 50000, buf.data()); });
+  EXPECT_NE(error.find((dir_ / "e.safetensors").string() + ": the file ended at byte "), std::string::npos) << error;
+  EXPECT_NE(error.find("while it was read (changed since it was opened?)"), std::string::npos) << error;
+}
+
 TEST(ParallelFor, RunsOnSeveralThreadsInCodeThatLinksTheSdk) {
   // at::parallel_for's OpenMP pragma is compiled into the caller: without -fopenmp (which the SDK's
   // target passes on) it runs the whole range on one thread, and every streamed merge with it.

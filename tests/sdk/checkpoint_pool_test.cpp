@@ -273,7 +273,8 @@ TEST_F(CheckpointPool, UnwritableOutputFolderIsNamed) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Non-finite weights: checked while the pool copies them out of the file
+// Non-finite weights: checked as the pool reads the file (pread into a buffer, in pieces, on
+// several threads), before the model's tensors (views of the file) are handed out
 
 /// The tensor's bytes (to compare bit for bit: -0.0 and 0.0 differ).
 std::string bytes_of(const at::Tensor& t) {

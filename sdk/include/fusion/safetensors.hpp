@@ -44,7 +44,8 @@ class FUSION_SDK_API SafetensorsFile {
   /// The `__metadata__` map (empty if absent); by value on a temporary, as tensors().
   const std::map<std::string, std::string>& metadata() const&;
   std::map<std::string, std::string> metadata() &&;
-  /// A CPU tensor with the file's dtype, copied out of the mapping (owned, writable).
+  /// A CPU tensor with the file's dtype: a copy-on-write view of the mapping (writable; a write
+  /// copies the page it touches, the file never changes), or a copy where the data is not aligned.
   at::Tensor tensor(const std::string& name) const;
   /// All tensors, in file order, converted to `dtype` (when given; integer tensors keep theirs)
   /// and moved to `device`.

@@ -145,14 +145,13 @@ Result run_streamed(ModelPool& models, const Context& ctx, const std::vector<dou
     stream->read(1, i, b, e, out);
     for (size_t t = 2; t <= t_count; ++t) {
       stream->read(t, i, b, e, y);
-      for (int64_t j = 0; j < n; ++j) out[j] += y[j];
+      add_into(out, y, n);
     }
-    const float* base = y;
-    stream->read(0, i, b, e, y);
+    stream->read(0, i, b, e, y);  // θ₀
     if (sweep) {
-      for (int64_t j = 0; j < n; ++j) out[j] -= t_f * base[j];
+      subtract_scaled(out, y, t_f, n);
     } else {
-      for (int64_t j = 0; j < n; ++j) out[j] = (out[j] - t_f * base[j]) * lambda0 + base[j];
+      task_arithmetic_of(out, y, t_f, lambda0, n);
     }
   }, kChunk);
   progress->advance();

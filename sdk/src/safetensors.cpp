@@ -403,11 +403,11 @@ struct MappedFile {
   /// The data is pread() in pieces, on the intra-op threads, and checked in cache.
   std::optional<std::pair<size_t, NonFinite>> check_finite() const;
   /// One tensor (SafetensorsFile::tensor): a view of the mapping, or a copy where the data is not
-  /// aligned to its element size. With `finite`, a NaN or ±Inf in a
-  /// floating-point tensor throws, naming `finite->label` (when not empty), the file, the tensor,
-  /// the element and the value; integer and bool tensors are not checked. With `checked`, a view's
-  /// data has been checked already (check_finite) and only a copy is checked here.
-  at::Tensor read(const TensorInfo& info, const FiniteLabel* finite, bool checked = false) const;
+  /// aligned to its element size. With `finite`, a NaN or ±Inf in a copied floating-point tensor
+  /// throws, naming `finite->label` (when not empty), the file, the tensor, the element and the
+  /// value; a view's data is read_all's to check first (check_finite); integer and bool tensors
+  /// are not checked.
+  at::Tensor read(const TensorInfo& info, const FiniteLabel* finite) const;
   /// Every tensor, in file order (SafetensorsFile::read_all), checked as read() with `finite`.
   /// With `drop`, the pages of each tensor are dropped from the resident set once it is read
   /// (the loaders: as drop_resident, for the tensors a dtype or device conversion has read).
@@ -612,7 +612,7 @@ std::optional<NonFinite> MappedFile::copy_out(uint64_t begin, uint64_t end, void
   return std::nullopt;
 }
 
-at::Tensor MappedFile::read(const TensorInfo& info, const FiniteLabel* finite, bool checked) const {
+at::Tensor MappedFile::read(const TensorInfo& info, const FiniteLabel* finite) const {
   const DtypeSpec* spec = find_dtype(info.dtype);
   const auto options = at::TensorOptions().dtype(spec->type);
   const FiniteCheck* check = finite != nullptr ? finite_check(spec->type) : nullptr;
@@ -620,18 +620,7 @@ at::Tensor MappedFile::read(const TensorInfo& info, const FiniteLabel* finite, b
   at::Tensor t;
   std::optional<NonFinite> bad;
   if (info.end > info.begin && reinterpret_cast<uintptr_t>(src) % spec->itemsize == 0) {
-    // A view. Unless check_finite has checked it, the check reads the data in place, on the
-    // intra-op threads (one core's loads do not reach the memory bandwidth that `cat`'s kernel
-    // copy gets).
-    const size_t count = static_cast<size_t>(info.end - info.begin) / spec->itemsize;
-    if (check != nullptr && !checked) {
-      std::atomic<bool> any{false};
-      const size_t itemsize = spec->itemsize;
-      at::parallel_for(0, static_cast<int64_t>(count), int64_t{1} << 20, [&](int64_t b, int64_t e) {
-        if (check->any(src + static_cast<size_t>(b) * itemsize, static_cast<size_t>(e - b))) any = true;
-      });
-      if (any) bad = check->first(src, count);
-    }
+    // A view: with `finite`, read_all has checked its data already (check_finite).
     std::shared_ptr<Mapping> keep = mapping;
     t = at::from_blob(const_cast<uint8_t*>(src), info.shape, [keep](void*) {}, options);
   } else {
@@ -747,7 +736,7 @@ StateDict MappedFile::read_all(const at::Device& device, std::optional<at::Scala
   for (size_t i = 0; i < tensors.size(); ++i) {
     const TensorInfo& info = tensors[i];
     if (bad && bad->first == i) fail_non_finite(info, bad->second, finite->label);
-    at::Tensor t = read(info, finite, true);
+    at::Tensor t = read(info, finite);
     if (dtype && at::isFloatingType(t.scalar_type()) && t.scalar_type() != *dtype) t = t.to(*dtype);
     if (t.device() != device) t = t.to(device);
     out.set(info.name, std::move(t));
@@ -936,6 +925,17 @@ struct detail::CheckpointStream::Impl {
   /// used (read() maps nothing).
   mutable std::atomic<bool> mapped{false};
 
+  /// Elements [begin, end) of F32 tensor `i` of model `m`, at `p`, checked for NaN and ±Inf (the
+  /// pool's loader's message, the index counted from the tensor's start).
+  void check(size_t m, size_t i, const uint8_t* p, int64_t begin, int64_t end) const {
+    const FiniteCheck& f32 = kFiniteCheck<int32_t, 0x7f7fffff>;
+    const auto count = static_cast<size_t>(end - begin);
+    if (!f32.any(p, count)) return;
+    NonFinite bad = *f32.first(p, count);
+    bad.index += static_cast<uint64_t>(begin);
+    models[m].file_of[i]->fail_non_finite(*models[m].info_of[i], bad, models[m].label);
+  }
+
   const uint8_t* data(size_t m, size_t i) const {
     const MappedFile* f = models[m].file_of[i];
     return f->base + f->data_start + models[m].info_of[i]->begin;
@@ -996,32 +996,17 @@ bool detail::CheckpointStream::is_float(size_t i) const { return impl_->is_float
 
 const float* detail::CheckpointStream::floats(size_t m, size_t i, int64_t begin, int64_t end) const {
   const uint8_t* p = impl_->data(m, i) + static_cast<size_t>(begin) * sizeof(float);
-  const FiniteCheck& check = kFiniteCheck<int32_t, 0x7f7fffff>;
-  const size_t count = static_cast<size_t>(end - begin);
-  if (check.any(p, count)) {
-    NonFinite bad = *check.first(p, count);
-    bad.index += static_cast<uint64_t>(begin);
-    const Impl::Model& model = impl_->models[m];
-    model.file_of[i]->fail_non_finite(*model.info_of[i], bad, model.label);
-  }
+  impl_->check(m, i, p, begin, end);
   impl_->mapped.store(true, std::memory_order_relaxed);
   return reinterpret_cast<const float*>(p);
 }
 
 void detail::CheckpointStream::read(size_t m, size_t i, int64_t begin, int64_t end, float* dst) const {
   const Impl::Model& model = impl_->models.at(m);
-  const MappedFile& file = *model.file_of.at(i);
-  const TensorInfo& info = *model.info_of[i];
-  const FiniteCheck& check = kFiniteCheck<int32_t, 0x7f7fffff>;
-  const auto count = static_cast<size_t>(end - begin);
-  file.pread_data(info.begin + static_cast<uint64_t>(begin) * sizeof(float),
-                  info.begin + static_cast<uint64_t>(end) * sizeof(float), dst);
-  const auto* p = reinterpret_cast<const uint8_t*>(dst);
-  if (check.any(p, count)) {
-    NonFinite bad = *check.first(p, count);
-    bad.index += static_cast<uint64_t>(begin);
-    file.fail_non_finite(info, bad, model.label);
-  }
+  const TensorInfo& info = *model.info_of.at(i);
+  model.file_of[i]->pread_data(info.begin + static_cast<uint64_t>(begin) * sizeof(float),
+                               info.begin + static_cast<uint64_t>(end) * sizeof(float), dst);
+  impl_->check(m, i, reinterpret_cast<const uint8_t*>(dst), begin, end);
 }
 
 void detail::CheckpointStream::release(size_t m, size_t i, int64_t begin, int64_t end) const {

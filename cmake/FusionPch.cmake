@@ -1,0 +1,124 @@
+# Precompiled headers for the whole build (FUSION_PCH, on by default with g++).
+#
+# Almost every translation unit includes <ATen/ATen.h>, and parsing it costs ~8 s of the 15-35 s a
+# file takes at -O3. Two headers are precompiled once each, and every target that links LibTorch
+# reuses one of them (REUSE_FROM), so the build parses the LibTorch headers twice instead of ~190
+# times:
+#   - fusion_pch_lib: LibTorch, nlohmann::json and the standard library, for the SDK, the host, the
+#     families, the plugins and the benches;
+#   - fusion_pch_test: the same plus GoogleTest, for every target that links GoogleTest.
+# g++ ignores a precompiled header whose flags differ (-fPIC against -fPIE, visibility): the root
+# CMakeLists.txt gives every target the same ones, and -Winvalid-pch makes a mismatch visible.
+# The headers hold third-party code only; fusion's own headers are not in them, so each source
+# still has to include what it uses (the out-of-tree examples, built without them, check that the
+# installed headers stand alone).
+include_guard(GLOBAL)
+
+# Appends to OUT_VAR the names reachable from TARGET through LINK_LIBRARIES and
+# INTERFACE_LINK_LIBRARIES, TARGET included (imported targets too, without looking inside them).
+function(_fusion_link_closure TARGET OUT_VAR)
+  set(_seen "${${OUT_VAR}}")
+  set(_todo "${TARGET}")
+  while(_todo)
+    list(POP_FRONT _todo _t)
+    if(_t IN_LIST _seen)
+      continue()
+    endif()
+    list(APPEND _seen "${_t}")
+    if(NOT TARGET "${_t}")
+      continue()
+    endif()
+    get_target_property(_aliased "${_t}" ALIASED_TARGET)
+    if(_aliased)
+      list(APPEND _todo "${_aliased}")
+      continue()
+    endif()
+    get_target_property(_imported "${_t}" IMPORTED)
+    if(_imported)
+      continue()
+    endif()
+    get_target_property(_type "${_t}" TYPE)
+    set(_props INTERFACE_LINK_LIBRARIES)
+    if(NOT _type STREQUAL "INTERFACE_LIBRARY")
+      list(APPEND _props LINK_LIBRARIES)
+    endif()
+    foreach(_p IN LISTS _props)
+      get_target_property(_libs "${_t}" ${_p})
+      if(_libs)
+        foreach(_l IN LISTS _libs)
+          # $<LINK_ONLY:x> from static libraries' interfaces
+          string(REGEX REPLACE "^\\$<LINK_ONLY:(.*)>$" "\\1" _l "${_l}")
+          if(NOT _l MATCHES "^\\$<" AND NOT _l MATCHES "^-")
+            list(APPEND _todo "${_l}")
+          endif()
+        endforeach()
+      endif()
+    endforeach()
+  endwhile()
+  set(${OUT_VAR} "${_seen}" PARENT_SCOPE)
+endfunction()
+
+# All build-system targets defined in DIR and below.
+function(_fusion_targets_below DIR OUT_VAR)
+  get_property(_targets DIRECTORY "${DIR}" PROPERTY BUILDSYSTEM_TARGETS)
+  get_property(_subdirs DIRECTORY "${DIR}" PROPERTY SUBDIRECTORIES)
+  foreach(_sub IN LISTS _subdirs)
+    _fusion_targets_below("${_sub}" _below)
+    list(APPEND _targets ${_below})
+  endforeach()
+  set(${OUT_VAR} "${_targets}" PARENT_SCOPE)
+endfunction()
+
+function(fusion_precompile_headers)
+  set(_common
+    <ATen/ATen.h> <ATen/Parallel.h> <c10/core/GradMode.h> <nlohmann/json.hpp>
+    <algorithm> <array> <atomic> <chrono> <cmath> <cstdint> <cstdio> <cstdlib> <cstring>
+    <filesystem> <fstream> <functional> <iostream> <map> <memory> <mutex> <optional> <set>
+    <sstream> <stdexcept> <string> <string_view> <thread> <unordered_map> <utility> <vector>)
+  set(_stub "${CMAKE_BINARY_DIR}/fusion_pch_stub.cpp")
+  if(NOT EXISTS "${_stub}")
+    file(WRITE "${_stub}" "// The translation unit that builds fusion's precompiled headers.\n")
+  endif()
+  set(_kinds lib)
+  if(FUSION_BUILD_TESTS)
+    find_package(GTest REQUIRED)  # tests/ found it in its own scope; the header is needed here
+    list(APPEND _kinds test)
+  endif()
+  foreach(_kind IN LISTS _kinds)
+    add_library(fusion_pch_${_kind} OBJECT "${_stub}")
+    target_link_libraries(fusion_pch_${_kind} PRIVATE torch nlohmann_json::nlohmann_json OpenMP::OpenMP_CXX)
+    target_compile_options(fusion_pch_${_kind} PRIVATE -Winvalid-pch)
+  endforeach()
+  target_precompile_headers(fusion_pch_lib PRIVATE ${_common})
+  if(FUSION_BUILD_TESTS)
+    target_link_libraries(fusion_pch_test PRIVATE GTest::gtest)
+    target_precompile_headers(fusion_pch_test PRIVATE ${_common} <gtest/gtest.h>)
+  endif()
+
+  _fusion_targets_below("${CMAKE_SOURCE_DIR}" _all)
+  set(_used 0)
+  foreach(_t IN LISTS _all)
+    if(_t MATCHES "^fusion_pch_")
+      continue()
+    endif()
+    get_target_property(_type ${_t} TYPE)
+    if(NOT _type MATCHES "^(EXECUTABLE|SHARED_LIBRARY|MODULE_LIBRARY|STATIC_LIBRARY|OBJECT_LIBRARY)$")
+      continue()
+    endif()
+    set(_closure "")
+    _fusion_link_closure(${_t} _closure)
+    if(NOT "torch" IN_LIST _closure)
+      continue()  # the demo's data tools: no LibTorch, nothing to share
+    endif()
+    set(_kind lib)
+    foreach(_g GTest::gtest GTest::gtest_main GTest::GTest GTest::Main)
+      if(_g IN_LIST _closure AND TARGET fusion_pch_test)
+        set(_kind test)
+      endif()
+    endforeach()
+    target_precompile_headers(${_t} REUSE_FROM fusion_pch_${_kind})
+    target_compile_options(${_t} PRIVATE -Winvalid-pch)
+    math(EXPR _used "${_used} + 1")
+  endforeach()
+  message(STATUS "fusion: precompiled headers shared by ${_used} targets (FUSION_PCH=OFF to turn off)")
+endfunction()

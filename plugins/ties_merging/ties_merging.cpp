@@ -408,10 +408,12 @@ Scan scan_magnitudes_generic(const float* y, const float* base, int64_t n, uint3
   return r;
 }
 
+std::atomic<bool> portable_kernels{false};  // ties_use_portable_kernels
+
 Scan scan_magnitudes(const float* y, const float* base, int64_t n, uint32_t lo, uint32_t hi, uint32_t* found) {
 #ifdef FUSION_TIES_X86
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
-  if (avx2) return scan_magnitudes_avx2(y, base, n, lo, hi, found);
+  if (avx2 && !portable_kernels.load(std::memory_order_relaxed)) return scan_magnitudes_avx2(y, base, n, lo, hi, found);
 #endif
   return scan_magnitudes_generic(y, base, n, lo, hi, found);
 }
@@ -751,7 +753,7 @@ ChunkResult merge_chunk(float* v, const float* base, const uint32_t* thr_bits, s
                         int64_t stride, MergeFunc merge) {
 #ifdef FUSION_TIES_X86
   static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx2) return merge_chunk_avx2(v, base, thr_bits, tasks, n, stride, merge);
+  if (avx2 && !portable_kernels.load(std::memory_order_relaxed)) return merge_chunk_avx2(v, base, thr_bits, tasks, n, stride, merge);
 #endif
   // In blocks of 1024 elements, so that the block of every buffer (~60 KB for 8 tasks) stays in
   // the core's L1/L2 cache through merge_block's loops; the elements are independent.
@@ -766,6 +768,8 @@ ChunkResult merge_chunk(float* v, const float* base, const uint32_t* thr_bits, s
 }
 
 }  // namespace
+
+void ties_use_portable_kernels(bool portable) { portable_kernels = portable; }
 
 Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& ctx) {
   const std::vector<double> lambdas =

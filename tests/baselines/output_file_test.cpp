@@ -202,6 +202,39 @@ TEST_F(WrittenAsProduced, StreamedTiesFindsTheInMemoryThresholdsAndModel) {
   }
 }
 
+TEST_F(WrittenAsProduced, StreamedTiesPortableKernelsGiveTheAvx2KernelsBits) {
+  // A CPU without AVX2 runs the portable forms of the streamed TIES kernels (pass A's scan, pass
+  // B's fused merge) on whole chunks; an AVX2 CPU runs them only on the last few elements of each.
+  // Forced here, over chunks of 16384 elements: the same thresholds and the same model, bit for bit.
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (!__builtin_cpu_supports("avx2")) GTEST_SKIP() << "no AVX2 here: the portable kernels are the ones every test runs";
+#endif
+  at::set_num_threads(2);
+  auto p = pool();
+  struct Reset {
+    ~Reset() { fusion::methods::ties_use_portable_kernels(false); }
+  } reset;
+  for (const std::string merge : {"sum", "mean", "max"}) {
+    for (const double threshold : {20.0, 97.0}) {
+      SCOPED_TRACE(merge + " " + std::to_string(threshold));
+      TiesMergingOptions o;
+      o.threshold = threshold;
+      o.merge_func = merge;
+      o.scaling_factor = 0.7;
+      fusion::methods::ties_use_portable_kernels(false);
+      const Result avx2 = TiesMerging(o).run(*p, nullptr, Context());
+      fusion::methods::ties_use_portable_kernels(true);
+      const Result portable = TiesMerging(o).run(*p, nullptr, Context());
+      ASSERT_TRUE(portable.info.contains("trim_select_fallbacks")) << "the streamed path did not run";
+      EXPECT_EQ(portable.info.at("trim_thresholds").dump(), avx2.info.at("trim_thresholds").dump());
+      const StateDict a = avx2.models.at(0).make()->parameters();
+      const StateDict b = portable.models.at(0).make()->parameters();
+      ASSERT_EQ(a.size(), b.size());
+      for (const auto& [key, t] : a) EXPECT_TRUE(b.at(key).equal(t)) << key;
+    }
+  }
+}
+
 TEST_F(WrittenAsProduced, AModelChangedAfterItWasMadeIsSavedAsItIsNow) {
   auto p = pool();
   OutputFolder folder(run_dir());

@@ -7,6 +7,7 @@
 #include <sstream>
 #include <utility>
 
+#include "fusion/classification.hpp"
 #include "fusion/dtype.hpp"
 #include "fusion/error.hpp"
 #include "fusion/pareto.hpp"
@@ -21,13 +22,6 @@ namespace fusion::host {
 using json = nlohmann::json;
 
 namespace {
-
-std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
-  std::string out = "\"";
-  for (char c : s) out += (c == '"') ? std::string("\"\"") : std::string(1, c);
-  return out + "\"";
-}
 
 // Flattens a JSON object into "a.b" → scalar text, in key order.
 void flatten(const json& j, const std::string& prefix,

@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "fusion/classification.hpp"
 #include "fusion/error.hpp"
 #include "fusion/distributed.hpp"
 #include "fusion/files.hpp"
@@ -26,14 +27,6 @@ using PoolOptions = ImageClassificationPoolOptions;
 template <class M>
 std::string key(M PoolOptions::*member) {
   return "taskpool." + option_name(member);
-}
-
-// One CSV field, quoted (RFC 4180) when it holds a comma, a quote or a line break.
-std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
-  std::string out = "\"";
-  for (char c : s) out += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return out + "\"";
 }
 
 std::string join(const std::vector<std::string>& v) {
@@ -377,43 +370,30 @@ nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
       },
       num_batches, lo);
   auto bar = ctx_.progress("evaluate " + spec_.name, count);
-  double loss_sum = 0.0;
-  int64_t correct = 0, seen = 0, skipped = 0;
+  int64_t skipped = 0;
   const std::string where = "task '" + spec_.name + "' test split";
-  std::string csv;
-  if (options_.save_predictions) csv = "index,sample,label,label_name,predicted,predicted_name,loss\n";
+  ClassificationEvaluation eval(classnames_, {"index", "sample"}, options_.save_predictions);
+  std::vector<std::vector<std::string>> ids;
   while (std::optional<LoadedBatch> batch = next_batch(loader, where)) {
     skipped += batch->skipped;
     const int64_t n = batch->inputs.size(0);
     if (n > 0) {
       at::Tensor x = batch->inputs.to(device, dtype);
-      at::Tensor y = batch->labels.to(device);
       at::Tensor z = logits(model, model.parameters(), x).to(at::kFloat);
+      ids.clear();
       if (options_.save_predictions) {
-        at::Tensor losses = at::cross_entropy_loss(z, y, {}, at::Reduction::None);
-        at::Tensor predicted = z.argmax(1);
-        loss_sum += losses.sum().item<double>();
-        correct += predicted.eq(y).sum().item<int64_t>();
-        at::Tensor l = losses.to(at::kCPU, at::kDouble), p = predicted.to(at::kCPU), t = batch->labels;
         const Dataset& split = test_->dataset();
         for (int64_t k = 0; k < n; ++k) {
           const int64_t sample = batch->samples[static_cast<size_t>(k)];
-          const auto label = t[k].item<int64_t>(), pk = p[k].item<int64_t>();
-          char loss_text[32];
-          std::snprintf(loss_text, sizeof loss_text, "%.9g", l[k].item<double>());
-          csv += std::to_string(sample) + "," + csv_field(split.sample_name(sample)) + "," + std::to_string(label) +
-                 "," + csv_field(classnames_[static_cast<size_t>(label)]) + "," + std::to_string(pk) + "," +
-                 csv_field(classnames_[static_cast<size_t>(pk)]) + "," + loss_text + "\n";
+          ids.push_back({std::to_string(sample), split.sample_name(sample)});
         }
-      } else {
-        loss_sum += at::cross_entropy_loss(z, y, {}, at::Reduction::Sum).item<double>();
-        correct += z.argmax(1).eq(y).sum().item<int64_t>();
       }
-      seen += n;
+      eval.add(z, batch->labels.to(device), ids);
     }
     bar->advance(n + batch->skipped);
   }
   bar->finish();
+  const int64_t seen = eval.count();
   FUSION_ENSURE(seen > 0, "task '", spec_.name, "': no decodable test image (", skipped, " skipped)");
   if (skipped > 0) {
     ctx_.log().warn("task '" + spec_.name + "': skipped " + std::to_string(skipped) +
@@ -421,23 +401,14 @@ nlohmann::json ImageClassificationTask::evaluate(const Model& model) {
   }
   nlohmann::json report;
   if (options_.save_predictions) {
-    const fs::path file =
-        predictions_file_.empty()
-            ? ctx_.run_dir() / "predictions" / ("model_" + std::to_string(evaluation)) / (spec_.name + ".csv")
-            : predictions_file_;
-    try {
-      fs::create_directories(file.parent_path());
-      write_file_atomic(file, csv);
-    } catch (const std::exception& e) {
-      FUSION_FAIL("task '", spec_.name, "': cannot write the predictions ", file.string(), ": ", e.what());
-    }
-    std::error_code ec;
-    const fs::path rel = ctx_.run_dir().empty() ? file : fs::relative(file, ctx_.run_dir(), ec);
-    report["predictions"] = (ec || rel.empty() ? file : rel).string();
+    const fs::path file = predictions_file_.empty()
+                              ? ClassificationEvaluation::predictions_file(ctx_, evaluation, spec_.name)
+                              : predictions_file_;
+    report["predictions"] = eval.write_predictions(file, ctx_, spec_.name);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  report.update(nlohmann::json{{"accuracy", static_cast<double>(correct) / static_cast<double>(seen)},
-          {"loss", loss_sum / static_cast<double>(seen)},
+  report.update(nlohmann::json{{"accuracy", eval.accuracy()},
+          {"loss", eval.loss()},
           {"num_samples", seen},
           {"skipped_images", skipped},
           {"decoded_images", test_->decodes() - decodes_before},

@@ -12,6 +12,7 @@
 #include <set>
 
 #include "fusion/checkpoint_pool.hpp"
+#include "fusion/classification.hpp"
 #include "fusion/error.hpp"
 #include "fusion/distributed.hpp"
 #include "fusion/files.hpp"
@@ -61,14 +62,6 @@ at::Device model_device(const Model& model, const Context& ctx) {
   for (const auto& item : model.parameters())
     if (item.second.defined() && item.second.is_floating_point()) return item.second.device();
   return ctx.device();
-}
-
-// A CSV field, quoted as RFC 4180 when it holds a comma, a quote or a line break.
-std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
-  std::string out = "\"";
-  for (char c : s) out += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return out + "\"";
 }
 
 // Epoch e of a stream over n examples: a permutation drawn from (seed, e).
@@ -274,10 +267,9 @@ nlohmann::json TextClassificationTask::evaluate(const Model& model) {
   const int64_t b = options_.batch_size;
   const auto count = static_cast<int64_t>(test_indices_.size());
   auto bar = ctx_.progress("evaluate " + spec_.name, count);
-  double loss_sum = 0.0;
-  int64_t correct = 0, tokenized = 0;
-  std::string csv;
-  if (options_.save_predictions) csv = "line,label,label_name,predicted,predicted_name,loss\n";
+  int64_t tokenized = 0;
+  ClassificationEvaluation eval(spec_.labels, {"line"}, options_.save_predictions);
+  std::vector<std::vector<std::string>> ids;
   for (int64_t first = 0; first < count; first += b) {
     const int64_t n = std::min(b, count - first);
     std::vector<std::vector<int64_t>> rows;
@@ -301,44 +293,27 @@ nlohmann::json TextClassificationTask::evaluate(const Model& model) {
     at::Tensor x = pad_rows(rows).to(device);
     at::Tensor y = at::tensor(labels, at::kLong).to(device);
     at::Tensor z = logits(model, model.parameters(), x).to(at::kFloat);
-    at::Tensor losses = at::cross_entropy_loss(z, y, {}, at::Reduction::None);
-    at::Tensor predicted = z.argmax(1);
-    loss_sum += losses.sum().item<double>();
-    correct += predicted.eq(y).sum().item<int64_t>();
+    ids.clear();
     if (options_.save_predictions) {
-      at::Tensor l = losses.to(at::kCPU, at::kDouble), p = predicted.to(at::kCPU);
       for (int64_t k = 0; k < n; ++k) {
         const TextExample& ex = test_->examples[static_cast<size_t>(test_indices_[static_cast<size_t>(first + k)])];
-        const auto pk = p[k].item<int64_t>();
-        char loss_text[32];
-        std::snprintf(loss_text, sizeof loss_text, "%.9g", l[k].item<double>());
-        csv += std::to_string(ex.line) + "," + std::to_string(ex.label) + "," +
-               csv_field(spec_.labels[static_cast<size_t>(ex.label)]) + "," + std::to_string(pk) + "," +
-               csv_field(spec_.labels[static_cast<size_t>(pk)]) + "," + loss_text + "\n";
+        ids.push_back({std::to_string(ex.line)});
       }
     }
+    eval.add(z, y, ids);
     bar->advance(n);
   }
   bar->finish();
   nlohmann::json report;
   if (options_.save_predictions) {
-    const fs::path file =
-        predictions_file_.empty()
-            ? ctx_.run_dir() / "predictions" / ("model_" + std::to_string(evaluation)) / (spec_.name + ".csv")
-            : predictions_file_;
-    try {
-      fs::create_directories(file.parent_path());
-      write_file_atomic(file, csv);
-    } catch (const std::exception& e) {
-      FUSION_FAIL("task '", spec_.name, "': cannot write the predictions ", file.string(), ": ", e.what());
-    }
-    std::error_code ec;
-    const fs::path rel = ctx_.run_dir().empty() ? file : fs::relative(file, ctx_.run_dir(), ec);
-    report["predictions"] = (ec || rel.empty() ? file : rel).string();
+    const fs::path file = predictions_file_.empty()
+                              ? ClassificationEvaluation::predictions_file(ctx_, evaluation, spec_.name)
+                              : predictions_file_;
+    report["predictions"] = eval.write_predictions(file, ctx_, spec_.name);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  report.update(nlohmann::json{{"accuracy", static_cast<double>(correct) / static_cast<double>(count)},
-          {"loss", loss_sum / static_cast<double>(count)},
+  report.update(nlohmann::json{{"accuracy", eval.accuracy()},
+          {"loss", eval.loss()},
           {"num_samples", count},
           {"labels", spec_.labels},
           {"skipped_rows", test_->skipped_rows},

@@ -16,6 +16,7 @@
 #include <unordered_map>
 
 #include "checkpoint_layout.hpp"
+#include "fusion/dtype.hpp"
 #include "fusion/error.hpp"
 #include "fusion/files.hpp"
 #include "fusion/safetensors.hpp"
@@ -66,7 +67,6 @@ CheckpointModelPool::CheckpointModelPool(const Context& ctx)
     : CheckpointModelPool(read_options<CheckpointPoolOptions>(ctx.config()), ctx) {}
 
 CheckpointModelPool::CheckpointModelPool(const CheckpointPoolOptions& options, const Context& ctx) : ctx_(ctx) {
-  const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
   pretrained_path_ = options.pretrained;
   for (const auto& [name, path] : options.models) experts_.emplace_back(name, fs::path(path));
   // Fail before any work when a path is wrong; nothing is read here (loading stays lazy).
@@ -75,8 +75,8 @@ CheckpointModelPool::CheckpointModelPool(const CheckpointPoolOptions& options, c
     FUSION_ENSURE(!path.empty(), option, ": the path is empty");
     FUSION_ENSURE(fs::exists(path, ec), option, ": ", path.string(), " does not exist");
   };
-  check(section + ".pretrained", pretrained_path_);
-  for (const auto& [name, path] : experts_) check(section + ".models." + name, path);
+  check(option_of("pretrained"), pretrained_path_);
+  for (const auto& [name, path] : experts_) check(option_of(name), path);
 }
 
 CheckpointModelPool::~CheckpointModelPool() = default;
@@ -196,14 +196,13 @@ ModelPtr CheckpointModelPool::load_path(const fs::path& path) const {
   // weight would otherwise surface much later as a NaN loss or metric, naming neither file nor
   // tensor, and the check, fused into the copy out of the file, costs ~30 ms of CPU per GB read
   // (within the noise of bench/merge's wall times). The message names the option that gave `path`.
-  const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
   std::string label;
   if (path == pretrained_path_) {
-    label = section + ".pretrained";
+    label = option_of("pretrained");
   } else {
     for (const auto& [name, p] : experts_) {
       if (p == path) {
-        label = section + ".models." + name;
+        label = option_of(name);
         break;
       }
     }
@@ -221,6 +220,34 @@ ModelPtr CheckpointModelPool::load_path(const fs::path& path) const {
     FUSION_ENSURE(config.is_object(), config_path.string(), ": must hold a JSON object");
   }
   return make_model(std::move(params), std::move(config));
+}
+
+std::string CheckpointModelPool::option_of(const std::string& name) const {
+  const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
+  if (name == "pretrained") return section + ".pretrained";
+  return section + ".models." + name;
+}
+
+void save_model_folder(const fs::path& dir_in, const StateDict& params, nlohmann::json config,
+                       const std::string& family) {
+  fs::path dir = dir_in.lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();
+  FUSION_ENSURE(!dir.empty() && dir != "." && dir != "..", family, ": cannot save a model to '", dir_in.string(),
+                "': not a folder name");
+  for (const auto& [key, t] : params) {
+    if (t.is_floating_point()) {
+      config["torch_dtype"] = dtype_name(t.scalar_type());
+      break;
+    }
+  }
+  try {
+    write_directory_atomic(dir, [&](const fs::path& tmp) {
+      save_safetensors(tmp / "model.safetensors", params);
+      write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
+    });
+  } catch (const fs::filesystem_error& e) {
+    FUSION_FAIL(family, ": cannot write the model folder ", dir.string(), ": ", e.code().message());
+  }
 }
 
 void CheckpointModelPool::save(const Model& model, const fs::path& dir_in) const {

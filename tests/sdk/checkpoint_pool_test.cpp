@@ -272,6 +272,36 @@ TEST_F(CheckpointPool, UnwritableOutputFolderIsNamed) {
   }
 }
 
+TEST_F(CheckpointPool, SaveModelFolderWritesTheFamilysConfigWithTheDtype) {
+  // save_model_folder, what a model family's pool saves with: config.json is the family's, with
+  // torch_dtype from the first floating-point tensor; errors name the family.
+  StateDict sd = toy(1.5);
+  sd.set("layer.weight", sd.at("layer.weight").to(at::kBFloat16));
+  sd.set("layer.bias", sd.at("layer.bias").to(at::kBFloat16));
+  const fs::path out = dir_ / "family" / "m";
+  fusion::save_model_folder(out / "", sd, nlohmann::json{{"model_type", "toy"}}, "toyfamily");
+  const nlohmann::json config = nlohmann::json::parse(read_bytes(out / "config.json"));
+  EXPECT_EQ(config, (nlohmann::json{{"model_type", "toy"}, {"torch_dtype", "bfloat16"}}));
+  const StateDict back = fusion::load_safetensors(out);
+  ASSERT_EQ(back.size(), sd.size());
+  for (const auto& [key, t] : sd) EXPECT_TRUE(back.at(key).equal(t)) << key;
+  expect_error([&] { fusion::save_model_folder(".", sd, nlohmann::json::object(), "toyfamily"); },
+               {"toyfamily: cannot save a model to '.': not a folder name"});
+  write_bytes(dir_ / "taken", "x");
+  expect_error([&] { fusion::save_model_folder(dir_ / "taken" / "m", sd, nlohmann::json::object(), "toyfamily"); },
+               {(dir_ / "taken" / "m").string()});
+}
+
+TEST_F(CheckpointPool, OptionOfNamesTheKeyOfEachPath) {
+  struct Exposed : CheckpointModelPool {
+    using CheckpointModelPool::CheckpointModelPool;
+    using CheckpointModelPool::option_of;
+  };
+  Exposed p(context(folder("pre", toy(1.0)), {{"a", folder("a", toy(2.0)).string()}}));
+  EXPECT_EQ(p.option_of("pretrained"), "modelpool.pretrained");
+  EXPECT_EQ(p.option_of("a"), "modelpool.models.a");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Non-finite weights: checked as the pool reads the file (pread into a buffer, in pieces, on
 // several threads), before the model's tensors (views of the file) are handed out

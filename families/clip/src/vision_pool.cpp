@@ -62,25 +62,7 @@ void save_clip_vision(const Model& model, const std::filesystem::path& dir_in) {
   const auto* vision = dynamic_cast<const ClipVisionModel*>(&model);
   FUSION_ENSURE(vision != nullptr, "clip_vision: cannot save a model of architecture '", model.architecture(),
                 "' as a CLIPVisionModel");
-  fs::path dir = dir_in.lexically_normal();
-  if (!dir.has_filename()) dir = dir.parent_path();
-  FUSION_ENSURE(!dir.empty() && dir != "." && dir != "..", "clip_vision: cannot save a model to '",
-                dir_in.string(), "': not a folder name");
-  nlohmann::json config = vision->vision_config().to_json();
-  for (const auto& [key, t] : model.parameters()) {
-    if (t.is_floating_point()) {
-      config["torch_dtype"] = dtype_name(t.scalar_type());
-      break;
-    }
-  }
-  try {
-    write_directory_atomic(dir, [&](const fs::path& tmp) {
-      save_safetensors(tmp / "model.safetensors", model.parameters());
-      write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
-    });
-  } catch (const fs::filesystem_error& e) {
-    FUSION_FAIL("clip_vision: cannot write the model folder ", dir.string(), ": ", e.code().message());
-  }
+  save_model_folder(dir_in, model.parameters(), vision->vision_config().to_json(), "clip_vision");
 }
 
 void ClipVisionPoolOptions::bind(fusion::Options<ClipVisionPoolOptions>& o) { o.include(&ClipVisionPoolOptions::base); }
@@ -98,15 +80,9 @@ ComponentInfo ClipVisionPool::info() {
   return info;
 }
 
-std::string ClipVisionPool::option_of(const std::string& expert) const {
-  const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
-  if (expert.empty()) return section + "." + pretrained_name();
-  return section + "." + option_name(&CheckpointPoolOptions::models) + "." + expert;
-}
-
 ConstModelPtr ClipVisionPool::pretrained() {
   const std::filesystem::path& dir = path_of(pretrained_name());
-  return with_origin(option_of(""), dir, [&] {
+  return with_origin(option_of("pretrained"), dir, [&] {
     read_config_json(dir);  // a clear error before any weight is read
     return CheckpointModelPool::pretrained();
   });
@@ -123,7 +99,7 @@ ModelPtr ClipVisionPool::load(const std::string& name) {
     return VisionConfig::from_json(read_config_json(dir), (dir / "config.json").string());
   });
   const std::filesystem::path& pre_dir = path_of(pretrained_name());
-  const VisionConfig pre_cfg = with_origin(option_of(""), pre_dir, [&] {
+  const VisionConfig pre_cfg = with_origin(option_of("pretrained"), pre_dir, [&] {
     return VisionConfig::from_json(read_config_json(pre_dir), (pre_dir / "config.json").string());
   });
   const auto want = ClipVisionModel::expected_parameters(pre_cfg);

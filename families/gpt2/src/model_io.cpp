@@ -1,4 +1,5 @@
 // Loading and saving GPT-2 models as Hugging Face folders.
+#include "fusion/checkpoint_pool.hpp"
 #include "fusion/dtype.hpp"
 #include "fusion/error.hpp"
 #include "fusion/files.hpp"
@@ -23,27 +24,10 @@ void save_gpt2(const Model& model, const std::filesystem::path& dir_in) {
   const auto* gpt2 = dynamic_cast<const Gpt2Model*>(&model);
   FUSION_ENSURE(gpt2 != nullptr, "gpt2: cannot save a model of architecture '", model.architecture(),
                 "' as a GPT-2 folder");
-  fs::path dir = dir_in.lexically_normal();
-  if (!dir.has_filename()) dir = dir.parent_path();
-  FUSION_ENSURE(!dir.empty() && dir != "." && dir != "..", "gpt2: cannot save a model to '", dir_in.string(),
-                "': not a folder name");
   nlohmann::json config = model.config();
   config["architectures"] = {hf_class_name(gpt2->head())};
   config["model_type"] = "gpt2";
-  for (const auto& [key, t] : model.parameters()) {
-    if (t.is_floating_point()) {
-      config["torch_dtype"] = dtype_name(t.scalar_type());
-      break;
-    }
-  }
-  try {
-    write_directory_atomic(dir, [&](const fs::path& tmp) {
-      save_safetensors(tmp / "model.safetensors", model.parameters());
-      write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
-    });
-  } catch (const fs::filesystem_error& e) {
-    FUSION_FAIL("gpt2: cannot write the model folder ", dir.string(), ": ", e.code().message());
-  }
+  save_model_folder(dir_in, model.parameters(), std::move(config), "gpt2");
 }
 
 }  // namespace fusion::gpt2

@@ -60,15 +60,9 @@ ComponentInfo Gpt2Pool::info() {
   return info;
 }
 
-std::string Gpt2Pool::option_of(const std::string& expert) const {
-  const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
-  if (expert.empty()) return section + "." + pretrained_name();
-  return section + "." + option_name(&CheckpointPoolOptions::models) + "." + expert;
-}
-
 ConstModelPtr Gpt2Pool::pretrained() {
   const std::filesystem::path& dir = path_of(pretrained_name());
-  return with_origin(option_of(""), dir, [&] {
+  return with_origin(option_of("pretrained"), dir, [&] {
     config_of(dir);  // a clear error before any weight is read
     return CheckpointModelPool::pretrained();
   });
@@ -82,7 +76,7 @@ ModelPtr Gpt2Pool::load(const std::string& name) {
   // before any weight is read; each model's weights are then checked against its own config.
   const Gpt2Config expert_cfg = with_origin(label, dir, [&] { return config_of(dir); });
   const std::filesystem::path& pre_dir = path_of(pretrained_name());
-  const Gpt2Config pre_cfg = with_origin(option_of(""), pre_dir, [&] { return config_of(pre_dir); });
+  const Gpt2Config pre_cfg = with_origin(option_of("pretrained"), pre_dir, [&] { return config_of(pre_dir); });
   const auto want = Gpt2Model::expected_parameters(pre_cfg, Gpt2Head::kNone);
   const auto have = Gpt2Model::expected_parameters(expert_cfg, Gpt2Head::kNone);
   for (size_t i = 0; i < want.size(); ++i) {

@@ -55,11 +55,23 @@ class FUSION_SDK_API CheckpointModelPool : public ModelPool {
   virtual ModelPtr make_model(StateDict params, nlohmann::json config) const;
   /// Loads the checkpoint at `path` (device and dtype of the context) and builds it.
   ModelPtr load_path(const std::filesystem::path& path) const;
+  /// The config key that gives the path of `name` ("pretrained" or an expert name), for messages:
+  /// `<table>.pretrained` or `<table>.models.<name>`, where <table> is the pool's own
+  /// (ctx.config().section(), `modelpool` when that is empty). Added in SDK 1.4 (API level 4).
+  std::string option_of(const std::string& name) const;
 
   Context ctx_;
   std::filesystem::path pretrained_path_;
   std::vector<std::pair<std::string, std::filesystem::path>> experts_;
   ConstModelPtr pretrained_;
 };
+
+/// Writes the Hugging Face model folder `dir` atomically (write_directory_atomic): model.safetensors
+/// with `params`, and config.json with `config`, its "torch_dtype" set to the dtype of the first
+/// floating-point tensor of `params`. For a model family's ModelPool::save. Throws fusion::Error
+/// naming `family`: "<family>: cannot save a model to '<dir>': not a folder name", or
+/// "<family>: cannot write the model folder <dir>: <reason>". Added in SDK 1.4 (API level 4).
+FUSION_SDK_API void save_model_folder(const std::filesystem::path& dir, const StateDict& params,
+                                      nlohmann::json config, const std::string& family);
 
 }  // namespace fusion

@@ -44,10 +44,6 @@ class FUSION_CLIP_API ClipVisionPool : public CheckpointModelPool {
  protected:
   ModelPtr make_model(StateDict params, nlohmann::json config) const override;
 
- private:
-  /// The option that names a model's folder: "modelpool.models.<expert>", or "modelpool.pretrained"
-  /// for an empty `expert`.
-  std::string option_of(const std::string& expert) const;
 };
 
 /// Loads the CLIPModel or CLIPVisionModel folder `dir` as a ClipVisionModel on `device`, floating

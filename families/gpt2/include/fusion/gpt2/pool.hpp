@@ -48,9 +48,6 @@ class FUSION_GPT2_API Gpt2Pool : public CheckpointModelPool {
  protected:
   ModelPtr make_model(StateDict params, nlohmann::json config) const override;
 
- private:
-  /// "modelpool.models.<expert>", or "modelpool.pretrained" for an empty `expert`.
-  std::string option_of(const std::string& expert) const;
 };
 
 /// A GPT2ForSequenceClassification folder's head: what a task needs beside the (merged) body.

@@ -1,10 +1,7 @@
 // `fusion run` over several processes, end to end: the same run in one process, with --nproc 2 and 3
 // (Gloo on 127.0.0.1), gives the same routers (within 1e-6) and the same reports; each fault of a run
 // over several processes ends every rank within the timeout with one line naming the rank and the cause.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -15,39 +12,20 @@
 
 #include "fusion/safetensors.hpp"
 #include "run_binary.hpp"
+#include "scratch_dir.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+using fusion::testing::free_port;
 using fusion::testing::Outcome;
 using fusion::testing::read_text;
 using fusion::testing::shell_quote;
 
-// A loopback port free now (parallel ctest jobs each get their own).
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-class Distributed : public ::testing::Test {
+class Distributed : public fusion::testing::ScratchDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() / ("fusion_distributed_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
+  Distributed() : ScratchDirTest("fusion_distributed_") {}
   // A PWEMoE run on `tasks` tiny tasks. FUSION_TEST_BACKEND (gloo, nccl; unset: the run's default,
   // "auto") names [run] backend: scripts/gpu-test.sh runs the 2-rank tests over NCCL on 2+ GPUs.
   void write_pwe(const std::string& method, int tasks, int steps) {
@@ -112,7 +90,6 @@ class Distributed : public ::testing::Test {
     expect_same_models(report("one"), report("many"), 1e-5);
     EXPECT_EQ(read_text(dir_ / "one" / "train_log.csv").substr(0, 40), read_text(dir_ / "many" / "train_log.csv").substr(0, 40));
   }
-  fs::path dir_;
 };
 
 TEST_F(Distributed, PweMoeLsTwoRanksEqualsOneProcess) {

@@ -3,11 +3,8 @@
 // checkpoint ends with the routers of the uninterrupted run and of one process; SIGTERM/SIGINT to a
 // run, a rank or the --nproc launcher leaves no temporary file and no report, says so in one line and
 // exits with 128 + the signal.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,40 +16,21 @@
 
 #include "fusion/safetensors.hpp"
 #include "run_binary.hpp"
+#include "scratch_dir.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using fusion::testing::lines_of;
+using fusion::testing::free_port;
 using fusion::testing::Outcome;
 using fusion::testing::read_text;
 using fusion::testing::shell_quote;
 
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-class DistributedEval : public ::testing::Test {
+class DistributedEval : public fusion::testing::ScratchDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("fusion_eval_resume_" + std::to_string(::getpid()) + "_" + info->test_suite_name() + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
+  DistributedEval() : ScratchDirTest("fusion_eval_resume_") {}
   std::string command(const std::vector<std::string>& args, const std::string& env = "") const {
     const std::string plugins = std::string(FUSION_TINY_PLUGIN) + ":" + FUSION_PWE_MOE_PLUGIN + ":" +
                                 FUSION_HOST_TEST_GOOD_PLUGIN;
@@ -87,7 +65,6 @@ class DistributedEval : public ::testing::Test {
       m = std::max(m, (v.to(at::kDouble) - cb.at(k).to(at::kDouble)).abs().max().item<double>());
     return m;
   }
-  fs::path dir_;
 };
 
 // --- Item 4: the (model, task) pairs of a run spread over the ranks.

@@ -17,6 +17,7 @@
 
 #include "fusion/safetensors.hpp"
 #include "run_binary.hpp"
+#include "scratch_dir.hpp"
 #include "training.hpp"
 
 namespace {
@@ -196,17 +197,9 @@ TEST(DataParallel, BucketedAllReduceSumsEveryGradientOverTheRanks) {
 // of by its rows (4 + 3, 3 + 2 rows) moved the weights by 7e-3 (finetune) and 5e-2 (lm_pretrain).
 constexpr double kRelative = 1e-5, kAbsolute = 1e-5;
 
-class DataParallelRun : public ::testing::Test {
+class DataParallelRun : public fusion::testing::ScratchDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() / ("fusion_training_dp_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
+  DataParallelRun() : ScratchDirTest("fusion_training_dp_") {}
   Outcome fusion(const std::vector<std::string>& args) {
     const std::string plugins = std::string(FUSION_TINY_PLUGIN) + ":" + FUSION_FINETUNE_PLUGIN;
     std::string cmd = "env OMP_WAIT_POLICY=PASSIVE FUSION_NO_DEFAULT_PLUGINS=1 FUSION_PLUGIN_PATH=" +
@@ -263,7 +256,6 @@ class DataParallelRun : public ::testing::Test {
     }
     return out;
   }
-  fs::path dir_;
 };
 
 

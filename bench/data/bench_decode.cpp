@@ -36,6 +36,7 @@
 
 #include <thread>
 
+#include "bench_stats.hpp"
 #include "dataset.hpp"
 #include "fusion/clip/vision.hpp"
 #include "image_classification.hpp"
@@ -63,13 +64,8 @@ namespace {
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// CPU seconds of the whole process (all threads): images per CPU second does not depend on what else
-// runs on the machine, unlike images per wall-clock second.
-double cpu_seconds() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + 1e-6 * (u.ru_utime.tv_usec + u.ru_stime.tv_usec);
-}
+// CPU seconds of the whole process: images per CPU second does not depend on what else runs.
+using fusion::bench::cpu_seconds;
 
 struct Timer {
   Clock::time_point wall = Clock::now();

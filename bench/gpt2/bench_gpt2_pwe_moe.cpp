@@ -39,6 +39,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_stats.hpp"
 #include "fusion/context.hpp"
 #include "fusion/error.hpp"
 #include "fusion/gpt2/model.hpp"
@@ -106,23 +107,9 @@ class LastTokenTask : public Task {
   at::Tensor head_;
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n == 0 ? NAN : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-std::string series(const std::vector<double>& v) {
-  std::string out;
-  char buf[32];
-  for (double x : v) {
-    std::snprintf(buf, sizeof(buf), "%s%.3f", out.empty() ? "" : " ", x);
-    out += buf;
-  }
-  return out;
-}
-
-double cpu_seconds() { return static_cast<double>(std::clock()) / CLOCKS_PER_SEC; }
+using fusion::bench::median;
+using fusion::bench::series;
+using fusion::bench::cpu_seconds;
 
 std::string run(int T, int64_t batch, int64_t seq, int reps, int64_t layers) {
   const nlohmann::json config = {{"n_layer", layers},   {"n_embd", 768},         {"n_head", 12},

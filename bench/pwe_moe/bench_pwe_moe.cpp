@@ -58,6 +58,7 @@
 
 #include <dlfcn.h>
 
+#include "bench_stats.hpp"
 #include "distributed.hpp"
 #include "fusion/context.hpp"
 #include "fusion/distributed.hpp"
@@ -219,21 +220,8 @@ class UnifiedLs : public PweMoeLs {
   bool needs_gradient_gram() const override { return true; }
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n == 0 ? NAN : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-std::string series(const std::vector<double>& v) {
-  std::string out;
-  char buf[32];
-  for (double x : v) {
-    std::snprintf(buf, sizeof(buf), "%s%.3f", out.empty() ? "" : " ", x);
-    out += buf;
-  }
-  return out;
-}
+using fusion::bench::median;
+using fusion::bench::series;
 
 // The routers' gradients after one step (lr 0: the routers do not move), flattened.
 at::Tensor router_grads_after(PweMoeAlgorithm& algo, ParetoWeightEnsembling& pwe, Adam& adam,

@@ -34,6 +34,21 @@ fs::path config_json_of(const fs::path& checkpoint) {
                                           : checkpoint.parent_path() / "config.json";
 }
 
+/// The pool's config table, as messages name it: the context's section, `modelpool` when empty.
+std::string table_of(const Context& ctx) {
+  return ctx.config().section().empty() ? "modelpool" : ctx.config().section();
+}
+
+/// The folder a model is saved to: `dir_in` normalised, refused (the message starting with
+/// `prefix`) when it names no folder.
+fs::path folder_to_save(const fs::path& dir_in, const std::string& prefix) {
+  fs::path dir = dir_in.lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();
+  FUSION_ENSURE(!dir.empty() && dir != "." && dir != "..", prefix, "cannot save a model to '", dir_in.string(),
+                "': not a folder name");
+  return dir;
+}
+
 std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   FUSION_ENSURE(in.good(), path.string(), ": cannot read: ", std::strerror(errno));
@@ -106,7 +121,7 @@ const fs::path& CheckpointModelPool::path_of(const std::string& name) const {
   }
   std::string known;
   for (const auto& [n, path] : experts_) known += (known.empty() ? "" : ", ") + n;
-  const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
+  const std::string section = table_of(ctx_);
   if (known.empty()) FUSION_FAIL(section, ": unknown expert '", name, "'; the pool has no experts (", section, ".models)");
   FUSION_FAIL(section, ": unknown expert '", name, "'; known experts: ", known);
 }
@@ -123,8 +138,7 @@ void check_expert_layout(const std::string& option, const fs::path& path, const 
 
 ModelPtr CheckpointModelPool::load(const std::string& name) {
   const fs::path& path = path_of(name);
-  const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
-  check_expert_layout(section + ".models." + name, path, "expert '" + name + "'", pretrained_path_);
+  check_expert_layout(table_of(ctx_) + ".models." + name, path, "expert '" + name + "'", pretrained_path_);
   return load_path(path);
 }
 
@@ -157,10 +171,13 @@ void check_expert_layout(const std::string& option, const fs::path& path, const 
   }
 }
 
-// The pool's context, for detail::stream_sources (a member pointer taken in a derived class
-// reaches the protected member of any CheckpointModelPool).
+// The pool's context and option_of, for detail::stream_sources (a member pointer taken in a derived class
+// reaches the protected members of any CheckpointModelPool).
 struct PoolAccess : CheckpointModelPool {
   static const Context& context(const CheckpointModelPool& pool) { return pool.*(&PoolAccess::ctx_); }
+  static std::string option(const CheckpointModelPool& pool, const std::string& name) {
+    return (pool.*(&PoolAccess::option_of))(name);
+  }
 };
 
 }  // namespace
@@ -171,15 +188,14 @@ std::optional<std::vector<StreamSource>> stream_sources(ModelPool& pool, const s
   if (cp == nullptr || typeid(*cp) != typeid(CheckpointModelPool)) return std::nullopt;
   const Context& ctx = PoolAccess::context(*cp);
   if (!ctx.device().is_cpu() || ctx.dtype() != at::kFloat) return std::nullopt;
-  const std::string section = ctx.config().section().empty() ? "modelpool" : ctx.config().section();
   std::vector<StreamSource> out;
   for (const std::string& name : models) {
     if (name == "pretrained") {
-      out.push_back({cp->path_of(name), section + ".pretrained"});
+      out.push_back({cp->path_of(name), PoolAccess::option(*cp, name)});
       continue;
     }
     const fs::path& path = cp->path_of(name);
-    const std::string option = section + ".models." + name;
+    const std::string option = PoolAccess::option(*cp, name);
     check_expert_layout(option, path, "expert '" + name + "'", cp->path_of("pretrained"));
     out.push_back({path, option});
   }
@@ -223,17 +239,12 @@ ModelPtr CheckpointModelPool::load_path(const fs::path& path) const {
 }
 
 std::string CheckpointModelPool::option_of(const std::string& name) const {
-  const std::string section = ctx_.config().section().empty() ? "modelpool" : ctx_.config().section();
-  if (name == "pretrained") return section + ".pretrained";
-  return section + ".models." + name;
+  return table_of(ctx_) + (name == "pretrained" ? ".pretrained" : ".models." + name);
 }
 
 void save_model_folder(const fs::path& dir_in, const StateDict& params, nlohmann::json config,
                        const std::string& family) {
-  fs::path dir = dir_in.lexically_normal();
-  if (!dir.has_filename()) dir = dir.parent_path();
-  FUSION_ENSURE(!dir.empty() && dir != "." && dir != "..", family, ": cannot save a model to '", dir_in.string(),
-                "': not a folder name");
+  const fs::path dir = folder_to_save(dir_in, family + ": ");
   for (const auto& [key, t] : params) {
     if (t.is_floating_point()) {
       config["torch_dtype"] = dtype_name(t.scalar_type());
@@ -251,10 +262,7 @@ void save_model_folder(const fs::path& dir_in, const StateDict& params, nlohmann
 }
 
 void CheckpointModelPool::save(const Model& model, const fs::path& dir_in) const {
-  fs::path dir = dir_in.lexically_normal();
-  if (!dir.has_filename()) dir = dir.parent_path();
-  FUSION_ENSURE(!dir.empty() && dir != "." && dir != "..", "cannot save a model to '", dir_in.string(),
-                "': not a folder name");
+  const fs::path dir = folder_to_save(dir_in, "");
   write_directory_atomic(dir, [&](const fs::path& tmp) {
     std::error_code ec;
     save_safetensors(tmp / "model.safetensors", model.parameters(), {{"format", "pt"}});

@@ -1,9 +1,7 @@
 #include "fusion/clip/vision_pool.hpp"
 
 #include "fusion/clip/vision.hpp"
-#include "fusion/dtype.hpp"
 #include "fusion/error.hpp"
-#include "fusion/files.hpp"
 #include "fusion/safetensors.hpp"
 
 namespace fusion::clip {
@@ -58,7 +56,6 @@ ModelPtr load_clip_vision(const std::filesystem::path& dir, const at::Device& de
 }
 
 void save_clip_vision(const Model& model, const std::filesystem::path& dir_in) {
-  namespace fs = std::filesystem;
   const auto* vision = dynamic_cast<const ClipVisionModel*>(&model);
   FUSION_ENSURE(vision != nullptr, "clip_vision: cannot save a model of architecture '", model.architecture(),
                 "' as a CLIPVisionModel");

@@ -1,8 +1,6 @@
 // Loading and saving GPT-2 models as Hugging Face folders.
 #include "fusion/checkpoint_pool.hpp"
-#include "fusion/dtype.hpp"
 #include "fusion/error.hpp"
-#include "fusion/files.hpp"
 #include "fusion/gpt2/model.hpp"
 #include "fusion/safetensors.hpp"
 
@@ -20,7 +18,6 @@ ModelPtr load_gpt2(const std::filesystem::path& dir, std::optional<Gpt2Head> hea
 }
 
 void save_gpt2(const Model& model, const std::filesystem::path& dir_in) {
-  namespace fs = std::filesystem;
   const auto* gpt2 = dynamic_cast<const Gpt2Model*>(&model);
   FUSION_ENSURE(gpt2 != nullptr, "gpt2: cannot save a model of architecture '", model.architecture(),
                 "' as a GPT-2 folder");

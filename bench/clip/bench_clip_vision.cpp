@@ -16,7 +16,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
-#include <sys/resource.h>
 #include <time.h>
 
 #include <algorithm>
@@ -28,23 +27,15 @@
 #include <thread>
 #include <vector>
 
+#include "bench_stats.hpp"
 #include "fusion/clip/vision.hpp"
 #include "precision.hpp"
 
 namespace {
 
 // CPU time of the whole process (all threads): robust against other load on the machine.
-double process_cpu_s() {
-  timespec ts{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-double peak_rss_mib() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss / 1024.0;  // KiB on Linux
-}
+using fusion::bench::cpu_seconds;
+using fusion::bench::peak_rss_mib;
 
 }  // namespace
 
@@ -93,12 +84,12 @@ int main(int argc, char** argv) {
     at::Tensor out32, out16;
     auto timed = [&](bool low) {
       const auto t0 = std::chrono::steady_clock::now();
-      const double c0 = process_cpu_s();
+      const double c0 = cpu_seconds();
       at::Tensor out = low ? model.forward(params16, pixels) : model.forward(pixels);
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (i >= warmup) {
         (low ? secs16 : secs).push_back(s);
-        (low ? cpu16 : cpu_s) += process_cpu_s() - c0;
+        (low ? cpu16 : cpu_s) += cpu_seconds() - c0;
       }
       (low ? out16 : out32) = out;
     };

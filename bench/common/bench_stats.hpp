@@ -1,6 +1,7 @@
 #pragma once
-// What the bench programs share to summarise repeated timings.
+// What the bench programs share to summarise repeated timings: the median, a series, CPU time, peak RSS.
 #include <sys/resource.h>
+#include <time.h>
 
 #include <algorithm>
 #include <cmath>
@@ -31,10 +32,16 @@ inline std::string series(const std::vector<double>& v) {
 /// CPU seconds of the whole process (user + system, all threads): a rate per CPU second does not
 /// depend on what else runs on the machine, unlike one per wall-clock second.
 inline double cpu_seconds() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
-         1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+/// The process's peak resident set so far, in MiB.
+inline double peak_rss_mib() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;  // KiB on Linux
 }
 
 }  // namespace fusion::bench

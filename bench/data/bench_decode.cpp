@@ -17,7 +17,6 @@
 // evaluate() close to the forward alone means the model does not wait on decoding.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>

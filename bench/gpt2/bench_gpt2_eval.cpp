@@ -13,7 +13,6 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
-#include <sys/resource.h>
 #include <time.h>
 
 #include <algorithm>
@@ -24,23 +23,15 @@
 #include <thread>
 #include <vector>
 
+#include "bench_stats.hpp"
 #include "fusion/error.hpp"
 #include "fusion/gpt2/model.hpp"
 
 namespace {
 
 // CPU time of the whole process (all threads): robust against other load on the machine.
-double process_cpu_s() {
-  timespec ts{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-double peak_rss_mib() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss / 1024.0;  // KiB on Linux
-}
+using fusion::bench::cpu_seconds;
+using fusion::bench::peak_rss_mib;
 
 }  // namespace
 
@@ -89,12 +80,12 @@ int main(int argc, char** argv) {
     at::Tensor logits;
     for (int64_t i = 0; i < warmup + iters; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
-      const double c0 = process_cpu_s();
+      const double c0 = cpu_seconds();
       logits = model.forward(ids);
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (i >= warmup) {
         secs.push_back(s);
-        cpu_s += process_cpu_s() - c0;
+        cpu_s += cpu_seconds() - c0;
       }
     }
     FUSION_ENSURE(logits.size(0) == batch && logits.size(1) == cfg.num_labels && logits.isfinite().all().item<bool>(),

@@ -47,7 +47,6 @@
 #include <set>
 #include <cstdio>
 #include <cstring>
-#include <ctime>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -262,9 +261,9 @@ int run_step(int T, int64_t batch, int reps, int64_t layers, int64_t image, bool
   std::vector<double> cpu_ls, cpu_unified;
   auto time_step = [&](PweMoeAlgorithm& algo, std::vector<double>* cpu = nullptr) {
     const auto t0 = std::chrono::steady_clock::now();
-    const std::clock_t c0 = std::clock();
+    const double c0 = fusion::bench::cpu_seconds();
     algo.step(*pwe, adam, tasks, batches, r, 0.0, 1);  // lr 0: every rep steps the same routers
-    if (cpu) cpu->push_back(static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC);
+    if (cpu) cpu->push_back(fusion::bench::cpu_seconds() - c0);
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   };
   // Warm-up, and the same gradient both ways (they differ only in rounding).
@@ -599,7 +598,7 @@ int run_dist_step(int T, int64_t batch, int reps, int64_t layers, int64_t image,
   auto one_process = [&]() {
     comm->barrier();
     double s = NAN;
-    const std::clock_t c0 = std::clock();
+    const double c0 = fusion::bench::cpu_seconds();
     if (main_rank) {
       set_compute_threads(threads);
       const auto t0 = Clock::now();
@@ -607,7 +606,7 @@ int run_dist_step(int T, int64_t batch, int reps, int64_t layers, int64_t image,
       s = since(t0);
     }
     comm->barrier();
-    if (!main_rank) idle_cpu.push_back(static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC);
+    if (!main_rank) idle_cpu.push_back(fusion::bench::cpu_seconds() - c0);
     return s;
   };
   // Every rank on its tasks with threads / W threads; the step ends when the last rank is done.

@@ -8,7 +8,8 @@
 #     families, the plugins and the benches;
 #   - fusion_pch_test: the same plus GoogleTest, for every target that links GoogleTest.
 # g++ ignores a precompiled header whose flags differ (-fPIC against -fPIE, visibility): the root
-# CMakeLists.txt gives every target the same ones, and -Winvalid-pch makes a mismatch visible.
+# CMakeLists.txt gives every target the same ones, and CMake passes -Winvalid-pch with every
+# precompiled header (CMAKE_PCH_WARN_INVALID), which makes a mismatch visible.
 # The headers hold third-party code only; fusion's own headers are not in them, so each source
 # still has to include what it uses (the out-of-tree examples, built without them, check that the
 # installed headers stand alone).
@@ -87,7 +88,6 @@ function(fusion_precompile_headers)
   foreach(_kind IN LISTS _kinds)
     add_library(fusion_pch_${_kind} OBJECT "${_stub}")
     target_link_libraries(fusion_pch_${_kind} PRIVATE torch nlohmann_json::nlohmann_json OpenMP::OpenMP_CXX)
-    target_compile_options(fusion_pch_${_kind} PRIVATE -Winvalid-pch)
   endforeach()
   target_precompile_headers(fusion_pch_lib PRIVATE ${_common})
   if(FUSION_BUILD_TESTS)
@@ -117,7 +117,6 @@ function(fusion_precompile_headers)
       endif()
     endforeach()
     target_precompile_headers(${_t} REUSE_FROM fusion_pch_${_kind})
-    target_compile_options(${_t} PRIVATE -Winvalid-pch)
     math(EXPR _used "${_used} + 1")
   endforeach()
   message(STATUS "fusion: precompiled headers shared by ${_used} targets (FUSION_PCH=OFF to turn off)")

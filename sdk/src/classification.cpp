@@ -20,12 +20,6 @@ struct ClassificationEvaluation::Impl {
   std::string csv;  ///< the predictions, header first (with save)
   int64_t count = 0, correct = 0;
   double loss_sum = 0.0;
-
-  const std::string& name_of(int64_t c, const char* what) const {
-    FUSION_ENSURE(c >= 0 && c < static_cast<int64_t>(class_names.size()), "ClassificationEvaluation: ", what, " ", c,
-                  " is not a class (", class_names.size(), " class names)");
-    return class_names[static_cast<size_t>(c)];
-  }
 };
 
 ClassificationEvaluation::ClassificationEvaluation(std::vector<std::string> class_names,
@@ -59,27 +53,34 @@ void ClassificationEvaluation::add(const at::Tensor& logits, const at::Tensor& l
     FUSION_ENSURE(lo >= 0 && hi < z.size(1), "ClassificationEvaluation: label ", bad, " is not a class (",
                   z.size(1), " classes)");
   }
+  if (m.save) {  // every check before anything is added, so that a refused batch adds nothing
+    FUSION_ENSURE(z.size(1) <= static_cast<int64_t>(m.class_names.size()), "ClassificationEvaluation: logits of ",
+                  z.size(1), " classes for ", m.class_names.size(), " class names");
+    FUSION_ENSURE(static_cast<int64_t>(ids.size()) == n, "ClassificationEvaluation: ", ids.size(),
+                  " id rows for a batch of ", n);
+    for (const std::vector<std::string>& row : ids) {
+      FUSION_ENSURE(row.size() == m.id_columns.size(), "ClassificationEvaluation: an id row of ", row.size(),
+                    " fields for ", m.id_columns.size(), " id columns");
+    }
+  }
   const at::Tensor losses = at::cross_entropy_loss(z, y, {}, at::Reduction::None);
   const at::Tensor predicted = z.argmax(1);
   m.loss_sum += losses.sum().item<double>();
   m.correct += predicted.eq(y).sum().item<int64_t>();
   m.count += n;
   if (!m.save) return;
-  FUSION_ENSURE(static_cast<int64_t>(ids.size()) == n, "ClassificationEvaluation: ", ids.size(),
-                " id rows for a batch of ", n);
   const at::Tensor l = losses.to(at::kCPU, at::kDouble), p = predicted.to(at::kCPU), t = y.to(at::kCPU);
   const double* lp = l.data_ptr<double>();
   const int64_t* pp = p.data_ptr<int64_t>();
   const int64_t* tp = t.data_ptr<int64_t>();
   for (int64_t k = 0; k < n; ++k) {
-    const std::vector<std::string>& row = ids[static_cast<size_t>(k)];
-    FUSION_ENSURE(row.size() == m.id_columns.size(), "ClassificationEvaluation: an id row of ", row.size(),
-                  " fields for ", m.id_columns.size(), " id columns");
-    for (const std::string& field : row) m.csv += csv_field(field) + ",";
+    for (const std::string& field : ids[static_cast<size_t>(k)]) m.csv += csv_field(field) + ",";
     char loss_text[32];
     std::snprintf(loss_text, sizeof loss_text, "%.9g", lp[k]);
-    m.csv += std::to_string(tp[k]) + "," + csv_field(m.name_of(tp[k], "label")) + "," + std::to_string(pp[k]) + "," +
-             csv_field(m.name_of(pp[k], "prediction")) + "," + loss_text + "\n";
+    // Labels and predictions lie in [0, classes), and every class has a name (checked above).
+    m.csv += std::to_string(tp[k]) + "," + csv_field(m.class_names[static_cast<size_t>(tp[k])]) + "," +
+             std::to_string(pp[k]) + "," + csv_field(m.class_names[static_cast<size_t>(pp[k])]) + "," + loss_text +
+             "\n";
   }
 }
 

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <sstream>
 
@@ -102,8 +103,24 @@ TEST(ClassificationEvaluation, BadInputIsNamed) {
   } catch (const fusion::Error& e) {
     EXPECT_STREQ(e.what(), "ClassificationEvaluation: label 5 is not a class (2 classes)");
   }
-  EXPECT_THROW(eval.add(logits, at::tensor(std::vector<int64_t>{0, 1}), {{"1"}}), fusion::Error);  // 1 id row for 2
-  EXPECT_THROW(eval.add(at::zeros({3, 2}), at::tensor(std::vector<int64_t>{0, 1})), fusion::Error);  // 3 logits rows, 2 labels
+  const auto message_of = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const fusion::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_EQ(message_of([&] { eval.add(logits, at::tensor(std::vector<int64_t>{0, 1}), {{"1"}}); }),
+            "ClassificationEvaluation: 1 id rows for a batch of 2");
+  EXPECT_EQ(message_of([&] { eval.add(logits, at::tensor(std::vector<int64_t>{0, 1}), {{"1", "x"}, {"2"}}); }),
+            "ClassificationEvaluation: an id row of 2 fields for 1 id columns");
+  EXPECT_EQ(message_of([&] { eval.add(at::zeros({3, 2}), at::tensor(std::vector<int64_t>{0, 1})); }),
+            "ClassificationEvaluation: logits [3, 2] and labels [2] must be [n, classes] and [n]");
+  EXPECT_EQ(message_of([&] { eval.add(at::zeros({2, 3}), at::tensor(std::vector<int64_t>{0, 1}), {{"1"}, {"2"}}); }),
+            "ClassificationEvaluation: logits of 3 classes for 2 class names");
+  EXPECT_EQ(eval.count(), 0);  // a refused batch adds nothing
+  EXPECT_EQ(eval.loss_sum(), 0.0);
 }
 
 TEST(CsvField, QuotesOnlyWhatNeedsIt) {

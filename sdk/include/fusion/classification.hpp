@@ -36,8 +36,9 @@ class FUSION_SDK_API ClassificationEvaluation {
   /// Adds a batch: `logits` [n, classes] and `labels` [n] (integer), on any device. The loss is
   /// each example's cross-entropy (computed in float32), summed: the same whether or not
   /// predictions are saved. `ids`: with save_predictions, n rows of one field per id column (quoted
-  /// as CSV needs); otherwise not read. Throws fusion::Error when the shapes disagree or a label or
-  /// prediction has no class name.
+  /// as CSV needs); otherwise not read. Throws fusion::Error, having added nothing, when the shapes
+  /// disagree, a label is not a class, or (with save_predictions) a class has no name or `ids` does
+  /// not fit.
   void add(const at::Tensor& logits, const at::Tensor& labels, const std::vector<std::vector<std::string>>& ids = {});
 
   int64_t count() const;     ///< examples added

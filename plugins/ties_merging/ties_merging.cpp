@@ -120,6 +120,35 @@ uint32_t select_bin(const std::vector<int64_t>& hist, int64_t& rank) {
   FUSION_FAIL("kth_smallest_magnitude: rank past the end of the histogram");
 }
 
+// Order statistics of magnitudes' bit patterns held in memory (one or more arrays, taken together):
+// the same radix select on the high then the low 16 bits, the high halves' histogram made once for
+// every rank asked. Linear: on the streamed TIES's sample (1.4 M values a task) and its candidates,
+// std::nth_element took ~10× as long. Single-threaded (its callers spread tasks over the threads).
+class BitsSelect {
+ public:
+  using Span = std::pair<const uint32_t*, size_t>;
+  explicit BitsSelect(std::vector<Span> spans) : spans_(std::move(spans)), high_(kBins, 0) {
+    for (const auto& [p, n] : spans_) {
+      for (size_t j = 0; j < n; ++j) ++high_[p[j] >> 16];
+    }
+  }
+  /// The rank-th smallest value (1-based, rank in [1, size]).
+  uint32_t kth(int64_t rank) const {
+    const uint32_t high = select_bin(high_, rank);
+    std::vector<int64_t> low(kBins, 0);
+    for (const auto& [p, n] : spans_) {
+      for (size_t j = 0; j < n; ++j) {
+        if ((p[j] >> 16) == high) ++low[p[j] & 0xffffu];
+      }
+    }
+    return (high << 16) | select_bin(low, rank);
+  }
+
+ private:
+  std::vector<Span> spans_;
+  std::vector<int64_t> high_;
+};
+
 }  // namespace
 
 double kth_smallest_magnitude(const std::vector<at::Tensor>& parts, int64_t k) {
@@ -324,10 +353,13 @@ void finish_merge(const at::Tensor& sign, const at::Tensor& count, MergeFunc mer
 // θ₀ + λτₘ written out. An element whose sum is exactly 0 while some τ̂ₜ is not takes the majority
 // sign sign(Σ s), known only at the end: those (rare) elements are recomputed after the pass.
 //
-// Both passes read with CheckpointStream::read (pread into per-thread buffers) on every intra-op
-// thread; the sample, and the selections, are spread over the threads by task. Measured on
-// bench/merge (8 experts of 87 M parameters, 2 cores): sample 0.12 s, pass A 0.50 s, selection
-// 0.05 s, pass B 0.65 s, against 0.36 s for reading the nine files once.
+// Both passes read with CheckpointStream::read_unchecked (pread into per-thread buffers) on every
+// intra-op thread, and check what they compute instead: a NaN or ±Inf weight makes |θₜ − θ₀| (pass
+// A) and the trimmed sum (pass B) NaN or ±Inf, and only then is the chunk read again with read(),
+// which names it (one check per chunk and task instead of one per model read). The sample reads
+// with read(). The sample, and the selections (BitsSelect), are spread over the threads by task.
+// Measured on bench/merge (8 experts of 87 M parameters, 2 cores): sample 0.08 s, pass A 0.44 s,
+// selection 0.02 s, pass B 0.60 s, against 0.26 s for reading the nine files once in pass A's way.
 
 // Pass A's arithmetic on one task's chunk of n elements: the magnitudes |θₜ − θ₀| as bit patterns
 // (they order as the values do), how many lie below `lo`, and those within [lo, hi] copied to
@@ -337,7 +369,10 @@ void finish_merge(const at::Tensor& sign, const at::Tensor& count, MergeFunc mer
 struct Scan {
   uint32_t below = 0;
   uint32_t inside = 0;
+  bool non_finite = false;  ///< some |τ| is NaN or ±Inf: an input is, or θₜ − θ₀ overflowed
 };
+
+constexpr uint32_t kMaxFinite = 0x7f7fffffu;  // the largest finite float's bit pattern
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FUSION_TIES_X86 1
@@ -347,6 +382,11 @@ __attribute__((target("avx2,popcnt"))) Scan scan_magnitudes_avx2(const float* y,
   const __m256i magnitude = _mm256_set1_epi32(0x7fffffff);
   const __m256i vlo = _mm256_set1_epi32(static_cast<int>(lo));
   const __m256i vhi = _mm256_set1_epi32(static_cast<int>(hi));
+  const __m256i max_finite = _mm256_set1_epi32(static_cast<int>(kMaxFinite));
+  // Per lane: minus the count of magnitudes ≥ lo (a compare's mask is −1), and any magnitude above
+  // the largest finite one (signed compares: a magnitude's sign bit is clear).
+  __m256i not_below = _mm256_setzero_si256();
+  __m256i bad = _mm256_setzero_si256();
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     const __m256 tau = _mm256_sub_ps(_mm256_loadu_ps(y + j), _mm256_loadu_ps(base + j));
@@ -354,10 +394,11 @@ __attribute__((target("avx2,popcnt"))) Scan scan_magnitudes_avx2(const float* y,
     // Unsigned compares: v ≥ lo ⇔ max(v, lo) = v; v ≤ hi ⇔ min(v, hi) = v.
     const __m256i ge_lo = _mm256_cmpeq_epi32(_mm256_max_epu32(v, vlo), v);
     const __m256i le_hi = _mm256_cmpeq_epi32(_mm256_min_epu32(v, vhi), v);
-    const auto below = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(ge_lo))) ^ 0xffu;
-    auto in = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_and_si256(ge_lo, le_hi))));
-    r.below += static_cast<uint32_t>(__builtin_popcount(below));
-    if (in != 0) {
+    not_below = _mm256_add_epi32(not_below, ge_lo);
+    bad = _mm256_or_si256(bad, _mm256_cmpgt_epi32(v, max_finite));
+    const __m256i inside = _mm256_and_si256(ge_lo, le_hi);
+    if (!_mm256_testz_si256(inside, inside)) {  // rare: the bracket holds ~1 % of the magnitudes
+      auto in = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(inside)));
       alignas(32) uint32_t lanes[8];
       _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), v);
       while (in != 0) {
@@ -366,12 +407,18 @@ __attribute__((target("avx2,popcnt"))) Scan scan_magnitudes_avx2(const float* y,
       }
     }
   }
+  alignas(32) int32_t counts[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(counts), not_below);
+  r.below = static_cast<uint32_t>(j);
+  for (int32_t c : counts) r.below += static_cast<uint32_t>(c);  // j − (magnitudes ≥ lo)
+  r.non_finite = !_mm256_testz_si256(bad, bad);
   for (; j < n; ++j) {
     const float tau = y[j] - base[j];
     uint32_t v;
     std::memcpy(&v, &tau, sizeof v);
     v &= 0x7fffffffu;
     r.below += v < lo ? 1u : 0u;
+    r.non_finite = r.non_finite || v > kMaxFinite;
     if (v >= lo && v <= hi) found[r.inside++] = v;
   }
   return r;
@@ -385,6 +432,7 @@ Scan scan_magnitudes_generic(const float* y, const float* base, int64_t n, uint3
   Scan r;
   uint32_t* mags = found;
   uint32_t n_inside = 0;
+  uint32_t bad = 0;
   for (int64_t j = 0; j < n; ++j) {  // vectorised: the counts
     const float tau = y[j] - base[j];
     uint32_t v;
@@ -393,7 +441,9 @@ Scan scan_magnitudes_generic(const float* y, const float* base, int64_t n, uint3
     mags[j] = v;
     r.below += v < lo ? 1u : 0u;
     n_inside += (v >= lo && v <= hi) ? 1u : 0u;
+    bad |= v > kMaxFinite ? 1u : 0u;
   }
+  r.non_finite = bad != 0u;
   constexpr int64_t kBlock = 16;
   for (int64_t j0 = 0; j0 < n && r.inside < n_inside; j0 += kBlock) {
     const int64_t j1 = std::min(j0 + kBlock, n);
@@ -481,7 +531,9 @@ struct StreamedTies {
         for (size_t t = static_cast<size_t>(t0); t < static_cast<size_t>(t1); ++t) {
           stream.read(t + 1, i, b, e, y_block.data());
           std::vector<uint32_t>& sample = samples[t - static_cast<size_t>(t0)];
-          for (int64_t j = 0; j < e - b; ++j) sample.push_back(magnitude_bits(y_block[j] - base_block[j]));
+          const size_t at = sample.size();
+          sample.resize(at + static_cast<size_t>(e - b));
+          for (int64_t j = 0; j < e - b; ++j) sample[at + static_cast<size_t>(j)] = magnitude_bits(y_block[j] - base_block[j]);
         }
       }
     }
@@ -490,16 +542,10 @@ struct StreamedTies {
       const double n_s = static_cast<double>(sample.size());
       const double delta = 0.004 * n_s + 8.0 * std::sqrt(n_s * q * (1.0 - q)) + 16.0;
       const double rank = q * n_s;  // 1-based rank of the estimate, as a real number
-      // The sample's r-th smallest (1-based), for increasing r: each selection searches only the
-      // part after the previous one's place (nth_element leaves nothing smaller there).
-      size_t from = 0;
+      // The sample's r-th smallest (1-based).
+      const BitsSelect select({{sample.data(), sample.size()}});
       const auto at_rank = [&](double r) {
-        const auto idx = static_cast<size_t>(std::max(0.0, std::min(n_s - 1.0, std::floor(r) - 1.0)));
-        const size_t lo_idx = std::min(from, idx);
-        std::nth_element(sample.begin() + static_cast<std::ptrdiff_t>(lo_idx),
-                         sample.begin() + static_cast<std::ptrdiff_t>(idx), sample.end());
-        from = idx + 1;
-        return sample[idx];
+        return select.kth(static_cast<int64_t>(std::max(1.0, std::min(n_s, std::floor(r)))));
       };
       if (rank - delta >= 1.0) brackets[t].lo = at_rank(rank - delta);
       if (rank + delta <= n_s) brackets[t].hi = at_rank(rank + delta);
@@ -511,7 +557,7 @@ struct StreamedTies {
     const int64_t cap = std::max<int64_t>(int64_t{1} << 16, d / 16);  // candidates kept per task
     std::vector<std::vector<int64_t>> below(threads, std::vector<int64_t>(tasks, 0));
     std::vector<std::vector<std::vector<uint32_t>>> inside(threads, std::vector<std::vector<uint32_t>>(tasks));
-    constexpr int64_t kChunk = 16384;
+    constexpr int64_t kChunk = 65536;
     // Per thread: the magnitudes inside the bracket, θ₀'s chunk and θₜ's chunk.
     std::vector<std::vector<uint32_t>> scratch(threads, std::vector<uint32_t>(3 * kChunk));
     std::vector<std::atomic<int64_t>> collected(tasks);
@@ -521,11 +567,16 @@ struct StreamedTies {
       const int th = at::get_thread_num();
       float* base = reinterpret_cast<float*>(scratch[th].data() + kChunk);
       float* y = base + kChunk;
-      stream.read(0, i, b, e, base);
+      // Read unchecked: a NaN or ±Inf in θ₀ or θₜ makes |τ| one, which the scan reports.
+      stream.read_unchecked(0, i, b, e, base);
       for (size_t t = 0; t < tasks; ++t) {
-        stream.read(t + 1, i, b, e, y);
+        stream.read_unchecked(t + 1, i, b, e, y);
         uint32_t* found = scratch[th].data();
         const Scan r = scan_magnitudes(y, base, e - b, brackets[t].lo, brackets[t].hi, found);
+        if (r.non_finite) {  // read() again, which names a bad element (none: θₜ − θ₀ overflowed)
+          stream.read(0, i, b, e, base);
+          stream.read(t + 1, i, b, e, y);
+        }
         below[th][t] += r.below;
         if (r.inside == 0) continue;
         if ((collected[t] += r.inside) > cap) {
@@ -543,16 +594,17 @@ struct StreamedTies {
     at::parallel_for(0, static_cast<int64_t>(tasks), 1, [&](int64_t t0, int64_t t1) {
     for (size_t t = static_cast<size_t>(t0); t < static_cast<size_t>(t1); ++t) {
       int64_t n_below = 0;
-      std::vector<uint32_t> all;
+      std::vector<BitsSelect::Span> all;
+      int64_t n_inside = 0;
       for (int th = 0; th < threads; ++th) {
         n_below += below[th][t];
-        all.insert(all.end(), inside[th][t].begin(), inside[th][t].end());
-        std::vector<uint32_t>().swap(inside[th][t]);
+        all.emplace_back(inside[th][t].data(), inside[th][t].size());
+        n_inside += static_cast<int64_t>(inside[th][t].size());
       }
       const int64_t rank = k - n_below;  // 1-based within the bracket
-      if (collected[t] <= cap && rank >= 1 && rank <= static_cast<int64_t>(all.size())) {
-        std::nth_element(all.begin(), all.begin() + (rank - 1), all.end());
-        std::memcpy(&out[t], &all[static_cast<size_t>(rank - 1)], sizeof(float));
+      if (collected[t] <= cap && rank >= 1 && rank <= n_inside) {
+        const uint32_t bits = BitsSelect(std::move(all)).kth(rank);
+        std::memcpy(&out[t], &bits, sizeof(float));
       } else {
         out[t] = radix_threshold(t, k);
         fell_back[t] = 1;
@@ -593,6 +645,7 @@ inline float merge_element(const float* v, int64_t stride, size_t tasks, int s, 
 struct ChunkResult {
   int64_t signs;       ///< Σ of the elected signs
   bool any_undecided;  ///< an element whose sum is 0 while some τ̂ₜ is not
+  bool non_finite;     ///< some τₜ is NaN or ±Inf (an input is, or θₜ − θ₀ overflowed)
 };
 
 inline ChunkResult merge_block(float* v, const float* base, const uint32_t* thr_bits,
@@ -626,13 +679,17 @@ inline ChunkResult merge_block(float* v, const float* base, const uint32_t* thr_
   }
   // The signs and their sum in 32-bit integers, and whether any element is undecided (a
   // float-to-int64 sum and a branch per element would not vectorise).
+  // A NaN or ±Inf τₜ is kept by any threshold, so the sum is NaN or ±Inf where one is.
   int32_t signs32 = 0;
-  uint32_t any_undecided = 0;
+  uint32_t any_undecided = 0, bad = 0;
   for (int64_t j = 0; j < n; ++j) {
     const int32_t sj = static_cast<int32_t>(sum[j] > 0.0f) - static_cast<int32_t>(sum[j] < 0.0f);
     sign[j] = static_cast<float>(sj);
     signs32 += sj;
     any_undecided |= static_cast<uint32_t>(sj == 0) & static_cast<uint32_t>(nz[j] != 0u);
+    uint32_t sum_bits;
+    std::memcpy(&sum_bits, &sum[j], sizeof sum_bits);
+    bad |= static_cast<uint32_t>((sum_bits & 0x7fffffffu) > kMaxFinite);
   }
   // agree = s > 0 ? τ̂ > 0 : τ̂ < 0: τ̂ non-zero and its sign bit that of "s ≤ 0". `want` (the sum's
   // buffer, no longer needed) holds the sign bit an agreeing value has.
@@ -668,7 +725,7 @@ inline ChunkResult merge_block(float* v, const float* base, const uint32_t* thr_
   } else if (merge == MergeFunc::Max) {
     for (int64_t j = 0; j < n; ++j) acc[j] *= sign[j];
   }
-  return {signs32, any_undecided != 0u};
+  return {signs32, any_undecided != 0u, bad != 0u};
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -686,6 +743,8 @@ __attribute__((target("avx2"))) ChunkResult merge_chunk_avx2(float* v, const flo
   const __m256i sign_bit = _mm256_set1_epi32(static_cast<int>(0x80000000u));
   const __m256i one = _mm256_set1_epi32(1);
   const __m256 zero = _mm256_setzero_ps();
+  const __m256i max_finite = _mm256_set1_epi32(static_cast<int>(kMaxFinite));
+  __m256i bad = _mm256_setzero_si256();
   __m256i signs = _mm256_setzero_si256();
   __m256i undecided = _mm256_setzero_si256();
   int64_t j = 0;
@@ -704,6 +763,8 @@ __attribute__((target("avx2"))) ChunkResult merge_chunk_avx2(float* v, const flo
       sum = _mm256_add_ps(sum, _mm256_castsi256_ps(trimmed));
       nz = _mm256_or_si256(nz, _mm256_and_si256(trimmed, magnitude));
     }
+    // A NaN or ±Inf τₜ is kept by any threshold, so the sum is NaN or ±Inf where one is.
+    bad = _mm256_or_si256(bad, _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_castps_si256(sum), magnitude), max_finite));
     const __m256i gt = _mm256_castps_si256(_mm256_cmp_ps(sum, zero, _CMP_GT_OQ));
     const __m256i lt = _mm256_castps_si256(_mm256_cmp_ps(sum, zero, _CMP_LT_OQ));
     const __m256i s = _mm256_sub_epi32(_mm256_and_si256(gt, one), _mm256_and_si256(lt, one));
@@ -738,12 +799,13 @@ __attribute__((target("avx2"))) ChunkResult merge_chunk_avx2(float* v, const flo
   }
   alignas(32) int32_t lanes[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), signs);
-  ChunkResult r{0, _mm256_movemask_ps(_mm256_castsi256_ps(undecided)) != 0};
+  ChunkResult r{0, _mm256_movemask_ps(_mm256_castsi256_ps(undecided)) != 0, !_mm256_testz_si256(bad, bad)};
   for (int32_t x : lanes) r.signs += x;
   if (j < n) {
     const ChunkResult tail = merge_block(v + j, base + j, thr_bits, tasks, n - j, stride, merge);
     r.signs += tail.signs;
     r.any_undecided = r.any_undecided || tail.any_undecided;
+    r.non_finite = r.non_finite || tail.non_finite;
   }
   return r;
 }
@@ -758,11 +820,12 @@ ChunkResult merge_chunk(float* v, const float* base, const uint32_t* thr_bits, s
   // In blocks of 1024 elements, so that the block of every buffer (~60 KB for 8 tasks) stays in
   // the core's L1/L2 cache through merge_block's loops; the elements are independent.
   constexpr int64_t kBlock = 1024;
-  ChunkResult r{0, false};
+  ChunkResult r{0, false, false};
   for (int64_t b = 0; b < n; b += kBlock) {
     const ChunkResult p = merge_block(v + b, base + b, thr_bits, tasks, std::min(kBlock, n - b), stride, merge);
     r.signs += p.signs;
     r.any_undecided = r.any_undecided || p.any_undecided;
+    r.non_finite = r.non_finite || p.non_finite;
   }
   return r;
 }
@@ -938,7 +1001,7 @@ Result TiesMerging::run_streamed(ModelPool& models, const Context& ctx, const st
   at::Tensor flat = file ? at::Tensor() : stream->flat_buffer();
   float* out_base = file ? nullptr : flat.data_ptr<float>();
   const int threads = std::max(1, at::get_num_threads());
-  constexpr int64_t kChunk = 16384;
+  constexpr int64_t kChunk = 32768;
   // The buffers' stride: a chunk and 40 floats, so that the same element of each buffer does not
   // fall in the same L1 cache set (at a stride of exactly 64 KiB they all did).
   constexpr int64_t kStride = kChunk + 40;
@@ -963,9 +1026,13 @@ Result TiesMerging::run_streamed(ModelPool& models, const Context& ctx, const st
           }
           return;
         }
-        stream->read(0, i, b, e, base);
-        for (size_t t = 0; t < tasks; ++t) stream->read(t + 1, i, b, e, v + static_cast<int64_t>(t) * kStride);
+        // Read unchecked, as in pass A; the merge reports a NaN or ±Inf in τₜ.
+        stream->read_unchecked(0, i, b, e, base);
+        for (size_t t = 0; t < tasks; ++t) stream->read_unchecked(t + 1, i, b, e, v + static_cast<int64_t>(t) * kStride);
         const ChunkResult r = merge_chunk(v, base, thr_bits.data(), tasks, n, kStride, merge);
+        if (r.non_finite) {  // read() each model's chunk again (into the output's buffer, free yet)
+          for (size_t m = 0; m <= tasks; ++m) stream->read(m, i, b, e, base + kStride);
+        }
         const float* sign = v + static_cast<int64_t>(tasks + 2) * kStride;
         const float* acc = sign + kStride;
         if (r.any_undecided) {

@@ -1002,11 +1002,15 @@ const float* detail::CheckpointStream::floats(size_t m, size_t i, int64_t begin,
 }
 
 void detail::CheckpointStream::read(size_t m, size_t i, int64_t begin, int64_t end, float* dst) const {
+  read_unchecked(m, i, begin, end, dst);
+  impl_->check(m, i, reinterpret_cast<const uint8_t*>(dst), begin, end);
+}
+
+void detail::CheckpointStream::read_unchecked(size_t m, size_t i, int64_t begin, int64_t end, float* dst) const {
   const Impl::Model& model = impl_->models.at(m);
   const TensorInfo& info = *model.info_of.at(i);
   model.file_of[i]->pread_data(info.begin + static_cast<uint64_t>(begin) * sizeof(float),
                                info.begin + static_cast<uint64_t>(end) * sizeof(float), dst);
-  impl_->check(m, i, reinterpret_cast<const uint8_t*>(dst), begin, end);
 }
 
 void detail::CheckpointStream::release(size_t m, size_t i, int64_t begin, int64_t end) const {

@@ -9,9 +9,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -205,7 +207,7 @@ TEST_F(WrittenAsProduced, StreamedTiesFindsTheInMemoryThresholdsAndModel) {
 TEST_F(WrittenAsProduced, StreamedTiesPortableKernelsGiveTheAvx2KernelsBits) {
   // A CPU without AVX2 runs the portable forms of the streamed TIES kernels (pass A's scan, pass
   // B's fused merge) on whole chunks; an AVX2 CPU runs them only on the last few elements of each.
-  // Forced here, over chunks of 16384 elements: the same thresholds and the same model, bit for bit.
+  // Forced here, over whole chunks: the same thresholds and the same model, bit for bit.
 #if defined(__x86_64__) && defined(__GNUC__)
   if (!__builtin_cpu_supports("avx2")) GTEST_SKIP() << "no AVX2 here: the portable kernels are the ones every test runs";
 #endif
@@ -233,6 +235,63 @@ TEST_F(WrittenAsProduced, StreamedTiesPortableKernelsGiveTheAvx2KernelsBits) {
       for (const auto& [key, t] : a) EXPECT_TRUE(b.at(key).equal(t)) << key;
     }
   }
+}
+
+TEST_F(WrittenAsProduced, StreamedTiesNamesANonFiniteWeightTheSampleDoesNotRead) {
+  // The streamed TIES's passes read without read()'s own check: a NaN or ±Inf in θ₀ or θₜ makes
+  // |θₜ − θ₀| one, which the scan and the fused merge notice, and read() then names it. Here at an
+  // element of 'c.big' that the sample (blocks of 1024 every 65536 elements of the flat vector) does
+  // not read, with the AVX2 and the portable kernels: each run refused with the loader's message.
+  at::set_num_threads(2);
+  struct Reset {
+    ~Reset() { fusion::methods::ties_use_portable_kernels(false); }
+  } reset;
+  auto p = pool();
+  const int64_t at_element = 20000;  // flat position 77364 + 20000: between two sample blocks
+  for (const std::string model : {"expert_2", "pretrained"}) {
+    for (const float value : {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}) {
+      for (const bool portable : {false, true}) {
+        SCOPED_TRACE(model + " " + std::to_string(value) + (portable ? " portable" : ""));
+        const fs::path file = dir_ / (model + ".safetensors");
+        StateDict sd = cloned(load_safetensors(file));
+        const at::Tensor original = sd.at("c.big").clone();
+        sd.at("c.big")[at_element] = value;
+        save_safetensors(file, sd);
+        fusion::methods::ties_use_portable_kernels(portable);
+        TiesMergingOptions o;
+        o.threshold = 20;
+        const std::string option = model == "pretrained" ? "modelpool.pretrained" : "modelpool.models." + model;
+        EXPECT_EQ(fusion::testing::error_of([&] { TiesMerging(o).run(*p, nullptr, Context()); }),
+                  option + ": " + file.string() + ": tensor 'c.big': F32 element " + std::to_string(at_element) +
+                      " holds " + (std::isnan(value) ? "nan" : "-inf") + " (weights must be finite)");
+        sd.set("c.big", original);
+        save_safetensors(file, sd);
+      }
+    }
+  }
+  // Finite weights whose difference overflows (θₜ − θ₀ = +Inf) are no error: the streamed TIES
+  // gives the in-memory TIES's thresholds, and its +Inf there. (A new pool: one that has loaded a
+  // model keeps it.)
+  fusion::methods::ties_use_portable_kernels(false);
+  p = pool();
+  StateDict pre = cloned(load_safetensors(dir_ / "pretrained.safetensors"));
+  StateDict two = cloned(load_safetensors(dir_ / "expert_2.safetensors"));
+  pre.at("c.big")[at_element] = -3e38f;
+  two.at("c.big")[at_element] = 3e38f;
+  save_safetensors(dir_ / "pretrained.safetensors", pre);
+  save_safetensors(dir_ / "expert_2.safetensors", two);
+  std::vector<std::pair<std::string, StateDict>> experts;
+  for (const std::string& name : p->expert_names()) experts.emplace_back(name, cloned(p->load(name)->parameters()));
+  auto memory = fusion::testing::MemoryModelPool::from_state_dicts(cloned(p->pretrained()->parameters()), experts);
+  TiesMergingOptions o;
+  o.threshold = 20;
+  const Result streamed = TiesMerging(o).run(*p, nullptr, Context());
+  const Result in_memory = TiesMerging(o).run(*memory, nullptr, Context());
+  ASSERT_TRUE(streamed.info.contains("trim_select_fallbacks")) << "the streamed path did not run";
+  EXPECT_EQ(streamed.info.at("trim_thresholds").dump(), in_memory.info.at("trim_thresholds").dump());
+  const float merged = streamed.models.at(0).make()->parameters().at("c.big")[at_element].item<float>();
+  EXPECT_EQ(merged, std::numeric_limits<float>::infinity());
+  EXPECT_EQ(in_memory.models.at(0).make()->parameters().at("c.big")[at_element].item<float>(), merged);
 }
 
 TEST_F(WrittenAsProduced, AModelChangedAfterItWasMadeIsSavedAsItIsNow) {

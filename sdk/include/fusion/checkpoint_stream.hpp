@@ -51,6 +51,12 @@ class FUSION_SDK_API CheckpointStream {
   /// (which a small chunk keeps in cache): ~1.6x faster than reading through the mapping, which
   /// costs a page-table entry per 4 KiB set up and dropped again. Maps nothing. Thread-safe.
   void read(size_t m, size_t i, int64_t begin, int64_t end, float* dst) const;
+  /// read() without its check for NaN and ±Inf, for a merge that finds them by its own arithmetic:
+  /// θₜ − θ₀, a sum or a weighted sum of the inputs is NaN or ±Inf wherever an input is. Such a
+  /// merge checks its results instead (one buffer, not one per model), and, where one is not
+  /// finite, reads that chunk of every model again with read(), which names the bad element (a sum
+  /// of finite values can overflow to ±Inf; read() then throws nothing). Thread-safe.
+  void read_unchecked(size_t m, size_t i, int64_t begin, int64_t end, float* dst) const;
   /// Drops the pages wholly inside elements [begin, end) of tensor `i` of model `m` from the
   /// resident set (they come back from the page cache if read again). Thread-safe.
   void release(size_t m, size_t i, int64_t begin, int64_t end) const;

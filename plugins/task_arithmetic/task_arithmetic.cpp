@@ -101,18 +101,21 @@ Result run_streamed(ModelPool& models, const Context& ctx, const std::vector<dou
           float* model = out + kChunk;
           float* base = model + kChunk;
           const int64_t n = e - b;
-          stream->read(1, i, b, e, out);
+          // Read unchecked: the result is NaN or ±Inf wherever a weight is (check_result).
+          stream->read_unchecked(1, i, b, e, out);
           for (size_t t = 2; t <= t_count; ++t) {
-            stream->read(t, i, b, e, model);
+            stream->read_unchecked(t, i, b, e, model);
             add_into(out, model, n);
           }
-          stream->read(0, i, b, e, base);
+          stream->read_unchecked(0, i, b, e, base);
           if (!sweep) {
             task_arithmetic_of(out, base, t_f, lambda0, n);
+            stream->check_result(i, b, e, out);
             files[0]->write(i, b, e, out);
             return;
           }
           subtract_scaled(out, base, t_f, n);
+          stream->check_result(i, b, e, out);
           for (size_t k = 0; k < l.size(); ++k) {
             scaled_plus(model, out, l[k], base, n);
             files[k]->write(i, b, e, model);
@@ -142,17 +145,18 @@ Result run_streamed(ModelPool& models, const Context& ctx, const std::vector<dou
     float* out = out_base + stream->flat_offset(i) + b;
     float* y = scratch[at::get_thread_num()].data();
     const int64_t n = e - b;
-    stream->read(1, i, b, e, out);
+    stream->read_unchecked(1, i, b, e, out);  // the result is checked (check_result)
     for (size_t t = 2; t <= t_count; ++t) {
-      stream->read(t, i, b, e, y);
+      stream->read_unchecked(t, i, b, e, y);
       add_into(out, y, n);
     }
-    stream->read(0, i, b, e, y);  // θ₀
+    stream->read_unchecked(0, i, b, e, y);  // θ₀
     if (sweep) {
       subtract_scaled(out, y, t_f, n);
     } else {
       task_arithmetic_of(out, y, t_f, lambda0, n);
     }
+    stream->check_result(i, b, e, out);
   }, kChunk);
   progress->advance();
   progress->finish();

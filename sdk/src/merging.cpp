@@ -74,15 +74,17 @@ ModelPtr weighted_sum_streamed(ModelPool& pool, const Context& ctx, const std::v
     float* y = scratch[at::get_thread_num()].data();
     float* out = file ? y + kChunk : out_base + stream.flat_offset(i) + b;
     const int64_t n = e - b;
-    stream.read(0, i, b, e, out);  // x₀, scaled in place
+    // Read unchecked: the weighted sum is NaN or ±Inf wherever a weight is (check_result).
+    stream.read_unchecked(0, i, b, e, out);  // x₀, scaled in place
     if (w[0] != 1.0f) {
       for (int64_t j = 0; j < n; ++j) out[j] = out[j] * w[0];
     }
     for (size_t t = 1; t < t_count; ++t) {
-      stream.read(t, i, b, e, y);
+      stream.read_unchecked(t, i, b, e, y);
       const float wt = w[t];
       for (int64_t j = 0; j < n; ++j) out[j] += wt * y[j];
     }
+    stream.check_result(i, b, e, out);
     if (file) file->write(i, b, e, out);
   }, kChunk);
   first->parameters() = file ? file->finish() : stream.unflatten(flat, first->parameters());

@@ -1013,6 +1013,17 @@ void detail::CheckpointStream::read_unchecked(size_t m, size_t i, int64_t begin,
                                info.begin + static_cast<uint64_t>(end) * sizeof(float), dst);
 }
 
+void detail::CheckpointStream::check_models(size_t i, int64_t begin, int64_t end) const {
+  std::vector<float> buffer(static_cast<size_t>(end - begin));
+  for (size_t m = 0; m < impl_->models.size(); ++m) read(m, i, begin, end, buffer.data());
+}
+
+void detail::CheckpointStream::check_result(size_t i, int64_t begin, int64_t end, const float* result) const {
+  if (kFiniteCheck<int32_t, 0x7f7fffff>.any(reinterpret_cast<const uint8_t*>(result), static_cast<size_t>(end - begin))) {
+    check_models(i, begin, end);
+  }
+}
+
 void detail::CheckpointStream::release(size_t m, size_t i, int64_t begin, int64_t end) const {
   const size_t page = page_size();
   const size_t itemsize = find_dtype(impl_->tensors[i].dtype)->itemsize;

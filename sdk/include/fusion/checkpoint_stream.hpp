@@ -53,10 +53,16 @@ class FUSION_SDK_API CheckpointStream {
   void read(size_t m, size_t i, int64_t begin, int64_t end, float* dst) const;
   /// read() without its check for NaN and ±Inf, for a merge that finds them by its own arithmetic:
   /// θₜ − θ₀, a sum or a weighted sum of the inputs is NaN or ±Inf wherever an input is. Such a
-  /// merge checks its results instead (one buffer, not one per model), and, where one is not
-  /// finite, reads that chunk of every model again with read(), which names the bad element (a sum
-  /// of finite values can overflow to ±Inf; read() then throws nothing). Thread-safe.
+  /// merge checks its result instead (one buffer, not one per model read): check_result(), or its
+  /// own test and then check_models(). Thread-safe.
   void read_unchecked(size_t m, size_t i, int64_t begin, int64_t end, float* dst) const;
+  /// Reads elements [begin, end) of F32 tensor `i` of every model again with read(), which throws
+  /// at the first NaN or ±Inf, in model order, with its message; returns when there is none (a
+  /// merge's NaN or ±Inf then came from finite weights, e.g. a sum that overflowed). Thread-safe.
+  void check_models(size_t i, int64_t begin, int64_t end) const;
+  /// check_models(i, begin, end) when `result`, the end − begin elements a merge computed from
+  /// those elements of every model, holds a NaN or ±Inf. Thread-safe.
+  void check_result(size_t i, int64_t begin, int64_t end, const float* result) const;
   /// Drops the pages wholly inside elements [begin, end) of tensor `i` of model `m` from the
   /// resident set (they come back from the page cache if read again). Thread-safe.
   void release(size_t m, size_t i, int64_t begin, int64_t end) const;

@@ -346,7 +346,7 @@ void finish_merge(const at::Tensor& sign, const at::Tensor& count, MergeFunc mer
 // Pass A finds each task's threshold exactly, by selection: a sample of |τₜ| (every 64th block of
 // 1024 elements) brackets the k-th smallest magnitude; the pass counts, per task, the magnitudes
 // below the bracket and collects those inside it, and the k-th is then the (k − below)-th smallest
-// of the collected ones (std::nth_element). Should the bracket miss it (a sample far off), that
+// of the collected ones (BitsSelect). Should the bracket miss it (a sample far off), that
 // task's threshold is found by the exact radix select over its whole task vector instead. Both
 // give the bit pattern torch.kthvalue would. Pass B is trim, elect and disjoint merge fused, chunk
 // by chunk: the chunk's trimmed τ̂ₜ of every task, their sum's sign, the agreeing values combined,

@@ -52,9 +52,9 @@ struct TiesMergingOptions {
 /// On the `safetensors` pool (CPU, float32) the merge streams from the files
 /// (detail::CheckpointStream) in two passes and holds no model: pass 1 finds every task's threshold
 /// exactly by selection (a sample brackets the k-th magnitude, the pass counts below the bracket
-/// and collects inside it, std::nth_element picks it; a missed bracket falls back to the exact
-/// radix select), pass 2 trims, elects and merges chunk by chunk into the output. Peak memory: the
-/// output and the bracketed candidates. Otherwise it:
+/// and collects inside it, a radix select picks it; a missed bracket falls back to the same
+/// radix select over the whole task vector), pass 2 trims, elects and merges chunk by chunk into
+/// the output. Peak memory: the output and the bracketed candidates. Otherwise it:
 /// streams in two passes over the experts, so no more than one task vector is ever held (computed
 /// in place in the loaded expert's tensors): pass 1 computes each task's threshold and the trimmed
 /// sum Σₜ τ̂ₜ; pass 2 reloads each expert, re-trims it with its stored threshold and adds its

@@ -507,6 +507,7 @@ struct StreamedTies {
     constexpr int64_t kBlock = 1024, kStride = int64_t{64} * 1024;
     struct Bracket {
       uint32_t lo = 0, hi = 0xffffffffu;
+      double share = 1.0;  ///< the sample's share inside the bracket
     };
     std::vector<Bracket> brackets(tasks);
     const double q = static_cast<double>(k) / static_cast<double>(d);
@@ -549,6 +550,7 @@ struct StreamedTies {
       };
       if (rank - delta >= 1.0) brackets[t].lo = at_rank(rank - delta);
       if (rank + delta <= n_s) brackets[t].hi = at_rank(rank + delta);
+      brackets[t].share = std::min(1.0, (std::min(rank + delta, n_s) - std::max(rank - delta, 1.0) + 1.0) / n_s);
     }
     });
 
@@ -557,6 +559,14 @@ struct StreamedTies {
     const int64_t cap = std::max<int64_t>(int64_t{1} << 16, d / 16);  // candidates kept per task
     std::vector<std::vector<int64_t>> below(threads, std::vector<int64_t>(tasks, 0));
     std::vector<std::vector<std::vector<uint32_t>>> inside(threads, std::vector<std::vector<uint32_t>>(tasks));
+    // Room for what the sample expects inside each bracket, in every thread: reserved, not touched,
+    // so that growing never copies (fresh memory is what a copy costs most on these machines).
+    for (auto& per_task : inside) {
+      for (size_t t = 0; t < tasks; ++t) {
+        const double expected = brackets[t].share * static_cast<double>(d) * 1.25 + 4096.0;
+        per_task[t].reserve(static_cast<size_t>(std::min(expected, static_cast<double>(cap))));
+      }
+    }
     constexpr int64_t kChunk = 65536;
     // Per thread: the magnitudes inside the bracket, θ₀'s chunk and θₜ's chunk.
     std::vector<std::vector<uint32_t>> scratch(threads, std::vector<uint32_t>(3 * kChunk));

@@ -559,11 +559,12 @@ struct StreamedTies {
     const int64_t cap = std::max<int64_t>(int64_t{1} << 16, d / 16);  // candidates kept per task
     std::vector<std::vector<int64_t>> below(threads, std::vector<int64_t>(tasks, 0));
     std::vector<std::vector<std::vector<uint32_t>>> inside(threads, std::vector<std::vector<uint32_t>>(tasks));
-    // Room for what the sample expects inside each bracket, in every thread: reserved, not touched,
-    // so that growing never copies (fresh memory is what a copy costs most on these machines).
+    // Room for each thread's part of what the sample expects inside each bracket, with half as much
+    // again (the threads' parts differ): reserved, not touched, so that growing seldom copies (fresh
+    // memory is what a copy costs most on these machines), and 1.5× the candidates in all.
     for (auto& per_task : inside) {
       for (size_t t = 0; t < tasks; ++t) {
-        const double expected = brackets[t].share * static_cast<double>(d) * 1.25 + 4096.0;
+        const double expected = brackets[t].share * static_cast<double>(d) * 1.5 / threads + 4096.0;
         per_task[t].reserve(static_cast<size_t>(std::min(expected, static_cast<double>(cap))));
       }
     }

@@ -536,6 +536,16 @@ TEST_F(NonFiniteWeights, StreamedMergesCheckAsTheyRead) {
   // Finite weights: the streamed sum is the expert's own (one expert, weight 1), bit for bit.
   auto q = pool_of(sd, sd);
   EXPECT_TRUE(fusion::weighted_sum_of_experts(*q, fusion::Context())->parameters().at("w").equal(sd.at("w")));
+  // The streamed merges read unchecked and test their result: a sum of finite weights that overflows
+  // to +Inf makes them read the chunk again with the check, which finds nothing to refuse.
+  StateDict big = sd;
+  big.set("w", at::full({n}, 3e38f));
+  fusion::save_safetensors(dir_ / "e.safetensors", big);
+  fusion::save_safetensors(dir_ / "f.safetensors", big);
+  p = std::make_unique<CheckpointModelPool>(context(
+      dir_ / "pre.safetensors", {{"e", (dir_ / "e.safetensors").string()}, {"f", (dir_ / "f.safetensors").string()}}));
+  const at::Tensor sum = fusion::weighted_sum_of_experts(*p, fusion::Context())->parameters().at("w");
+  EXPECT_TRUE(sum.equal(at::full({n}, std::numeric_limits<float>::infinity())));
 }
 
 TEST_F(NonFiniteWeights, UnalignedDataIsCheckedToo) {

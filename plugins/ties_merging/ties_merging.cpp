@@ -376,8 +376,8 @@ constexpr uint32_t kMaxFinite = 0x7f7fffffu;  // the largest finite float's bit 
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FUSION_TIES_X86 1
-__attribute__((target("avx2,popcnt"))) Scan scan_magnitudes_avx2(const float* y, const float* base, int64_t n,
-                                                                 uint32_t lo, uint32_t hi, uint32_t* found) {
+__attribute__((target("avx2"))) Scan scan_magnitudes_avx2(const float* y, const float* base, int64_t n,
+                                                         uint32_t lo, uint32_t hi, uint32_t* found) {
   Scan r;
   const __m256i magnitude = _mm256_set1_epi32(0x7fffffff);
   const __m256i vlo = _mm256_set1_epi32(static_cast<int>(lo));
@@ -462,7 +462,7 @@ std::atomic<bool> portable_kernels{false};  // ties_use_portable_kernels
 
 Scan scan_magnitudes(const float* y, const float* base, int64_t n, uint32_t lo, uint32_t hi, uint32_t* found) {
 #ifdef FUSION_TIES_X86
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+  static const bool avx2 = __builtin_cpu_supports("avx2");
   if (avx2 && !portable_kernels.load(std::memory_order_relaxed)) return scan_magnitudes_avx2(y, base, n, lo, hi, found);
 #endif
   return scan_magnitudes_generic(y, base, n, lo, hi, found);

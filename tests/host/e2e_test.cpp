@@ -26,6 +26,7 @@ const fs::path kBinary = FUSION_BINARY;
 const fs::path kPlugins = FUSION_HOST_TEST_PLUGIN_DIR;
 const fs::path kSimpleAverage = FUSION_SIMPLE_AVERAGE_PLUGIN;  // a real method that needs experts
 const fs::path kTaskArithmetic = FUSION_TASK_ARITHMETIC_PLUGIN;
+const fs::path kTiesMerging = FUSION_TIES_MERGING_PLUGIN;
 const std::string kAbi = std::to_string(FUSION_ABI_VERSION);
 
 using fusion::testing::lines_of;
@@ -463,12 +464,12 @@ pretrained = "base.safetensors"
 good = "good.safetensors"
 broken = "broken.safetensors"
 )");
-  const std::string plugins =
-      kSimpleAverage.string() + ":" + kTaskArithmetic.string() + ":" + (kPlugins / "good").string();
+  const std::string plugins = kSimpleAverage.string() + ":" + kTaskArithmetic.string() + ":" +
+                              kTiesMerging.string() + ":" + (kPlugins / "good").string();
   // The path as the config gives it.
   const std::string line = "fusion: error: modelpool.models.broken: broken.safetensors: tensor 'layer.weight': "
                            "F32 element 1 holds nan (weights must be finite)";
-  for (const char* method : {"task_arithmetic", "simple_average"}) {
+  for (const char* method : {"task_arithmetic", "simple_average", "ties_merging"}) {
     SCOPED_TRACE(method);
     Outcome o = fusion({"run", "st.toml", std::string("method.name=") + method}, plugins);
     expect_failure(o, line);

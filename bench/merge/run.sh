@@ -24,6 +24,9 @@
 #                      measured), peak RSS ≤ 2× one model
 #   ta_sweep           10 λ values of task arithmetic, each merged model saved: ≤ 3× read
 #   ties_vs_cat        TIES less the start-up ≤ 2.5× `cat`; peak RSS ≤ 2.5× one model
+#   copy_read_worst_vs_best, copy_write_worst_vs_best   (fusion_bench_copy_distance, run last) the
+#                      streamed reader and writer at every distance between their buffer and the
+#                      file offset, the slowest ≤ 1.6× the fastest (copy_distance.cpp)
 # Every `fusion run` saves its merged model(s) (fsync'd, never half-written), so its time includes
 # writing 350 MB per model; `read` and `cat` write nothing. The streamed merges write each model into
 # its file as they compute it, and the save links that file (detail::OutputFile).
@@ -43,7 +46,8 @@ for tool in hyperfine /usr/bin/time jq awk; do
   command -v "$tool" >/dev/null || { echo "error: $tool is needed (scripts/install-deps.sh --bench)" >&2; exit 1; }
 done
 fusion="$build/bin/fusion"
-for exe in "$fusion" "$build/bin/fusion_bench_make_checkpoints" "$build/bin/fusion_bench_read_all"; do
+for exe in "$fusion" "$build/bin/fusion_bench_make_checkpoints" "$build/bin/fusion_bench_read_all" \
+           "$build/bin/fusion_bench_copy_distance"; do
   [[ -x "$exe" ]] || { echo "error: $exe is missing; build with -DFUSION_BUILD_BENCH=ON" >&2; exit 1; }
 done
 
@@ -169,3 +173,6 @@ awk -v model="$model_bytes" -v names="$names" -v phases="$work/phases.txt" '
     if ("ties_merging" in mean) printf "also: ties_merging %.2fx read\n", mean["ties_merging"] / mean["read"]
     printf "%s", lines
   }' "$work/means.txt" "$work/rss.txt"
+
+echo "== copy distance"
+"$build/bin/fusion_bench_copy_distance" "$work"

@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -335,6 +336,91 @@ TEST_F(WrittenAsProduced, NothingIsLeftOfAModelNeverSaved) {
     ASSERT_NE(mapped_inode(models[1].at("c.big").data_ptr()), 0u);
   }
   EXPECT_TRUE(fs::is_empty(run));
+}
+
+// The byte offset in `path` of tensor `name`'s data: 8 + the header's length + its begin.
+uint64_t data_offset_of(const fs::path& path, const std::string& name) {
+  std::ifstream in(path, std::ios::binary);
+  uint64_t n = 0;
+  in.read(reinterpret_cast<char*>(&n), 8);  // little-endian host
+  const TensorInfo* info = SafetensorsFile(path).find(name);
+  return info == nullptr ? 0 : 8 + n + info->begin;
+}
+
+// A float32 buffer of `n` elements whose first lies `d` bytes past `offset` modulo 4 KiB, inside
+// `storage` (a NaN on each side, to find a write outside it).
+float* placed(std::vector<float>& storage, size_t n, uint64_t offset, size_t d) {
+  storage.assign(n + 2048, std::numeric_limits<float>::quiet_NaN());
+  const auto base = reinterpret_cast<uintptr_t>(storage.data()) + 4;  // room for the NaN before
+  const uintptr_t want = (offset + d) % 4096;
+  return reinterpret_cast<float*>(base + (want - base % 4096 + 4096) % 4096);
+}
+
+// The reader and the writer copy through a staging buffer where the kernel's copy would have its
+// destination 1-31 bytes past its source modulo 4 KiB (slow on some CPUs; bench/merge's
+// copy_distance). Every distance gives the same bytes: reads of a tensor larger than one staging
+// piece, whole and from an odd element, into buffers at every 4-byte distance from the file; and
+// writes, merged as produced and saved, from sources at distances inside and outside that window.
+TEST_F(WrittenAsProduced, EveryDistanceBetweenBufferAndFileGivesTheSameBytes) {
+  auto p = pool();
+  const auto stream = fusion::detail::CheckpointStream::open(*p, {"pretrained"});
+  ASSERT_NE(stream, nullptr);
+  size_t big = 0;
+  while (stream->tensors()[big].name != "c.big") ++big;
+  const at::Tensor expected = p->pretrained()->parameters().at("c.big").contiguous();
+  const int64_t n = expected.numel();
+  const float* want = expected.data_ptr<float>();
+  const uint64_t in_offset = data_offset_of(dir_ / "pretrained.safetensors", "c.big");
+  ASSERT_GT(in_offset, 0u);
+  std::vector<float> storage;
+  for (size_t d = 0; d < 4096; d += 4) {
+    SCOPED_TRACE("read, distance " + std::to_string(d));
+    float* dst = placed(storage, static_cast<size_t>(n), in_offset, d);
+    stream->read_unchecked(0, big, 0, n, dst);
+    ASSERT_EQ(std::memcmp(dst, want, static_cast<size_t>(n) * 4), 0);
+    ASSERT_TRUE(std::isnan(dst[-1]) && std::isnan(dst[n]));
+    const int64_t from = 4097;  // an odd element: the file offset moves, and the distance with it
+    float* part = placed(storage, static_cast<size_t>(n - from), in_offset + from * 4, d);
+    stream->read(0, big, from, n, part);
+    ASSERT_EQ(std::memcmp(part, want + from, static_cast<size_t>(n - from) * 4), 0);
+    ASSERT_TRUE(std::isnan(part[-1]) && std::isnan(part[n - from]));
+  }
+
+  // Writes. Where c.big's data lies in a merged file, and in a saved one: where a plain save of
+  // the base model puts it.
+  const StateDict& base = p->pretrained()->parameters();
+  const fs::path layout = dir_ / "layout.safetensors";
+  save_safetensors(layout, base, {{"format", "pt"}});
+  const uint64_t out_offset = data_offset_of(layout, "c.big");
+  ASSERT_GT(out_offset, 0u);
+  const std::string plain = bytes_of_file(layout);
+  OutputFolder folder(run_dir());
+  for (size_t d : {size_t{0}, size_t{4}, size_t{16}, size_t{28}, size_t{60}, size_t{64}, size_t{2048}}) {
+    SCOPED_TRACE("write, distance " + std::to_string(d));
+    // The file offset lies d bytes past the source: the source sits 4096 - d bytes past it.
+    float* src = placed(storage, static_cast<size_t>(n), out_offset, (4096 - d) % 4096);
+    std::memcpy(src, want, static_cast<size_t>(n) * 4);
+    auto file = fusion::detail::OutputFile::create(*stream, base);
+    ASSERT_NE(file, nullptr);
+    for (size_t i = 0; i < stream->tensors().size(); ++i) {
+      if (!stream->is_float(i)) continue;
+      const at::Tensor t = base.at(stream->tensors()[i].name).contiguous();
+      file->write(i, 0, t.numel(), i == big ? src : t.data_ptr<float>());
+    }
+    StateDict merged = file->finish();
+    EXPECT_TRUE(merged.at("c.big").equal(expected));
+    const fs::path linked = dir_ / "run" / ("linked_" + std::to_string(d) + ".safetensors");
+    save_safetensors(linked, merged);
+    EXPECT_EQ(bytes_of_file(linked), plain);
+    // A plain save (FileWriter) of a model whose c.big lies at that distance from its file offset.
+    StateDict moved;
+    for (const auto& [key, t] : base) {
+      moved.set(key, key == "c.big" ? at::from_blob(src, {n}, at::kFloat) : t);
+    }
+    const fs::path saved = dir_ / "run" / ("saved_" + std::to_string(d) + ".safetensors");
+    save_safetensors(saved, moved, {{"format", "pt"}});
+    EXPECT_EQ(bytes_of_file(saved), plain);
+  }
 }
 
 TEST_F(WrittenAsProduced, NoFolderNoFile) {

@@ -49,7 +49,9 @@ class FUSION_SDK_API CheckpointStream {
   /// Reads elements [begin, end) of F32 tensor `i` of model `m` into `dst`, checked for NaN and
   /// ±Inf as floats() checks them. A copy with pread(), as `cat` reads, into the caller's buffer
   /// (which a small chunk keeps in cache): ~1.6x faster than reading through the mapping, which
-  /// costs a page-table entry per 4 KiB set up and dropped again. Maps nothing. Thread-safe.
+  /// costs a page-table entry per 4 KiB set up and dropped again. Where `dst` lies 1-31 bytes past
+  /// the file offset modulo 4 KiB, a distance at which the kernel copies several times slower on
+  /// some CPUs, the bytes come through a staging buffer instead. Maps nothing. Thread-safe.
   void read(size_t m, size_t i, int64_t begin, int64_t end, float* dst) const;
   /// read() without its check for NaN and ±Inf, for a merge that finds them by its own arithmetic:
   /// θₜ − θ₀, a sum or a weighted sum of the inputs is NaN or ±Inf wherever an input is. Such a

@@ -26,7 +26,7 @@
 #   ties_vs_cat        TIES less the start-up ≤ 2.5× `cat`; peak RSS ≤ 2.5× one model
 #   copy_read_worst_vs_best, copy_write_worst_vs_best   (fusion_bench_copy_distance, run last) the
 #                      streamed reader and writer at every distance between their buffer and the
-#                      file offset, the slowest ≤ 1.6× the fastest (copy_distance.cpp)
+#                      file offset, the slowest ≤ 2× the fastest (copy_distance.cpp)
 # Every `fusion run` saves its merged model(s) (fsync'd, never half-written), so its time includes
 # writing 350 MB per model; `read` and `cat` write nothing. The streamed merges write each model into
 # its file as they compute it, and the save links that file (detail::OutputFile).

@@ -162,13 +162,26 @@ bool copy_aliases(uintptr_t dst, uintptr_t src) {
   return d != 0 && d < 32;
 }
 
-/// The thread's staging buffer: kStageBytes at page offset `phase` (mod 4 KiB).
-uint8_t* staging_buffer(uint64_t phase) {
-  thread_local std::unique_ptr<uint8_t[]> buffer;
-  if (!buffer) buffer.reset(new uint8_t[kStageBytes + 2 * kAliasPage]);
-  const auto base = (reinterpret_cast<uintptr_t>(buffer.get()) + kAliasPage - 1) / kAliasPage * kAliasPage;
+/// A thread's reusable buffer of `bytes`, whose first byte lies at page offset `phase` (mod 4 KiB):
+/// one buffer per `Tag` and thread.
+template <class Tag>
+uint8_t* thread_buffer(size_t bytes, uint64_t phase) {
+  struct Buffer {
+    std::unique_ptr<uint8_t[]> data;
+    size_t bytes = 0;
+  };
+  thread_local Buffer buffer;
+  if (buffer.bytes < bytes) {
+    buffer.data.reset(new uint8_t[bytes + 2 * kAliasPage]);
+    buffer.bytes = bytes;
+  }
+  const auto base = (reinterpret_cast<uintptr_t>(buffer.data.get()) + kAliasPage - 1) / kAliasPage * kAliasPage;
   return reinterpret_cast<uint8_t*>(base + phase % kAliasPage);
 }
+
+/// The thread's staging buffer (read_unaliased, write_unaliased): kStageBytes at page offset `phase`.
+struct StagingTag;
+uint8_t* staging_buffer(uint64_t phase) { return thread_buffer<StagingTag>(kStageBytes, phase); }
 
 /// Reads `n` bytes at file offset `offset` into `dst` with read_at(buffer, count, offset), which
 /// reads all `count` bytes: straight into `dst`, or through the staging buffer where that copy
@@ -725,23 +738,14 @@ void MappedFile::pread_data(uint64_t begin, uint64_t end, void* dst) const {
 }
 
 namespace {
-/// A thread's buffer for pread() pieces: 64-byte aligned, reused.
-uint8_t* piece_buffer(size_t bytes) {
-  struct Buffer {
-    std::unique_ptr<uint64_t[]> data;
-    size_t bytes = 0;
-  };
-  thread_local Buffer buffer;
-  if (buffer.bytes < bytes) {
-    buffer.data.reset(new uint64_t[(bytes + 63) / 8]);
-    buffer.bytes = bytes;
-  }
-  const auto p = reinterpret_cast<uintptr_t>(buffer.data.get());
-  return reinterpret_cast<uint8_t*>((p + 63) / 64 * 64);
-}
 /// Bytes per pread() piece: large enough that a syscall's cost is small against the copy, small
 /// enough that the piece is still in the core's L2 cache when it is checked.
 constexpr uint64_t kPieceBytes = uint64_t{128} << 10;
+/// A thread's buffer for the pread() piece at file offset `offset`, reused: 64-byte aligned, at most
+/// 63 bytes before the offset modulo 4 KiB, a distance at which the kernel's copy runs at full speed
+/// (copy_aliases), so the piece never goes through the staging buffer.
+struct PieceTag;
+uint8_t* piece_buffer(uint64_t offset) { return thread_buffer<PieceTag>(kPieceBytes, offset % kAliasPage / 64 * 64); }
 }  // namespace
 
 std::optional<std::pair<size_t, NonFinite>> MappedFile::check_finite() const {
@@ -763,10 +767,10 @@ std::optional<std::pair<size_t, NonFinite>> MappedFile::check_finite() const {
   std::string error;
   std::mutex error_mu;
   at::parallel_for(0, static_cast<int64_t>(pieces.size()), 1, [&](int64_t b, int64_t e) {
-    uint8_t* buf = piece_buffer(kPieceBytes);
     for (int64_t p = b; p < e && !failed; ++p) {
       if (static_cast<size_t>(p) > first_bad) break;
       const Piece& piece = pieces[static_cast<size_t>(p)];
+      uint8_t* buf = piece_buffer(data_start + piece.begin);
       try {
         pread_data(piece.begin, piece.end, buf);
       } catch (const std::exception& ex) {  // kept for the calling thread
@@ -788,7 +792,7 @@ std::optional<std::pair<size_t, NonFinite>> MappedFile::check_finite() const {
   const Piece& piece = pieces[first_bad];
   const TensorInfo& info = tensors[piece.tensor];
   const FiniteCheck* check = finite_check(find_dtype(info.dtype)->type);
-  uint8_t* buf = piece_buffer(kPieceBytes);
+  uint8_t* buf = piece_buffer(data_start + piece.begin);
   pread_data(piece.begin, piece.end, buf);
   NonFinite bad = *check->first(buf, (piece.end - piece.begin) / check->itemsize);
   bad.index += (piece.begin - info.begin) / check->itemsize;

@@ -6,6 +6,7 @@
 #include <iostream>
 #include <cstring>
 
+#include "allocator.hpp"
 #include "cli.hpp"
 
 namespace {
@@ -32,6 +33,7 @@ void reexec_with_passive_openmp(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   reexec_with_passive_openmp(argc, argv);
+  fusion::host::keep_freed_memory();
   const int rc = fusion::host::cli_main(argc, argv);
   // Everything fusion made is gone by now: cli_main's run has written, fsynced and renamed every
   // output, closed its files, joined its threads and torn down its process group. What a return

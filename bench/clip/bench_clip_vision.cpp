@@ -31,6 +31,8 @@
 #include "fusion/clip/vision.hpp"
 #include "precision.hpp"
 
+#include "allocator.hpp"
+
 namespace {
 
 // CPU time of the whole process (all threads): robust against other load on the machine.
@@ -40,6 +42,7 @@ using fusion::bench::peak_rss_mib;
 }  // namespace
 
 int main(int argc, char** argv) {
+  fusion::host::keep_freed_memory();  // as `fusion` allocates (host/allocator.hpp)
   int64_t batch = 64, iters = 5, warmup = 2;
   bool bf16 = true, emulate = false;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -27,6 +27,8 @@
 #include "fusion/error.hpp"
 #include "fusion/gpt2/model.hpp"
 
+#include "allocator.hpp"
+
 namespace {
 
 // CPU time of the whole process (all threads): robust against other load on the machine.
@@ -36,6 +38,7 @@ using fusion::bench::peak_rss_mib;
 }  // namespace
 
 int main(int argc, char** argv) {
+  fusion::host::keep_freed_memory();  // as `fusion` allocates (host/allocator.hpp)
   try {
     int64_t batch = 8, seq = 128, iters = 5, warmup = 2;
     int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

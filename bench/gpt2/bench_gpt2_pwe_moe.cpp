@@ -46,6 +46,8 @@
 #include "pareto_weight_ensembling.hpp"
 #include "pwe_moe.hpp"
 
+#include "allocator.hpp"
+
 namespace {
 
 using namespace fusion;
@@ -222,6 +224,7 @@ std::string run(int T, int64_t batch, int64_t seq, int reps, int64_t layers) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  fusion::host::keep_freed_memory();  // as `fusion` allocates (host/allocator.hpp)
   try {
     std::vector<int> task_counts;
     int reps = 3;

@@ -14,6 +14,7 @@
 #include "fusion/version.hpp"
 #include "plugin_host.hpp"
 #include "check_command.hpp"
+#include "startup.hpp"
 #include "distributed.hpp"
 #include "run_command.hpp"
 
@@ -134,6 +135,7 @@ std::string version_text() {
     out << "CUDA: available, " << n << " GPU" << (n > 1 ? "s" : "") << "\n";
   else
     out << "CUDA: LibTorch has CUDA, but no GPU is visible\n";
+  out << "BLAS: " << blas_kernels().describe() << "\n";
   return out.str();
 }
 
@@ -228,7 +230,7 @@ int cli_main(int argc, char** argv) {
     po::options_description visible("Options");
     visible.add_options()
         ("help,h", "print this help and exit")
-        ("version,V", "print the versions of fusion, its SDK ABI and LibTorch, and whether CUDA is there")
+        ("version,V", "print the versions of fusion, its SDK ABI and LibTorch, whether CUDA is there, and the BLAS kernels")
         ("verbose,v", "log debug messages too")
         ("quiet,q", "log warnings and errors only")
         ("nproc", po::value<int>(), "run: start N processes (ranks) on this machine, over Gloo on 127.0.0.1");

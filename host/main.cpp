@@ -6,7 +6,7 @@
 #include <iostream>
 #include <cstring>
 
-#include "allocator.hpp"
+#include "startup.hpp"
 #include "cli.hpp"
 
 namespace {
@@ -33,7 +33,7 @@ void reexec_with_passive_openmp(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   reexec_with_passive_openmp(argc, argv);
-  fusion::host::keep_freed_memory();
+  fusion::host::set_up_process();
   const int rc = fusion::host::cli_main(argc, argv);
   // Everything fusion made is gone by now: cli_main's run has written, fsynced and renamed every
   // output, closed its files, joined its threads and torn down its process group. What a return

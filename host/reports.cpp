@@ -12,6 +12,7 @@
 #include "fusion/error.hpp"
 #include "fusion/pareto.hpp"
 #include "fusion/version.hpp"
+#include "startup.hpp"
 
 #if defined(FUSION_HAVE_C10_CUDA)
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -224,6 +225,7 @@ json report_json(const RunRecord& r, const json& extra) {
               {"timings", timings},
               {"peak_rss_mb", peak_rss_mb()},
               {"omp_wait_policy", omp ? json(omp) : json(nullptr)},
+              {"blas", blas_kernels().describe()},
               {"tasks", r.tasks},
               {"plugins", plugins},
               {"refused_plugins", refused},

@@ -31,7 +31,7 @@
 #include "fusion/clip/vision.hpp"
 #include "precision.hpp"
 
-#include "allocator.hpp"
+#include "startup.hpp"
 
 namespace {
 
@@ -42,7 +42,7 @@ using fusion::bench::peak_rss_mib;
 }  // namespace
 
 int main(int argc, char** argv) {
-  fusion::host::keep_freed_memory();  // as `fusion` allocates (host/allocator.hpp)
+  fusion::host::set_up_process();  // as `fusion` runs (host/startup.hpp)
   int64_t batch = 64, iters = 5, warmup = 2;
   bool bf16 = true, emulate = false;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -52,7 +52,7 @@
 #endif
 #include <stb/stb_image_write.h>
 
-#include "allocator.hpp"
+#include "startup.hpp"
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
 #endif
@@ -103,7 +103,7 @@ std::vector<int64_t> parse_list(const std::string& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  fusion::host::keep_freed_memory();  // as `fusion` allocates (host/allocator.hpp)
+  fusion::host::set_up_process();  // as `fusion` runs (host/startup.hpp)
   int64_t n = 512, width = 500, height = 375, size = 224, batch = 64, model_mode = 0;
   int64_t threads = std::thread::hardware_concurrency();
   std::vector<int64_t> workers{0, 1, 2};

@@ -27,7 +27,7 @@
 #include "fusion/error.hpp"
 #include "fusion/gpt2/model.hpp"
 
-#include "allocator.hpp"
+#include "startup.hpp"
 
 namespace {
 
@@ -38,7 +38,7 @@ using fusion::bench::peak_rss_mib;
 }  // namespace
 
 int main(int argc, char** argv) {
-  fusion::host::keep_freed_memory();  // as `fusion` allocates (host/allocator.hpp)
+  fusion::host::set_up_process();  // as `fusion` runs (host/startup.hpp)
   try {
     int64_t batch = 8, seq = 128, iters = 5, warmup = 2;
     int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

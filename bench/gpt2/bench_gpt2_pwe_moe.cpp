@@ -46,7 +46,7 @@
 #include "pareto_weight_ensembling.hpp"
 #include "pwe_moe.hpp"
 
-#include "allocator.hpp"
+#include "startup.hpp"
 
 namespace {
 
@@ -224,7 +224,7 @@ std::string run(int T, int64_t batch, int64_t seq, int reps, int64_t layers) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  fusion::host::keep_freed_memory();  // as `fusion` allocates (host/allocator.hpp)
+  fusion::host::set_up_process();  // as `fusion` runs (host/startup.hpp)
   try {
     std::vector<int> task_counts;
     int reps = 3;

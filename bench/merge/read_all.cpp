@@ -16,10 +16,10 @@
 #include "fusion/checkpoint_pool.hpp"
 #include "fusion/context.hpp"
 
-#include "allocator.hpp"
+#include "startup.hpp"
 
 int main(int argc, char** argv) {
-  fusion::host::keep_freed_memory();  // as `fusion` allocates (host/allocator.hpp)
+  fusion::host::set_up_process();  // as `fusion` runs (host/startup.hpp)
   try {
     // As `fusion run` does by default ([run] threads: every core).
     at::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));

@@ -70,7 +70,7 @@
 #ifdef FUSION_BENCH_HAVE_CLIP
 #include "fusion/clip/vision.hpp"
 
-#include "allocator.hpp"
+#include "startup.hpp"
 #endif
 
 namespace {
@@ -767,7 +767,7 @@ int run_dist_step(int T, int64_t batch, int reps, int64_t layers, int64_t image,
 }  // namespace
 
 int main(int argc, char** argv) {
-  fusion::host::keep_freed_memory();  // as `fusion` allocates (host/allocator.hpp)
+  fusion::host::set_up_process();  // as `fusion` runs (host/startup.hpp)
   try {
     std::string mode = argc > 1 ? argv[1] : "step";
     int T = 2, reps = 3;

@@ -132,11 +132,12 @@ TEST_F(E2E, Version) {
   Outcome o = fusion({"--version"});
   EXPECT_EQ(o.code, 0);
   auto lines = lines_of(o.out);
-  ASSERT_EQ(lines.size(), 4u) << o.out;
+  ASSERT_EQ(lines.size(), 5u) << o.out;
   EXPECT_EQ(lines[0], std::string("fusion ") + FUSION_VERSION_STRING);
   EXPECT_EQ(lines[1], "SDK ABI " + kAbi);
   EXPECT_EQ(lines[2], std::string("LibTorch ") + TORCH_VERSION);
   EXPECT_EQ(lines[3].rfind("CUDA: ", 0), 0u);
+  EXPECT_EQ(lines[4].rfind("BLAS: ", 0), 0u);
 }
 
 TEST_F(E2E, UsageErrorsExitTwo) {

@@ -62,6 +62,8 @@ flag_list() {
 }
 torch_version=$(dpkg-query -W -f='${Version}' libtorch1.13 2>/dev/null || echo unknown)
 blas=$(readlink -f /etc/alternatives/libblas.so.3-x86_64-linux-gnu 2>/dev/null || echo unknown)
+# OpenBLAS's kernels as fusion sees them (`fusion --version`), OPENBLAS_CORETYPE included where set.
+kernels=$("$build/bin/fusion" --version 2>/dev/null | sed -n 's/^BLAS: //p')
 {
   echo "# fusion benchmarks"
   echo
@@ -75,7 +77,7 @@ blas=$(readlink -f /etc/alternatives/libblas.so.3-x86_64-linux-gnu 2>/dev/null |
   echo "| CPU flags | $(flag_list) |"
   echo "| memory | $(free -g | awk '/^Mem:/ {print $2 " GiB"}') |"
   echo "| threads | $threads (OMP_WAIT_POLICY=PASSIVE) |"
-  echo "| LibTorch | $torch_version; BLAS $blas |"
+  echo "| LibTorch | $torch_version; BLAS $blas${kernels:+; $kernels} |"
   echo
   echo "| bench / target | measured | limit | verdict | note |"
   echo "|---|---:|---:|---|---|"

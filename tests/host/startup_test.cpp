@@ -43,7 +43,9 @@ TEST(KeepFreedMemory, AFreedBlockIsReusedWithoutFaultingItInAgain) {
   };
   const long first = touch(kBytes);
   const long again = touch(kBytes);
-  EXPECT_GT(first, 1000) << "the first touch of fresh memory faults its pages in";
+  // With transparent huge pages always on, fresh memory may come in 2 MiB pages (32 faults): then the
+  // two cases cannot be told apart by counting.
+  if (first < 1000) GTEST_SKIP() << "the first touch took only " << first << " faults (huge pages?)";
   EXPECT_LT(again, 100) << "the block came back to the kernel and was faulted in again";
 }
 

@@ -236,6 +236,11 @@ TEST_F(E2E, RunWritesConfigLogResultsAndReport) {
   EXPECT_EQ(r["tasks"], json({"a", "b"}));
   EXPECT_EQ(r["config"]["method"]["lambdas"], json({0.0, 0.5, 1.0}));
   EXPECT_GT(r["peak_rss_mb"].get<double>(), 1.0);
+  // The BLAS as `fusion --version` names it (its last line, "BLAS: ...").
+  const std::string version = fusion({"--version"}).out;
+  const size_t blas_at = version.rfind("BLAS: ");
+  ASSERT_NE(blas_at, std::string::npos) << version;
+  EXPECT_EQ(r["blas"], version.substr(blas_at + 6, version.find('\n', blas_at) - blas_at - 6));
   for (const char* t : {"load_s", "merge_s", "eval_s", "total_s"})
     EXPECT_GE(r["timings"][t].get<double>(), 0.0) << t;
   EXPECT_EQ(r["info"]["trainable_params"], 0);

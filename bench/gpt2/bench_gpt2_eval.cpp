@@ -6,8 +6,14 @@
 // tokens_per_s = batch·seq / median wall time per batch; cpu_s_per_batch (process CPU time, all
 // threads) is the figure to compare when other work shares the machine. bench/gpt2/run.sh puts it
 // beside bench_gpt2_eval.py, the same forward in python3-torch.
+// With --bf16 1 (issue 11, item 4, for the language half): the same forward also through a bfloat16
+// copy of the weights, as the host evaluates a model with [run] dtype = "bfloat16", batches alternated
+// with float32's; a second line `cpp_bf16 tokens_per_s=... top1_agreement_pct=...` and
+//   TARGET gpt2_eval_bf16_throughput <bf16/fp32 tokens/s> >=1.6 MET|MISSED|N/A [note]
+// N/A where the CPU has no bf16 instructions (the run would compute in float32; --emulate 1 times
+// LibTorch's emulation anyway, for numerics only).
 //
-//   fusion_bench_gpt2 [--batch 8] [--seq 128] [--iters 5] [--warmup 2] [--threads N]
+//   fusion_bench_gpt2 [--batch 8] [--seq 128] [--iters 5] [--warmup 2] [--threads N] [--bf16 0 --emulate 0]
 //                     [--layers 12 --hidden 768 --heads 12 --vocab 50257 --positions 1024]
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -27,6 +33,7 @@
 #include "fusion/error.hpp"
 #include "fusion/gpt2/model.hpp"
 
+#include "precision.hpp"
 #include "startup.hpp"
 
 namespace {
@@ -41,6 +48,7 @@ int main(int argc, char** argv) {
   fusion::host::set_up_process();  // as `fusion` runs (host/startup.hpp)
   try {
     int64_t batch = 8, seq = 128, iters = 5, warmup = 2;
+    bool bf16 = false, emulate = false;
     int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     // GPT-2 small, as Hugging Face's GPT2Config defaults; pad = eos, as FusionBench sets it.
     nlohmann::json config = {{"n_layer", 12},       {"n_embd", 768},         {"n_head", 12},
@@ -51,9 +59,12 @@ int main(int argc, char** argv) {
       FUSION_ENSURE(i + 1 < argc, "option ", a, " needs a value");
       char* end = nullptr;
       const long long v = std::strtoll(argv[i + 1], &end, 10);
-      FUSION_ENSURE(end != argv[i + 1] && *end == '\0' && v > 0, "option ", a, " needs a positive integer, got '",
-                    argv[i + 1], "'");
-      if (a == "--batch") batch = v;
+      const bool flag = a == "--bf16" || a == "--emulate";
+      FUSION_ENSURE(end != argv[i + 1] && *end == '\0' && (flag ? v == 0 || v == 1 : v > 0), "option ", a, " needs ",
+                    flag ? "0 or 1" : "a positive integer", ", got '", argv[i + 1], "'");
+      if (a == "--bf16") bf16 = v != 0;
+      else if (a == "--emulate") emulate = v != 0;
+      else if (a == "--batch") batch = v;
       else if (a == "--seq") seq = v;
       else if (a == "--iters") iters = v;
       else if (a == "--warmup") warmup = v;
@@ -77,18 +88,39 @@ int main(int argc, char** argv) {
     at::Generator g = at::make_generator<at::CPUGeneratorImpl>(1);
     const at::Tensor ids = at::randint(0, std::min<int64_t>(cfg.vocab_size, 50256), {batch, seq}, g);
 
+    const fusion::host::CpuBf16 cpu = fusion::host::cpu_bf16();
+    const bool have_bf16 =
+        fusion::host::resolve_precision(at::kBFloat16, at::Device(at::kCPU), cpu, at::hasMKLDNN(), false).compute ==
+        at::kBFloat16;
+    const bool time_bf16 = bf16 && (have_bf16 || emulate);
+
     c10::InferenceMode guard;
-    std::vector<double> secs;
-    double cpu_s = 0;
+    // The bf16 copy of the weights, made once as the host makes it for an evaluated model.
+    const fusion::StateDict params16 = time_bf16 ? model.parameters().to(at::kCPU, at::kBFloat16) : fusion::StateDict();
+    std::vector<double> secs, secs16;
+    double cpu_s = 0, cpu16 = 0;
+    int64_t agree = 0, seen = 0;
     at::Tensor logits;
     for (int64_t i = 0; i < warmup + iters; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      const double c0 = cpu_seconds();
-      logits = model.forward(ids);
-      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (i >= warmup) {
-        secs.push_back(s);
-        cpu_s += cpu_seconds() - c0;
+      at::Tensor out16;
+      auto timed = [&](bool low) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const double c0 = cpu_seconds();
+        at::Tensor out = low ? model.forward(params16, ids) : model.forward(ids);
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (i >= warmup) {
+          (low ? secs16 : secs).push_back(s);
+          (low ? cpu16 : cpu_s) += cpu_seconds() - c0;
+        }
+        (low ? out16 : logits) = out;
+      };
+      // Alternated, so that the load of a shared machine falls on both alike.
+      if (time_bf16 && i % 2 == 1) timed(true);
+      timed(false);
+      if (time_bf16 && i % 2 == 0) timed(true);
+      if (time_bf16) {
+        agree += logits.argmax(1).eq(out16.argmax(1)).sum().item<int64_t>();
+        seen += batch;
       }
     }
     FUSION_ENSURE(logits.size(0) == batch && logits.size(1) == cfg.num_labels && logits.isfinite().all().item<bool>(),
@@ -100,6 +132,27 @@ int main(int argc, char** argv) {
                 static_cast<double>(batch * seq) / median, median, secs.front(), cpu_s / static_cast<double>(iters),
                 peak_rss_mib(), at::get_num_threads(), static_cast<long long>(batch), static_cast<long long>(seq),
                 static_cast<long long>(body));
+    if (!bf16) return 0;
+    std::fprintf(stderr, "CPU bf16 instructions: %s; oneDNN %s\n", cpu.describe().c_str(), at::hasMKLDNN() ? "yes" : "no");
+    if (!time_bf16) {
+      std::printf("TARGET gpt2_eval_bf16_throughput - >=1.6 N/A not applicable: no bf16 hardware (fell back to fp32)\n");
+      return 0;
+    }
+    std::sort(secs16.begin(), secs16.end());
+    const double median16 = secs16[secs16.size() / 2];
+    const double ratio = median / median16;  // throughput bf16 / float32
+    const double agreement = 100.0 * static_cast<double>(agree) / static_cast<double>(seen);
+    std::printf("cpp_bf16%s tokens_per_s=%.1f median_batch_s=%.4f best_batch_s=%.4f cpu_s_per_batch=%.4f "
+                "top1_agreement_pct=%.2f\n",
+                have_bf16 ? "" : "_emulated", static_cast<double>(batch * seq) / median16, median16, secs16.front(),
+                cpu16 / static_cast<double>(iters), agreement);
+    if (have_bf16)
+      std::printf("TARGET gpt2_eval_bf16_throughput %.3f >=1.6 %s top-1 agreement %.2f %% (random head)\n", ratio,
+                  ratio >= 1.6 ? "MET" : "MISSED", agreement);
+    else
+      std::printf("TARGET gpt2_eval_bf16_throughput %.3f >=1.6 N/A not applicable: no bf16 hardware (emulated; a run "
+                  "would compute in float32)\n",
+                  ratio);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fusion_bench_gpt2: %s\n", e.what());

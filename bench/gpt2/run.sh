@@ -11,7 +11,11 @@
 #     plain forward + backward through the same merged body with the same trainable parameters,
 #     alternated rep by rep (fusion_bench_gpt2_pwe_moe): 3 rep pairs at T = 2, 1 at T = 8 (--reps N sets
 #     both; --tasks T, repeatable, runs only those T with --reps). Target: LS / plain <= 1.05.
-# Last lines: TARGET gpt2_eval_throughput_vs_python ... and TARGET pwe_moe_ls_vs_plain_gpt2_T<T> ...
+#  3. evaluation in mixed bfloat16 beside float32, batches alternated in one process
+#     (fusion_bench_gpt2 --bf16 1; issue 11 item 4 for the language half). Target: bf16 >= 1.6x
+#     float32's tokens/s where the CPU has bf16 instructions, N/A elsewhere.
+# Last lines: TARGET gpt2_eval_throughput_vs_python ..., TARGET pwe_moe_ls_vs_plain_gpt2_T<T> ... and
+# TARGET gpt2_eval_bf16_throughput ...
 #
 #   bench/gpt2/run.sh [BUILD_DIR] [--fusion-only] [--iters 5] [--warmup 2] [--reps 3] [--tasks T]...
 #                     [--batch 8] [--seq 128]
@@ -96,5 +100,10 @@ else
   step --tasks 8 --reps "$REPS8"
 fi
 echo
+echo "== evaluation in mixed bfloat16 beside float32, batches alternated (fusion_bench_gpt2 --bf16 1)"
+"$BUILD_DIR/bin/fusion_bench_gpt2" --bf16 1 "${EVAL[@]}" "${SHAPE[@]}" --threads "$THREADS" >"$tmp/bf16.out"
+grep -v '^TARGET ' "$tmp/bf16.out" || true
+echo
 echo "$eval_target"
 grep '^TARGET ' "$tmp/step.out" || true
+grep '^TARGET ' "$tmp/bf16.out" || true

@@ -18,7 +18,7 @@ bool keep_freed_memory() {
   if (const char* t = std::getenv("GLIBC_TUNABLES"); t != nullptr && std::strstr(t, "glibc.malloc.") != nullptr)
     return false;
   constexpr int kGiB = 1 << 30;
-  // The trim threshold first: with the mmap threshold fixed, glibc no longer moves either itself.
+  // Setting either also turns off glibc's dynamic threshold, which would move them again.
   return mallopt(M_TRIM_THRESHOLD, kGiB) == 1 && mallopt(M_MMAP_THRESHOLD, kGiB) == 1;
 #else
   return false;

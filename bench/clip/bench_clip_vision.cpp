@@ -19,7 +19,6 @@
 #include <time.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -35,8 +34,6 @@
 
 namespace {
 
-// CPU time of the whole process (all threads): robust against other load on the machine.
-using fusion::bench::cpu_seconds;
 using fusion::bench::peak_rss_mib;
 
 }  // namespace
@@ -80,26 +77,15 @@ int main(int argc, char** argv) {
   // The bf16 copy of the weights, made once as the host makes it for an evaluated model.
   const fusion::StateDict params16 = time_bf16 ? model.parameters().to(at::kCPU, at::kBFloat16) : fusion::StateDict();
   const at::Tensor head = at::randn({10, cfg.hidden_size});
-  std::vector<double> secs, secs16;
-  double cpu_s = 0, cpu16 = 0;
+  fusion::bench::PairedTimes t;
+  std::vector<double>&secs = t.secs[0], &secs16 = t.secs[1];
+  const double &cpu_s = t.cpu_s[0], &cpu16 = t.cpu_s[1];
   int64_t agree = 0, seen = 0;
   for (int64_t i = 0; i < warmup + iters; ++i) {
     at::Tensor out32, out16;
-    auto timed = [&](bool low) {
-      const auto t0 = std::chrono::steady_clock::now();
-      const double c0 = cpu_seconds();
-      at::Tensor out = low ? model.forward(params16, pixels) : model.forward(pixels);
-      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (i >= warmup) {
-        (low ? secs16 : secs).push_back(s);
-        (low ? cpu16 : cpu_s) += cpu_seconds() - c0;
-      }
-      (low ? out16 : out32) = out;
-    };
-    // Alternated, so that the load of a shared machine falls on both alike.
-    if (time_bf16 && i % 2 == 1) timed(true);
-    timed(false);
-    if (time_bf16 && i % 2 == 0) timed(true);
+    fusion::bench::time_pair(i, warmup, time_bf16, t, [&](bool low) {
+      (low ? out16 : out32) = low ? model.forward(params16, pixels) : model.forward(pixels);
+    });
     if (out32.size(0) != batch) return 1;
     if (time_bf16) {
       agree += at::matmul(out32, head.t()).argmax(1).eq(at::matmul(out16, head.t()).argmax(1)).sum().item<int64_t>();

@@ -4,6 +4,8 @@
 #include <time.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdint>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -42,6 +44,33 @@ inline double peak_rss_mib() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<double>(ru.ru_maxrss) / 1024.0;  // KiB on Linux
+}
+
+/// Wall and CPU seconds of the float32 passes ([0]) and the 16-bit passes ([1]) of a bench that times
+/// both, the warm-up left out.
+struct PairedTimes {
+  std::vector<double> secs[2];
+  double cpu_s[2] = {0, 0};
+};
+
+/// Rep `rep` of such a bench: `pass(false)` (float32) and, with `low`, `pass(true)` (16-bit), the
+/// 16-bit one first on odd reps, so that a load that drifts on a shared machine falls on both alike.
+/// Reps before `warmup` are run but not recorded.
+template <class Pass>
+void time_pair(int64_t rep, int64_t warmup, bool low, PairedTimes& t, Pass&& pass) {
+  auto timed = [&](bool is_low) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const double c0 = cpu_seconds();
+    pass(is_low);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (rep >= warmup) {
+      t.secs[is_low].push_back(s);
+      t.cpu_s[is_low] += cpu_seconds() - c0;
+    }
+  };
+  if (low && rep % 2 == 1) timed(true);
+  timed(false);
+  if (low && rep % 2 == 0) timed(true);
 }
 
 }  // namespace fusion::bench

@@ -41,6 +41,7 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "background_flush.hpp"
 #include "checkpoint_layout.hpp"
 #include "fusion/checkpoint_stream.hpp"
 #include "fusion/error.hpp"
@@ -376,6 +377,9 @@ struct Mapping {
   void* base = nullptr;
   size_t size = 0;
   int fd = -1;  ///< a finished OutputFile's file, kept open for the save that links it
+  /// fd's flusher, still making the file durable after the OutputFile finished (destroyed, so
+  /// stopped, before fd is closed).
+  std::unique_ptr<detail::BackgroundFlush> flush;
   Mapping() = default;
   Mapping(const Mapping&) = delete;
   Mapping& operator=(const Mapping&) = delete;
@@ -400,6 +404,7 @@ std::vector<OutputRecord>& outputs() {
 }
 
 Mapping::~Mapping() {
+  flush.reset();
   if (fd >= 0) {
     {
       std::lock_guard<std::mutex> lock(outputs_mutex());
@@ -1184,10 +1189,12 @@ StateDict detail::CheckpointStream::unflatten(const at::Tensor& flat, const Stat
 
 namespace {
 
-/// Writes through a file descriptor, naming `path` in errors.
+/// Writes through a file descriptor, naming `path` in errors. With a flusher, asks it to flush
+/// after each BackgroundFlush::kEvery bytes written.
 class FileWriter {
  public:
-  FileWriter(int fd, const fs::path& path) : fd_(fd), path_(path) {}
+  FileWriter(int fd, const fs::path& path, detail::BackgroundFlush* flush = nullptr)
+      : fd_(fd), path_(path), flush_(flush) {}
   void write(const void* data, size_t n) {
     // Through the staging buffer where the kernel's copy would alias (write_unaliased).
     write_unaliased(static_cast<const uint8_t*>(data), n, pos_,
@@ -1203,12 +1210,17 @@ class FileWriter {
       if (w < 0) fail_file(path_, "cannot write: " + errno_text(errno));
       p += w;
       n -= static_cast<size_t>(w);
+      const uint64_t before = pos_;
       pos_ += static_cast<uint64_t>(w);
+      if (flush_ != nullptr && pos_ / detail::BackgroundFlush::kEvery != before / detail::BackgroundFlush::kEvery) {
+        flush_->request();
+      }
     }
   }
 
   int fd_;
   const fs::path& path_;
+  detail::BackgroundFlush* flush_;
   uint64_t pos_ = 0;  ///< the file offset: every write goes through this writer, from 0
 };
 
@@ -1240,8 +1252,13 @@ void write_atomic_with(const fs::path& path, const std::function<void(FileWriter
   }
   FUSION_ENSURE(fd >= 0, "cannot write ", path.string(), ": no free temporary name in ", dir.string());
   try {
-    FileWriter writer(fd, path);
-    body(writer);
+    {
+      // A large file is flushed as it is written, so that the fsync below finds little to do.
+      detail::BackgroundFlush flush(fd);
+      FileWriter writer(fd, path, &flush);
+      body(writer);
+      if (const int err = flush.stop()) FUSION_FAIL("cannot write ", path.string(), ": fsync: ", errno_text(err));
+    }
     if (::fsync(fd) != 0) FUSION_FAIL("cannot write ", path.string(), ": fsync: ", errno_text(errno));
     const int fd_copy = fd;
     fd = -1;
@@ -1378,6 +1395,7 @@ bool link_output_file(const fs::path& path, const std::vector<PlanEntry>& entrie
   const fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
   std::error_code ec;
   if (!fs::is_directory(dir, ec) || fs::is_directory(path, ec)) return false;
+  if (mapping.flush != nullptr && mapping.flush->stop() != 0) return false;
   if (::fsync(mapping.fd) != 0) return false;
   const std::string proc = "/proc/self/fd/" + std::to_string(mapping.fd);
   fs::path tmp;
@@ -1490,9 +1508,10 @@ struct detail::OutputFile::Impl {
   std::vector<View> views;  ///< the model's tensors, in base's order
   uint64_t expected = 0;    ///< bytes of the F32 tensors the merge writes
   mutable std::atomic<uint64_t> written{0};
-  static constexpr uint64_t kKick = uint64_t{32} << 20;  ///< bytes between writeback requests
+  std::unique_ptr<detail::BackgroundFlush> flush;  ///< fd's; stopped before fd is closed
 
   ~Impl() {
+    flush.reset();
     if (fd >= 0) ::close(fd);
   }
 };
@@ -1545,6 +1564,7 @@ std::unique_ptr<detail::OutputFile> detail::OutputFile::create(const CheckpointS
 
   impl->fd = ::open(folder.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0666);
   if (impl->fd < 0) return nullptr;  // a file system without unnamed files: saved as before
+  impl->flush = std::make_unique<detail::BackgroundFlush>(impl->fd);
   if (::ftruncate(impl->fd, static_cast<off_t>(impl->file_size)) != 0) {
     FUSION_FAIL("cannot write a merged model in ", folder.string(), ": ", errno_text(errno));
   }
@@ -1579,9 +1599,9 @@ void detail::OutputFile::write(size_t i, int64_t begin, int64_t end, const float
   pwrite_all(impl_->fd, reinterpret_cast<const uint8_t*>(src), bytes,
              static_cast<uint64_t>(at) + static_cast<uint64_t>(begin) * sizeof(float), impl_->folder);
   const uint64_t before = impl_->written.fetch_add(bytes);
-  if ((before + bytes) / Impl::kKick != before / Impl::kKick) {
-    // Start writing what is there to disk, so that the save's fsync finds little left to do.
-    ::sync_file_range(impl_->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+  if ((before + bytes) / BackgroundFlush::kEvery != before / BackgroundFlush::kEvery) {
+    // Make what is there durable meanwhile, so that the save's fsync finds little left to do.
+    impl_->flush->request();
   }
 }
 
@@ -1590,13 +1610,14 @@ StateDict detail::OutputFile::finish() {
   FUSION_ENSURE(impl.fd >= 0, "OutputFile::finish called twice");
   FUSION_ENSURE(impl.written >= impl.expected, "OutputFile::finish: the merge wrote ", impl.written.load(),
                 " of the ", impl.expected, " bytes of its F32 tensors");
-  ::sync_file_range(impl.fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+  impl.flush->request();
   void* p = ::mmap(nullptr, impl.file_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, impl.fd, 0);
   if (p == MAP_FAILED) FUSION_FAIL("cannot map a merged model in ", impl.folder.string(), ": ", errno_text(errno));
   auto mapping = std::make_shared<Mapping>();
   mapping->base = p;
   mapping->size = impl.file_size;
   mapping->fd = impl.fd;
+  mapping->flush = std::move(impl.flush);
   impl.fd = -1;
   {
     std::lock_guard<std::mutex> lock(outputs_mutex());

@@ -13,6 +13,9 @@
 #   BEFORE=<another build folder>: its `fusion` runs every method too, in the same hyperfine run
 #   (`<method>@before`), and each method's time after/before is printed (a change measured side by
 #   side, e.g. with the build of the previous commit).
+#   PAIRS=N (with BEFORE; default 6, 0 skips): each method then runs N more times alternated with
+#   its `@before` twin, and the pairs' median after/before ratio is printed (a batch of hyperfine
+#   runs can drift against the next on these VMs; alternated pairs cancel that).
 #   METHODS="task_arithmetic ta_sweep": only these methods (default: all five; targets of the others
 #   are then not printed).
 #
@@ -173,6 +176,43 @@ awk -v model="$model_bytes" -v names="$names" -v phases="$work/phases.txt" '
     if ("ties_merging" in mean) printf "also: ties_merging %.2fx read\n", mean["ties_merging"] / mean["read"]
     printf "%s", lines
   }' "$work/means.txt" "$work/rss.txt"
+
+# hyperfine runs each command's runs one after the other, and on these VMs a whole batch can drift
+# by ±20 % against the next one: with BEFORE, PAIRS=N (default 6; 0 skips it) runs each method N
+# more times alternated with its `@before` twin (which goes first swaps each pair) and prints the
+# pairs' median ratio and how many pairs the new build won.
+pairs=${PAIRS:-6}
+if [[ -n "$before" && $pairs -gt 0 ]]; then
+  echo "== after and before alternated ($pairs pairs per method; wall s of one run each)"
+  : >"$work/pairs.txt"
+  TIMEFORMAT=%R
+  for ((p = 0; p < pairs; p++)); do
+    for m in "${methods[@]}"; do
+      sides=(after before)
+      ((p % 2 == 0)) || sides=(before after)
+      for side in "${sides[@]}"; do
+        if [[ $side == after ]]; then exe=$fusion conf="$work/$m.toml"; else exe="$before/bin/fusion" conf="$work/${m}_before.toml"; fi
+        $clean
+        t=$({ time "$exe" run "$conf" >/dev/null 2>&1; } 2>&1) || { echo "error: $exe run $conf failed" >&2; exit 1; }
+        echo "$m $side $p $t" >>"$work/pairs.txt"
+      done
+    done
+  done
+  $clean
+  awk '{ t[$1 " " $2 " " $3] = $4; if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1 } if ($3 + 1 > np) np = $3 + 1 }
+    END {
+      printf "%-18s %9s %9s %13s %5s\n", "method", "after s", "before s", "median ratio", "won"
+      for (i = 1; i <= n; i++) {
+        m = order[i]; sa = 0; sb = 0; won = 0
+        for (p = 0; p < np; p++) {
+          a = t[m " after " p]; b = t[m " before " p]; sa += a; sb += b; r[p] = a / b; won += a < b
+        }
+        for (x = 0; x < np; x++) for (y = x + 1; y < np; y++) if (r[y] < r[x]) { z = r[x]; r[x] = r[y]; r[y] = z }
+        med = np % 2 ? r[int(np / 2)] : (r[np / 2 - 1] + r[np / 2]) / 2
+        printf "%-18s %9.3f %9.3f %13.2f %2d/%d\n", m, sa / np, sb / np, med, won, np
+      }
+    }' "$work/pairs.txt"
+fi
 
 echo "== copy distance"
 "$build/bin/fusion_bench_copy_distance" "$work"

@@ -48,8 +48,9 @@ installed <prefix>/lib/fusion/plugins, each folder of FUSION_PLUGIN_PATH (colon-
 allowed), then [run] plugins = [...]. FUSION_NO_DEFAULT_PLUGINS=1 searches FUSION_PLUGIN_PATH only.
 `fusion run` reads torchrun's RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and
 MASTER_PORT: with WORLD_SIZE > 1 it is one rank of a run over several processes (docs/distributed.md).
-`fusion run` restarts itself once with OMP_WAIT_POLICY=PASSIVE when that variable is unset (OpenMP
-threads that busy-wait slow LibTorch down on few cores); set it to keep your own choice.
+`fusion run` starts itself again with OMP_WAIT_POLICY=PASSIVE, before LibTorch loads, when that
+variable is unset (OpenMP threads that busy-wait slow LibTorch down on few cores); set it to keep
+your own choice.
 
 Exit status: 0 success, 1 error (one line "fusion: error: ..."), 2 usage error.
 )";

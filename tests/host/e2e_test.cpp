@@ -67,7 +67,7 @@ class E2E : public ::testing::Test {
 
   Outcome fusion(const std::vector<std::string>& args,
                  std::string plugin_path = (kPlugins / "good").string()) {
-    std::string cmd = "env " + std::string(unset_omp_ ? "-u OMP_WAIT_POLICY" : "OMP_WAIT_POLICY=PASSIVE") +
+    std::string cmd = "env " + omp_env_ +
                       " FUSION_NO_DEFAULT_PLUGINS=1 FUSION_PLUGIN_PATH=" + quote(plugin_path) +
                       " " + quote(kBinary.string());
     for (const auto& a : args) cmd += " " + quote(a);
@@ -116,7 +116,9 @@ class E2E : public ::testing::Test {
   }
 
   fs::path dir_;
-  bool unset_omp_ = false;  ///< run without OMP_WAIT_POLICY (then `fusion run` re-executes itself)
+  /// OpenMP's environment for `fusion`; "-u OMP_WAIT_POLICY" runs without it (then `fusion run`
+  /// executes itself again with it, before LibTorch's constructors)
+  std::string omp_env_ = "OMP_WAIT_POLICY=PASSIVE";
 };
 
 TEST_F(E2E, Help) {
@@ -210,7 +212,7 @@ TEST_F(E2E, DescribeComponent) {
 
 TEST_F(E2E, RunWritesConfigLogResultsAndReport) {
   write("sweep.toml", kSweep);
-  unset_omp_ = true;
+  omp_env_ = "-u OMP_WAIT_POLICY";
   Outcome o = fusion({"run", "sweep.toml", "seed=3"});
   ASSERT_EQ(o.code, 0) << o.err;
   const fs::path out = dir_ / "out";
@@ -231,7 +233,7 @@ TEST_F(E2E, RunWritesConfigLogResultsAndReport) {
   EXPECT_EQ(r["taskpool"], "test_tasks");
   EXPECT_EQ(r["seed"], 3);
   EXPECT_EQ(r["dtype"], "float32");
-  EXPECT_EQ(r["omp_wait_policy"], "PASSIVE");  // `fusion run` re-executed itself with it
+  EXPECT_EQ(r["omp_wait_policy"], "PASSIVE");  // `fusion run` executed itself again with it
   EXPECT_EQ(r["command"].back(), "seed=3");
   EXPECT_EQ(r["tasks"], json({"a", "b"}));
   EXPECT_EQ(r["config"]["method"]["lambdas"], json({0.0, 0.5, 1.0}));
@@ -272,6 +274,28 @@ TEST_F(E2E, RunWritesConfigLogResultsAndReport) {
   std::string log = read(out / "log.txt");
   EXPECT_NE(log.find("running test_sweep"), std::string::npos) << log;
   EXPECT_NE(log.find("model 2/3 'lambda=0.50': a=0.55"), std::string::npos) << log;
+}
+
+// `fusion run` without OMP_WAIT_POLICY: libgomp starts once, passive (GOMP_SPINCOUNT 0), since the
+// new start happens before any library's constructor. Re-executing from main would start libgomp
+// twice; not re-executing would leave it spinning (300000). Other commands keep OpenMP's default.
+TEST_F(E2E, RunMakesOpenMpPassiveBeforeItStarts) {
+  write("sweep.toml", kSweep);
+  omp_env_ = "-u OMP_WAIT_POLICY OMP_DISPLAY_ENV=verbose";
+  const Outcome o = fusion({"run", "sweep.toml"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  const auto count = [](const std::string& text, const std::string& what) {
+    size_t n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+  };
+  const std::string all = o.out + o.err;
+  if (count(all, "OPENMP DISPLAY ENVIRONMENT BEGIN") == 0) GTEST_SKIP() << "LibTorch's OpenMP is not libgomp";
+  EXPECT_EQ(count(all, "OPENMP DISPLAY ENVIRONMENT BEGIN"), 1u) << all;
+  EXPECT_EQ(count(all, "GOMP_SPINCOUNT = '0'"), 1u) << all;
+  const Outcome p = fusion({"plugins"});
+  ASSERT_EQ(p.code, 0) << p.err;
+  EXPECT_EQ(count(p.out + p.err, "GOMP_SPINCOUNT = '300000'"), 1u) << p.out + p.err;
 }
 
 TEST_F(E2E, WithoutTaskPoolModelsAreSaved) {

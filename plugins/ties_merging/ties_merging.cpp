@@ -423,6 +423,43 @@ __attribute__((target("avx2"))) Scan scan_magnitudes_avx2(const float* y, const 
   }
   return r;
 }
+
+// scan_magnitudes_avx2 with AVX-512, 16 elements at a time and no branch: the compares give masks,
+// and the magnitudes inside are compressed to the front of a register stored at found's end (16
+// lanes written, at most j of `found` used before them, so never past its capacity n).
+__attribute__((target("avx512f,popcnt"))) Scan scan_magnitudes_avx512(const float* y, const float* base, int64_t n,
+                                                                      uint32_t lo, uint32_t hi, uint32_t* found) {
+  Scan r;
+  const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
+  const __m512i vlo = _mm512_set1_epi32(static_cast<int>(lo));
+  const __m512i vhi = _mm512_set1_epi32(static_cast<int>(hi));
+  const __m512i max_finite = _mm512_set1_epi32(static_cast<int>(kMaxFinite));
+  uint32_t not_below = 0;
+  __mmask16 bad = 0;
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m512 tau = _mm512_sub_ps(_mm512_loadu_ps(y + j), _mm512_loadu_ps(base + j));
+    const __m512i v = _mm512_and_si512(_mm512_castps_si512(tau), magnitude);
+    const __mmask16 ge_lo = _mm512_cmpge_epu32_mask(v, vlo);
+    const __mmask16 inside = _mm512_mask_cmple_epu32_mask(ge_lo, v, vhi);
+    bad = static_cast<__mmask16>(bad | _mm512_cmpgt_epi32_mask(v, max_finite));
+    not_below += static_cast<uint32_t>(__builtin_popcount(ge_lo));
+    _mm512_storeu_si512(found + r.inside, _mm512_maskz_compress_epi32(inside, v));
+    r.inside += static_cast<uint32_t>(__builtin_popcount(inside));
+  }
+  r.below = static_cast<uint32_t>(j) - not_below;
+  r.non_finite = bad != 0;
+  for (; j < n; ++j) {
+    const float tau = y[j] - base[j];
+    uint32_t v;
+    std::memcpy(&v, &tau, sizeof v);
+    v &= 0x7fffffffu;
+    r.below += v < lo ? 1u : 0u;
+    r.non_finite = r.non_finite || v > kMaxFinite;
+    if (v >= lo && v <= hi) found[r.inside++] = v;
+  }
+  return r;
+}
 #endif
 
 Scan scan_magnitudes_generic(const float* y, const float* base, int64_t n, uint32_t lo, uint32_t hi,
@@ -458,12 +495,36 @@ Scan scan_magnitudes_generic(const float* y, const float* base, int64_t n, uint3
   return r;
 }
 
-std::atomic<bool> portable_kernels{false};  // ties_use_portable_kernels
+std::atomic<TiesKernels> kernels_chosen{TiesKernels::Best};  // ties_use_kernels
+
+enum class Isa { Portable, Avx2, Avx512 };
+// What the kernels run: the CPU's best within what ties_use_kernels allows.
+Isa kernel_isa() {
+#ifdef FUSION_TIES_X86
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  static const bool avx512 = avx2 && __builtin_cpu_supports("avx512f");
+  switch (kernels_chosen.load(std::memory_order_relaxed)) {
+    case TiesKernels::Best:
+      return avx512 ? Isa::Avx512 : (avx2 ? Isa::Avx2 : Isa::Portable);
+    case TiesKernels::Avx2:
+      return avx2 ? Isa::Avx2 : Isa::Portable;
+    case TiesKernels::Portable:
+      break;
+  }
+#endif
+  return Isa::Portable;
+}
 
 Scan scan_magnitudes(const float* y, const float* base, int64_t n, uint32_t lo, uint32_t hi, uint32_t* found) {
 #ifdef FUSION_TIES_X86
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx2 && !portable_kernels.load(std::memory_order_relaxed)) return scan_magnitudes_avx2(y, base, n, lo, hi, found);
+  switch (kernel_isa()) {
+    case Isa::Avx512:
+      return scan_magnitudes_avx512(y, base, n, lo, hi, found);
+    case Isa::Avx2:
+      return scan_magnitudes_avx2(y, base, n, lo, hi, found);
+    case Isa::Portable:
+      break;
+  }
 #endif
   return scan_magnitudes_generic(y, base, n, lo, hi, found);
 }
@@ -817,13 +878,92 @@ __attribute__((target("avx2"))) ChunkResult merge_chunk_avx2(float* v, const flo
   }
   return r;
 }
+
+// merge_chunk_avx2 with AVX-512, 16 elements at a time, the compares in mask registers: the same
+// float operations in the same order per element (a value left out is added as +0, as there), so
+// the same bits; the tail goes to merge_block.
+__attribute__((target("avx512f"))) ChunkResult merge_chunk_avx512(float* v, const float* base, const uint32_t* thr_bits,
+                                                                  size_t tasks, int64_t n, int64_t stride,
+                                                                  MergeFunc merge) {
+  float* nonzero = v + static_cast<int64_t>(tasks + 1) * stride;
+  float* sign = nonzero + stride;
+  float* acc = sign + stride;
+  const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
+  const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512i max_finite = _mm512_set1_epi32(static_cast<int>(kMaxFinite));
+  __mmask16 bad = 0, undecided = 0;
+  __m512i signs = _mm512_setzero_si512();
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m512 b = _mm512_loadu_ps(base + j);
+    __m512 sum = _mm512_setzero_ps();
+    __m512i nz = _mm512_setzero_si512();
+    for (size_t t = 0; t < tasks; ++t) {
+      float* vt = v + static_cast<int64_t>(t) * stride + j;
+      const __m512i bits = _mm512_castps_si512(_mm512_sub_ps(_mm512_loadu_ps(vt), b));
+      const __m512i mag = _mm512_and_si512(bits, magnitude);
+      const __mmask16 keep = _mm512_cmpge_epu32_mask(mag, _mm512_set1_epi32(static_cast<int>(thr_bits[t])));
+      const __m512i trimmed = _mm512_maskz_mov_epi32(keep, bits);
+      _mm512_storeu_si512(vt, trimmed);
+      sum = _mm512_add_ps(sum, _mm512_castsi512_ps(trimmed));
+      nz = _mm512_or_si512(nz, _mm512_maskz_mov_epi32(keep, mag));
+    }
+    // A NaN or ±Inf τₜ is kept by any threshold, so the sum is NaN or ±Inf where one is.
+    bad = static_cast<__mmask16>(bad | _mm512_cmpgt_epi32_mask(_mm512_and_si512(_mm512_castps_si512(sum), magnitude), max_finite));
+    const __mmask16 gt = _mm512_cmp_ps_mask(sum, zero, _CMP_GT_OQ);
+    const __mmask16 lt = _mm512_cmp_ps_mask(sum, zero, _CMP_LT_OQ);
+    const __m512i s = _mm512_sub_epi32(_mm512_maskz_mov_epi32(gt, one), _mm512_maskz_mov_epi32(lt, one));
+    signs = _mm512_add_epi32(signs, s);
+    undecided = static_cast<__mmask16>(undecided | (_mm512_test_epi32_mask(nz, nz) & static_cast<__mmask16>(~(gt | lt))));
+    const __m512 s_f = _mm512_cvtepi32_ps(s);
+    _mm512_storeu_ps(sign + j, s_f);
+    _mm512_storeu_si512(nonzero + j, nz);
+    const __m512i want = _mm512_maskz_mov_epi32(static_cast<__mmask16>(~gt), sign_bit);  // an agreeing value's sign bit
+    __m512 a = _mm512_setzero_ps();
+    __m512i a_bits = _mm512_setzero_si512();
+    __m512i count = _mm512_setzero_si512();
+    for (size_t t = 0; t < tasks; ++t) {
+      const __m512i x = _mm512_loadu_si512(v + static_cast<int64_t>(t) * stride + j);
+      const __mmask16 agree = _mm512_mask_cmpeq_epi32_mask(_mm512_test_epi32_mask(x, magnitude),
+                                                           _mm512_and_si512(x, sign_bit), want);
+      if (merge == MergeFunc::Max) {
+        a_bits = _mm512_max_epu32(a_bits, _mm512_maskz_and_epi32(agree, x, magnitude));
+      } else {
+        a = _mm512_add_ps(a, _mm512_castsi512_ps(_mm512_maskz_mov_epi32(agree, x)));
+        count = _mm512_mask_add_epi32(count, agree, count, one);
+      }
+    }
+    if (merge == MergeFunc::Mean) {
+      a = _mm512_div_ps(a, _mm512_cvtepi32_ps(_mm512_max_epu32(count, one)));
+    } else if (merge == MergeFunc::Max) {
+      a = _mm512_mul_ps(_mm512_castsi512_ps(a_bits), s_f);
+    }
+    _mm512_storeu_ps(acc + j, a);
+  }
+  ChunkResult r{_mm512_reduce_add_epi32(signs), undecided != 0, bad != 0};
+  if (j < n) {
+    const ChunkResult tail = merge_block(v + j, base + j, thr_bits, tasks, n - j, stride, merge);
+    r.signs += tail.signs;
+    r.any_undecided = r.any_undecided || tail.any_undecided;
+    r.non_finite = r.non_finite || tail.non_finite;
+  }
+  return r;
+}
 #endif
 
 ChunkResult merge_chunk(float* v, const float* base, const uint32_t* thr_bits, size_t tasks, int64_t n,
                         int64_t stride, MergeFunc merge) {
 #ifdef FUSION_TIES_X86
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx2 && !portable_kernels.load(std::memory_order_relaxed)) return merge_chunk_avx2(v, base, thr_bits, tasks, n, stride, merge);
+  switch (kernel_isa()) {
+    case Isa::Avx512:
+      return merge_chunk_avx512(v, base, thr_bits, tasks, n, stride, merge);
+    case Isa::Avx2:
+      return merge_chunk_avx2(v, base, thr_bits, tasks, n, stride, merge);
+    case Isa::Portable:
+      break;
+  }
 #endif
   // In blocks of 1024 elements, so that the block of every buffer (~60 KB for 8 tasks) stays in
   // the core's L1/L2 cache through merge_block's loops; the elements are independent.
@@ -840,7 +980,8 @@ ChunkResult merge_chunk(float* v, const float* base, const uint32_t* thr_bits, s
 
 }  // namespace
 
-void ties_use_portable_kernels(bool portable) { portable_kernels = portable; }
+void ties_use_kernels(TiesKernels kernels) { kernels_chosen = kernels; }
+void ties_use_portable_kernels(bool portable) { ties_use_kernels(portable ? TiesKernels::Portable : TiesKernels::Best); }
 
 Result TiesMerging::run(ModelPool& models, TaskPool* /*tasks*/, const Context& ctx) {
   const std::vector<double> lambdas =

@@ -89,9 +89,16 @@ double kth_smallest_magnitude(const std::vector<at::Tensor>& parts, int64_t k);
 /// The same over one 1-D tensor.
 double kth_smallest_magnitude(const at::Tensor& x, int64_t k);
 
-/// For tests: the streamed merge's hand-written kernels (pass A's scan, pass B's fused merge) in
-/// their portable form, which a CPU without AVX2 runs, even where the CPU has AVX2 (`true`), or
-/// chosen by the CPU again (`false`, the default). Set it while no merge runs.
+/// The streamed merge's hand-written kernels (pass A's scan, pass B's fused merge): every form gives
+/// the same bits.
+enum class TiesKernels {
+  Best,      ///< the CPU's best: AVX-512, else AVX2, else portable (the default)
+  Avx2,      ///< AVX2 where the CPU has it, else portable
+  Portable,  ///< the form a CPU without AVX2 runs
+};
+/// For tests: the kernels the streamed merge runs. Set it while no merge runs.
+void ties_use_kernels(TiesKernels kernels);
+/// For tests: ties_use_kernels(Portable) (`true`) or (Best) (`false`).
 void ties_use_portable_kernels(bool portable);
 
 }  // namespace fusion::methods

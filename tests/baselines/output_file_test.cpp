@@ -205,35 +205,42 @@ TEST_F(WrittenAsProduced, StreamedTiesFindsTheInMemoryThresholdsAndModel) {
   }
 }
 
-TEST_F(WrittenAsProduced, StreamedTiesPortableKernelsGiveTheAvx2KernelsBits) {
-  // A CPU without AVX2 runs the portable forms of the streamed TIES kernels (pass A's scan, pass
-  // B's fused merge) on whole chunks; an AVX2 CPU runs them only on the last few elements of each.
-  // Forced here, over whole chunks: the same thresholds and the same model, bit for bit.
+TEST_F(WrittenAsProduced, StreamedTiesKernelsAllGiveTheSameBits) {
+  // A CPU runs the best form of the streamed TIES kernels (pass A's scan, pass B's fused merge) it
+  // has: AVX-512, AVX2, or the portable form, which the vector forms also run on the last few
+  // elements of each chunk. Each forced here, over whole chunks: the same thresholds and the same
+  // model, bit for bit, as the portable form's.
+  using fusion::methods::TiesKernels;
+  std::vector<std::pair<std::string, TiesKernels>> vector_forms;
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (!__builtin_cpu_supports("avx2")) GTEST_SKIP() << "no AVX2 here: the portable kernels are the ones every test runs";
+  if (__builtin_cpu_supports("avx2")) vector_forms.emplace_back("avx2", TiesKernels::Avx2);
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f")) vector_forms.emplace_back("avx512", TiesKernels::Best);
 #endif
+  if (vector_forms.empty()) GTEST_SKIP() << "no AVX2 here: the portable kernels are the ones every test runs";
   at::set_num_threads(2);
   auto p = pool();
   struct Reset {
-    ~Reset() { fusion::methods::ties_use_portable_kernels(false); }
+    ~Reset() { fusion::methods::ties_use_kernels(TiesKernels::Best); }
   } reset;
   for (const std::string merge : {"sum", "mean", "max"}) {
     for (const double threshold : {20.0, 97.0}) {
-      SCOPED_TRACE(merge + " " + std::to_string(threshold));
       TiesMergingOptions o;
       o.threshold = threshold;
       o.merge_func = merge;
       o.scaling_factor = 0.7;
-      fusion::methods::ties_use_portable_kernels(false);
-      const Result avx2 = TiesMerging(o).run(*p, nullptr, Context());
-      fusion::methods::ties_use_portable_kernels(true);
+      fusion::methods::ties_use_kernels(TiesKernels::Portable);
       const Result portable = TiesMerging(o).run(*p, nullptr, Context());
       ASSERT_TRUE(portable.info.contains("trim_select_fallbacks")) << "the streamed path did not run";
-      EXPECT_EQ(portable.info.at("trim_thresholds").dump(), avx2.info.at("trim_thresholds").dump());
-      const StateDict a = avx2.models.at(0).make()->parameters();
       const StateDict b = portable.models.at(0).make()->parameters();
-      ASSERT_EQ(a.size(), b.size());
-      for (const auto& [key, t] : a) EXPECT_TRUE(b.at(key).equal(t)) << key;
+      for (const auto& [name, kernels] : vector_forms) {
+        SCOPED_TRACE(merge + " " + std::to_string(threshold) + " " + name);
+        fusion::methods::ties_use_kernels(kernels);
+        const Result vec = TiesMerging(o).run(*p, nullptr, Context());
+        EXPECT_EQ(portable.info.at("trim_thresholds").dump(), vec.info.at("trim_thresholds").dump());
+        const StateDict a = vec.models.at(0).make()->parameters();
+        ASSERT_EQ(a.size(), b.size());
+        for (const auto& [key, t] : a) EXPECT_TRUE(b.at(key).equal(t)) << key;
+      }
     }
   }
 }
@@ -242,23 +249,25 @@ TEST_F(WrittenAsProduced, StreamedTiesNamesANonFiniteWeightTheSampleDoesNotRead)
   // The streamed TIES's passes read without read()'s own check: a NaN or ±Inf in θ₀ or θₜ makes
   // |θₜ − θ₀| one, which the scan and the fused merge notice, and read() then names it. Here at an
   // element of 'c.big' that the sample (blocks of 1024 every 65536 elements of the flat vector) does
-  // not read, with the AVX2 and the portable kernels: each run refused with the loader's message.
+  // not read, with each form of the kernels (AVX-512, AVX2, portable: as the CPU has them): each run
+  // refused with the loader's message.
   at::set_num_threads(2);
   struct Reset {
-    ~Reset() { fusion::methods::ties_use_portable_kernels(false); }
+    ~Reset() { fusion::methods::ties_use_kernels(fusion::methods::TiesKernels::Best); }
   } reset;
   auto p = pool();
   const int64_t at_element = 20000;  // flat position 77364 + 20000: between two sample blocks
   for (const std::string model : {"expert_2", "pretrained"}) {
     for (const float value : {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}) {
-      for (const bool portable : {false, true}) {
-        SCOPED_TRACE(model + " " + std::to_string(value) + (portable ? " portable" : ""));
+      for (const auto kernels : {fusion::methods::TiesKernels::Best, fusion::methods::TiesKernels::Avx2,
+                                 fusion::methods::TiesKernels::Portable}) {
+        SCOPED_TRACE(model + " " + std::to_string(value) + " kernels " + std::to_string(static_cast<int>(kernels)));
         const fs::path file = dir_ / (model + ".safetensors");
         StateDict sd = cloned(load_safetensors(file));
         const at::Tensor original = sd.at("c.big").clone();
         sd.at("c.big")[at_element] = value;
         save_safetensors(file, sd);
-        fusion::methods::ties_use_portable_kernels(portable);
+        fusion::methods::ties_use_kernels(kernels);
         TiesMergingOptions o;
         o.threshold = 20;
         const std::string option = model == "pretrained" ? "modelpool.pretrained" : "modelpool.models." + model;

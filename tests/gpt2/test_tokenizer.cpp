@@ -1,6 +1,8 @@
 // GPT-2's tokenizer (fusion/gpt2/tokenizer.hpp) on GPT-2's real vocabulary against the golden ids of
 // npm's gpt-3-encoder 1.1.4 (data/, made by make_tokenizer_golden.sh), plus truncation, padding,
 // pairs and the errors, each message in full.
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <zlib.h>
@@ -52,12 +54,16 @@ fs::path fresh_dir(const std::string& name) {
 }
 
 // GPT-2's vocabulary, written in Hugging Face's folder layout from the gzipped copies and read once.
+// The folder is this process's own (ctest -j runs several of these tests at once, each in its own
+// process: a shared folder was removed under another's reading) and goes once read.
 const Gpt2Tokenizer& gpt2() {
   static const Gpt2Tokenizer tok = [] {
-    const fs::path dir = fresh_dir("real");
+    const fs::path dir = fresh_dir("real_" + std::to_string(::getpid()));
     write_file(dir / "vocab.json", gunzip(kData / "vocab.json.gz"));
     write_file(dir / "merges.txt", gunzip(kData / "merges.txt.gz"));
-    return Gpt2Tokenizer::from_folder(dir);
+    Gpt2Tokenizer t = Gpt2Tokenizer::from_folder(dir);
+    fs::remove_all(dir);
+    return t;
   }();
   return tok;
 }

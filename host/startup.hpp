@@ -36,8 +36,8 @@ BlasKernels blas_kernels();
 /// unset in `envp`, executes /proc/self/exe again with argv and envp plus OMP_WAIT_POLICY=PASSIVE;
 /// returns only when there is nothing to do or the exec failed. Measured on the 2-core build
 /// machine (task arithmetic, 4 experts of 25 M parameters): merge 5.3–5.8 s busy-waiting, 1.5–1.8 s
-/// passive. Called before any library's constructor (early_set_up), the new start costs ~0.02 s;
-/// from main, after them, ~0.5 s.
+/// passive. Called before any library's constructor (early_set_up), the new start costs ~0.3 s
+/// (loading LibTorch's libraries again); from main, after the constructors too, ~0.55 s.
 void reexec_with_passive_openmp(int argc, char** argv, char** envp);
 
 /// What the executable's .preinit_array entry (startup.cpp; glibc on Linux) did, after ld.so had

@@ -715,6 +715,12 @@ struct ChunkResult {
   int64_t signs;       ///< Σ of the elected signs
   bool any_undecided;  ///< an element whose sum is 0 while some τ̂ₜ is not
   bool non_finite;     ///< some τₜ is NaN or ±Inf (an input is, or θₜ − θ₀ overflowed)
+  /// The result of this part and `other` together.
+  void add(const ChunkResult& other) {
+    signs += other.signs;
+    any_undecided = any_undecided || other.any_undecided;
+    non_finite = non_finite || other.non_finite;
+  }
 };
 
 inline ChunkResult merge_block(float* v, const float* base, const uint32_t* thr_bits,
@@ -870,12 +876,7 @@ __attribute__((target("avx2"))) ChunkResult merge_chunk_avx2(float* v, const flo
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), signs);
   ChunkResult r{0, _mm256_movemask_ps(_mm256_castsi256_ps(undecided)) != 0, !_mm256_testz_si256(bad, bad)};
   for (int32_t x : lanes) r.signs += x;
-  if (j < n) {
-    const ChunkResult tail = merge_block(v + j, base + j, thr_bits, tasks, n - j, stride, merge);
-    r.signs += tail.signs;
-    r.any_undecided = r.any_undecided || tail.any_undecided;
-    r.non_finite = r.non_finite || tail.non_finite;
-  }
+  if (j < n) r.add(merge_block(v + j, base + j, thr_bits, tasks, n - j, stride, merge));
   return r;
 }
 
@@ -943,12 +944,7 @@ __attribute__((target("avx512f"))) ChunkResult merge_chunk_avx512(float* v, cons
     _mm512_storeu_ps(acc + j, a);
   }
   ChunkResult r{_mm512_reduce_add_epi32(signs), undecided != 0, bad != 0};
-  if (j < n) {
-    const ChunkResult tail = merge_block(v + j, base + j, thr_bits, tasks, n - j, stride, merge);
-    r.signs += tail.signs;
-    r.any_undecided = r.any_undecided || tail.any_undecided;
-    r.non_finite = r.non_finite || tail.non_finite;
-  }
+  if (j < n) r.add(merge_block(v + j, base + j, thr_bits, tasks, n - j, stride, merge));
   return r;
 }
 #endif
@@ -970,10 +966,7 @@ ChunkResult merge_chunk(float* v, const float* base, const uint32_t* thr_bits, s
   constexpr int64_t kBlock = 1024;
   ChunkResult r{0, false, false};
   for (int64_t b = 0; b < n; b += kBlock) {
-    const ChunkResult p = merge_block(v + b, base + b, thr_bits, tasks, std::min(kBlock, n - b), stride, merge);
-    r.signs += p.signs;
-    r.any_undecided = r.any_undecided || p.any_undecided;
-    r.non_finite = r.non_finite || p.non_finite;
+    r.add(merge_block(v + b, base + b, thr_bits, tasks, std::min(kBlock, n - b), stride, merge));
   }
   return r;
 }

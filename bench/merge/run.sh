@@ -36,8 +36,9 @@
 # each target of a saving run is printed with its floor: max(read, startup + write1) for one model,
 # startup + write10 for the sweep. Where the floor is above the limit, the disk, not the merge,
 # decides the verdict. The floor is measured, not derived, and varies as the disk does: a busy hour
-# gave write10 2.9 ± 0.7 s against 2.0–2.2 s quiet, and the sweep then ran below its floor's mean. The streamed merges write each model into
-# its file as they compute it, and the save links that file (detail::OutputFile).
+# gave write10 2.9 ± 0.7 s against 2.0–2.2 s quiet, and the sweep then ran below its floor's mean.
+# The streamed merges write each model into its file as they compute it, and the save links that
+# file (detail::OutputFile).
 # Phases: from each method's report.json of the /usr/bin/time run, where its wall time goes: outside
 # run() (process start, LibTorch and plugin loading, exit), plugins, merge (with writing the models
 # when they are written as produced) and save (fsync and link, or the whole write).

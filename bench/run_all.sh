@@ -75,7 +75,9 @@ kernels=$("$build/bin/fusion" --version 2>/dev/null | sed -n 's/^BLAS: //p')
   echo "| commit | $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown) |"
   # The family and model tell apart VMs that share a model name ("AMD EPYC": Zen 4 is family 25,
   # Zen 5 family 26), whose figures differ.
-  echo "| CPU | $(lscpu | sed -n 's/^Model name: *//p' | head -1) (family $(lscpu | sed -n 's/^CPU family: *//p' | head -1), model $(lscpu | sed -n 's/^Model: *//p' | head -1)), $(nproc) cores |"
+  cpu=$(lscpu | awk -F': *' '/^Model name:/ && n == "" {n = $2} /^CPU family:/ {f = $2} /^Model:/ {m = $2}
+                             END {printf "%s (family %s, model %s)", n, f, m}')
+  echo "| CPU | $cpu, $(nproc) cores |"
   echo "| CPU flags | $(flag_list) |"
   echo "| memory | $(free -g | awk '/^Mem:/ {print $2 " GiB"}') |"
   echo "| threads | $threads (OMP_WAIT_POLICY=PASSIVE) |"

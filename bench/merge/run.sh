@@ -35,8 +35,7 @@
 # in the same run (dd from /dev/zero: one model's bytes fsynced; ten models' bytes, then synced), and
 # each target of a saving run is printed with its floor: max(read, startup + write1) for one model,
 # startup + write10 for the sweep. Where the floor is above the limit, the disk, not the merge,
-# decides the verdict. The floor is measured, not derived, and varies as the disk does: a busy hour
-# gave write10 2.9 ± 0.7 s against 2.0–2.2 s quiet, and the sweep then ran below its floor's mean.
+# decides the verdict. The floor is measured, so it varies as the disk does (bench/README.md).
 # The streamed merges write each model into its file as they compute it, and the save links that
 # file (detail::OutputFile).
 # Phases: from each method's report.json of the /usr/bin/time run, where its wall time goes: outside
@@ -94,9 +93,7 @@ if [[ -n "$before" ]]; then
 fi
 
 cat_cmd="cat ${model_files[*]} > /dev/null"
-# The disk's floor: what writing the merged models durably costs by itself here, without reading or
-# computing anything: one model's bytes (write1), and ten (write10, the sweep's), from /dev/zero into
-# the same folder as the runs' outputs, then synced.
+# The disk alone (see the header), into the same folder as the runs' outputs.
 model_mib=$(( (model_bytes + 1048575) / 1048576 ))
 write1_cmd="dd if=/dev/zero of=$work/floor_0 bs=1M count=$model_mib conv=fsync status=none"
 write10_cmd="for k in 0 1 2 3 4 5 6 7 8 9; do dd if=/dev/zero of=$work/floor_\$k bs=1M count=$model_mib status=none; done; sync -f $work"
@@ -170,8 +167,7 @@ awk -v model="$model_bytes" -v names="$names" -v phases="$work/phases.txt" '
       c = list[i]
       if ((c "@before") in mean) printf "after/before %-16s %.3f s / %.3f s = %.2f\n", c, mean[c], mean[c "@before"], mean[c] / mean[c "@before"]
     }
-    # A run that saves a model cannot end before the model is durable, nor before it has read its
-    # inputs: its floor is max(read, startup + write1), and for the sweep startup + write10.
+    # A saving run cannot end before it has read its inputs, nor before its models are durable.
     one_floor = mean["startup"] + mean["write1"]
     if (mean["read"] > one_floor) one_floor = mean["read"]
     sweep_floor = mean["startup"] + mean["write10"]
